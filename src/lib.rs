@@ -1,0 +1,10 @@
+//! distill: R1-style reasoning distillation in one binary.
+//!
+//! The pipeline and the record schema are described in DESIGN.md; each stage is one module
+//! whose documentation says which records go in and which come out.
+
+pub mod cli;
+pub mod config;
+pub mod inspect;
+pub mod record;
+pub mod store;

@@ -1,0 +1,5 @@
+//! The `distill` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    distill::cli::main()
+}
