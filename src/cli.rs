@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
 }
 
 fn show<T: serde::Serialize>(table: &str, cfg: &T) -> anyhow::Result<Outcome> {
-    print!("{}", config::to_toml(table, cfg)?);
+    emit(&config::to_toml(table, cfg)?)?;
     Ok(Outcome::Ok)
 }
 
@@ -115,17 +115,27 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Writes to stdout; a closed pipe (`distill inspect … | head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn run_inspect(cfg: &InspectConfig) -> anyhow::Result<Outcome> {
     let report = inspect::inspect(cfg).with_context(|| format!("inspect {}", cfg.path.display()))?;
     if cfg.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report.to_json())?))?;
     } else {
         let max = if cfg.full { 0 } else { 1200 };
         for rec in &report.shown {
-            println!("{}", inspect::view::render(rec, max));
+            emit(&format!("{}\n", inspect::view::render(rec, max)))?;
         }
         if cfg.id.is_none() {
-            print!("{}", report.to_text(&cfg.path));
+            emit(&report.to_text(&cfg.path))?;
         }
     }
     Ok(if report.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })

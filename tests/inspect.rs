@@ -1,0 +1,139 @@
+//! `distill inspect` as a user runs it: statistics, pretty-printing, and a one-line error
+//! naming the file and line for each kind of bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn distill(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).current_dir(cwd).output().expect("runs distill")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn prompt(i: usize) -> String {
+    json!({"id": format!("p{i}"), "task": "math", "prompt": format!("What is {i}+1?"), "answer": (i + 1).to_string(), "source": "t"}).to_string()
+}
+
+fn write_lines(path: &Path, lines: &[Vec<u8>]) {
+    let mut bytes = Vec::new();
+    for l in lines {
+        bytes.extend_from_slice(l);
+        bytes.push(b'\n');
+    }
+    std::fs::write(path, bytes).expect("writes");
+}
+
+#[test]
+fn stats_as_json_and_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("p.jsonl");
+    write_lines(&f, &(0..10).map(|i| prompt(i).into_bytes()).collect::<Vec<_>>());
+    let o = distill(&["inspect", "p.jsonl", "--json"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["records"], 10);
+    assert_eq!(v["by_task"]["math"], 10);
+    assert_eq!(v["chars"]["prompt"]["max"], 12);
+    assert_eq!(v["chars"]["answer"]["min"], 1);
+    let o = distill(&["inspect", "p.jsonl"], dir.path());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("p.jsonl: 10 records") && text.contains("task: math 10 (100.0%)"), "{text}");
+}
+
+#[test]
+fn id_and_sample_pretty_print_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = json!({"id": "q/0", "prompt_id": "q", "sample": 0, "task": "math", "prompt": "2+2?",
+        "messages": [{"role": "user", "content": "2+2?"}], "reasoning": "two and two",
+        "content": "\\boxed{4}", "finish_reason": "stop",
+        "teacher": {"model": "m", "endpoint": "e"}, "params": {"temperature": 0.6, "top_p": 0.95}});
+    write_lines(&dir.path().join("s.jsonl"), &[rec.to_string().into_bytes(), prompt(1).into_bytes()]);
+    let o = distill(&["inspect", "s.jsonl", "--id", "q/0"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let think = text.find("THINKING").expect("thinking");
+    let answer = text.find("ANSWER (").expect("answer");
+    assert!(think < answer && text.contains("two and two") && text.contains("\\boxed{4}"), "{text}");
+    let o = distill(&["inspect", "s.jsonl", "--id", "nope"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no record with id \"nope\""), "{}", stderr(&o));
+    let o = distill(&["inspect", "s.jsonl", "--sample", "5"], dir.path());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.lines().filter(|l| l.starts_with("━━━ ")).count(), 2, "{text}");
+}
+
+#[test]
+fn each_bad_input_gives_a_one_line_error_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = || prompt(0).into_bytes();
+    let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
+        ("malformed.jsonl", vec![good(), b"{\"id\": \"p1\", \"task\": ".to_vec(), good()], "malformed.jsonl:2: invalid JSON"),
+        ("missing.jsonl", vec![good(), good(), br#"{"id": "p9", "prompt": "q"}"#.to_vec()], "missing.jsonl:3 (id p9): missing field `task`"),
+        ("utf8.jsonl", vec![b"{\"id\": \"p\xff\", \"task\": \"math\", \"prompt\": \"q\"}".to_vec()], "utf8.jsonl:1: invalid UTF-8"),
+        ("array.jsonl", vec![good(), b"[1, 2]".to_vec()], "array.jsonl:2: expected a JSON object"),
+        ("task.jsonl", vec![br#"{"id": "p", "task": "poetry", "prompt": "q"}"#.to_vec()], "task.jsonl:1 (id p): unknown variant `poetry`"),
+    ];
+    for (name, lines, want) in &cases {
+        write_lines(&dir.path().join(name), lines);
+        let o = distill(&["inspect", name], dir.path());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: not one line: {err}");
+    }
+    std::fs::write(dir.path().join("data.csv"), "a,b\n").expect("writes");
+    let o = distill(&["inspect", "data.csv"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("data.csv: unsupported file type: expected .jsonl, .jsonl.zst or .parquet"), "{}", stderr(&o));
+    let o = distill(&["inspect", "absent.jsonl"], dir.path());
+    assert!(stderr(&o).contains("absent.jsonl: No such file"), "{}", stderr(&o));
+
+    // --skip-invalid: every bad line counted and written with its reason; exit code 1.
+    let mut all = Vec::new();
+    for (_, lines, _) in &cases {
+        all.extend(lines.iter().cloned());
+    }
+    write_lines(&dir.path().join("all.jsonl"), &all);
+    let o = distill(&["inspect", "all.jsonl", "--skip-invalid", "--rejects", "rej.jsonl", "--json"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!((v["records"].as_u64(), v["invalid"].as_u64()), (Some(5), Some(5)), "{v}");
+    let rejects = std::fs::read_to_string(dir.path().join("rej.jsonl")).expect("rejects file");
+    let rows: Vec<Value> = rejects.lines().map(|l| serde_json::from_str(l).expect("reject row")).collect();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["reason"].as_str().is_some_and(|s| s.contains("all.jsonl:")) && r["line"].is_u64()), "{rejects}");
+    assert_eq!(rows[1]["id"], "p9");
+    assert_eq!(rows[1]["record"]["prompt"], "q");
+}
+
+#[test]
+fn truncated_compressed_file_is_reported_not_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.jsonl.zst");
+    let mut w = distill::store::JsonlWriter::create(&path, distill::store::Durability::EveryRecord).expect("creates");
+    for i in 0..20 {
+        w.write_line(prompt(i).as_bytes()).expect("writes");
+    }
+    w.close().expect("closes");
+    let bytes = std::fs::read(&path).expect("reads");
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("truncates");
+    let o = distill(&["inspect", "t.jsonl.zst", "--json"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("torn tail"), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["records"], 20);
+    assert_eq!(v["torn_tails"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn show_config_prints_the_resolved_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = distill(&["inspect", "x.jsonl", "--sample", "3", "--show-config"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[inspect]") && text.contains("sample = 3") && text.contains("path = \"x.jsonl\""), "{text}");
+}
