@@ -61,7 +61,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let p = i / spp;
         let k = (i % spp) as u32;
         let (a, b) = (100 + (p * 7919) % 900, 100 + (p * 104_729) % 900);
-        let prompt = format!("What is {a} + {b}? Please reason step by step, and put your final answer within \\boxed{{}}.");
+        let prompt =
+            format!("What is {a} + {b}? Please reason step by step, and put your final answer within \\boxed{{}}.");
         let mut reasoning = format!("I need to add {a} and {b}.");
         let target = reasoning_chars / 2 + rng.below(reasoning_chars as u64) as usize;
         while reasoning.len() < target {
@@ -99,7 +100,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             verdict: Some(Verdict {
                 pass: Some(pass),
                 extracted: (!truncated).then(|| answer.to_string()),
-                reason: Some(if truncated { "no_answer" } else if wrong { "wrong_answer" } else { "match" }.into()),
+                reason: Some(
+                    if truncated {
+                        "no_answer"
+                    } else if wrong {
+                        "wrong_answer"
+                    } else {
+                        "match"
+                    }
+                    .into(),
+                ),
                 ..Verdict::default()
             }),
             extra: Default::default(),

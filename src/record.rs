@@ -277,9 +277,7 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, found {other}"
-        ))),
+        Some(other) => Err(serde::de::Error::custom(format!("expected a string or a number, found {other}"))),
     }
 }
 
@@ -303,8 +301,7 @@ mod tests {
     #[test]
     fn numeric_answer_is_kept_as_text() {
         let p: Prompt =
-            serde_json::from_value(json!({"id": "p", "task": "math", "prompt": "?", "answer": 42}))
-                .expect("parses");
+            serde_json::from_value(json!({"id": "p", "task": "math", "prompt": "?", "answer": 42})).expect("parses");
         assert_eq!(p.answer.as_deref(), Some("42"));
     }
 
@@ -339,8 +336,7 @@ mod tests {
 
     #[test]
     fn unknown_task_is_an_error() {
-        let r: Result<Prompt, _> =
-            serde_json::from_value(json!({"id": "p", "task": "poetry", "prompt": "?"}));
+        let r: Result<Prompt, _> = serde_json::from_value(json!({"id": "p", "task": "poetry", "prompt": "?"}));
         let msg = r.expect_err("must fail").to_string();
         assert!(msg.contains("poetry"), "{msg}");
     }

@@ -71,11 +71,27 @@ fn each_bad_input_gives_a_one_line_error_with_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = || prompt(0).into_bytes();
     let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
-        ("malformed.jsonl", vec![good(), b"{\"id\": \"p1\", \"task\": ".to_vec(), good()], "malformed.jsonl:2: invalid JSON"),
-        ("missing.jsonl", vec![good(), good(), br#"{"id": "p9", "prompt": "q"}"#.to_vec()], "missing.jsonl:3 (id p9): missing field `task`"),
-        ("utf8.jsonl", vec![b"{\"id\": \"p\xff\", \"task\": \"math\", \"prompt\": \"q\"}".to_vec()], "utf8.jsonl:1: invalid UTF-8"),
+        (
+            "malformed.jsonl",
+            vec![good(), b"{\"id\": \"p1\", \"task\": ".to_vec(), good()],
+            "malformed.jsonl:2: invalid JSON",
+        ),
+        (
+            "missing.jsonl",
+            vec![good(), good(), br#"{"id": "p9", "prompt": "q"}"#.to_vec()],
+            "missing.jsonl:3 (id p9): missing field `task`",
+        ),
+        (
+            "utf8.jsonl",
+            vec![b"{\"id\": \"p\xff\", \"task\": \"math\", \"prompt\": \"q\"}".to_vec()],
+            "utf8.jsonl:1: invalid UTF-8",
+        ),
         ("array.jsonl", vec![good(), b"[1, 2]".to_vec()], "array.jsonl:2: expected a JSON object"),
-        ("task.jsonl", vec![br#"{"id": "p", "task": "poetry", "prompt": "q"}"#.to_vec()], "task.jsonl:1 (id p): unknown variant `poetry`"),
+        (
+            "task.jsonl",
+            vec![br#"{"id": "p", "task": "poetry", "prompt": "q"}"#.to_vec()],
+            "task.jsonl:1 (id p): unknown variant `poetry`",
+        ),
     ];
     for (name, lines, want) in &cases {
         write_lines(&dir.path().join(name), lines);
@@ -88,7 +104,11 @@ fn each_bad_input_gives_a_one_line_error_with_file_and_line() {
     std::fs::write(dir.path().join("data.csv"), "a,b\n").expect("writes");
     let o = distill(&["inspect", "data.csv"], dir.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("data.csv: unsupported file type: expected .jsonl, .jsonl.zst or .parquet"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("data.csv: unsupported file type: expected .jsonl, .jsonl.zst or .parquet"),
+        "{}",
+        stderr(&o)
+    );
     let o = distill(&["inspect", "absent.jsonl"], dir.path());
     assert!(stderr(&o).contains("absent.jsonl: No such file"), "{}", stderr(&o));
 
@@ -105,7 +125,10 @@ fn each_bad_input_gives_a_one_line_error_with_file_and_line() {
     let rejects = std::fs::read_to_string(dir.path().join("rej.jsonl")).expect("rejects file");
     let rows: Vec<Value> = rejects.lines().map(|l| serde_json::from_str(l).expect("reject row")).collect();
     assert_eq!(rows.len(), 5);
-    assert!(rows.iter().all(|r| r["reason"].as_str().is_some_and(|s| s.contains("all.jsonl:")) && r["line"].is_u64()), "{rejects}");
+    assert!(
+        rows.iter().all(|r| r["reason"].as_str().is_some_and(|s| s.contains("all.jsonl:")) && r["line"].is_u64()),
+        "{rejects}"
+    );
     assert_eq!(rows[1]["id"], "p9");
     assert_eq!(rows[1]["record"]["prompt"], "q");
 }

@@ -67,11 +67,19 @@ fn parquet_messages_are_a_list_of_structs() {
     let mut w = store::create(&path).expect("creates");
     w.write_value(&sample(1)).expect("writes");
     w.finish().expect("finishes");
-    let arrow = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).expect("open"))
-        .expect("builder");
+    let arrow = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&path).expect("open"),
+    )
+    .expect("builder");
     let field = arrow.schema().field_with_name("messages").expect("messages column").clone();
     let text = format!("{:?}", field.data_type());
-    assert!(text.starts_with("List(") && text.contains("Struct(") && text.contains("\"role\"") && text.contains("\"content\""), "{text}");
+    assert!(
+        text.starts_with("List(")
+            && text.contains("Struct(")
+            && text.contains("\"role\"")
+            && text.contains("\"content\""),
+        "{text}"
+    );
 }
 
 /// The child side of the SIGKILL test: writes records forever, acknowledging each on stdout
@@ -172,7 +180,8 @@ fn shards_are_byte_identical_across_runs_and_match_the_manifest() {
         let sa = write_shards(a.path(), format);
         let sb = write_shards(b.path(), format);
         assert_eq!(sa.len(), 3);
-        let names: Vec<String> = sa.iter().map(|s| Path::new(&s.path).file_name().expect("name").to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            sa.iter().map(|s| Path::new(&s.path).file_name().expect("name").to_string_lossy().into_owned()).collect();
         let ext = format.extension();
         assert_eq!(names, [0, 1, 2].map(|i| format!("train-0000{i}-of-00003.{ext}")));
         assert_eq!(sa.iter().map(|s| s.records).collect::<Vec<_>>(), [40, 40, 20]);

@@ -144,7 +144,9 @@ fn count_tokens(tok: &tokenizers::Tokenizer, batch: &mut TokBatch, dists: &mut [
 /// Runs `inspect` over the configured path.
 pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
     let tokenizer = match &cfg.tokenizer {
-        Some(p) => Some(tokenizers::Tokenizer::from_file(p).map_err(|e| InspectError::Tokenizer(p.clone(), e.to_string()))?),
+        Some(p) => {
+            Some(tokenizers::Tokenizer::from_file(p).map_err(|e| InspectError::Tokenizer(p.clone(), e.to_string()))?)
+        }
         None => None,
     };
     let mut report = Report { tokens: tokenizer.as_ref().map(|_| Default::default()), ..Report::default() };
@@ -280,7 +282,8 @@ impl Report {
         for t in &self.torn_tails {
             let _ = writeln!(s, "  torn tail: {t}");
         }
-        let _ = writeln!(s, "\n{:<18}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}", "length", "min", "p50", "p90", "p99", "max", "mean");
+        let _ =
+            writeln!(s, "\n{:<18}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}", "length", "min", "p50", "p90", "p99", "max", "mean");
         let mut rows = |unit: &str, d: &[Dist; 3]| {
             for (f, d) in FIELDS.iter().zip(d) {
                 if let Some(x) = d.summary() {

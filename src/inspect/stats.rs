@@ -87,14 +87,19 @@ pub fn texts(m: &Map<String, Value>) -> Texts<'_> {
     let messages = m.get("messages").and_then(Value::as_array);
     if t.prompt.is_none() {
         t.prompt = messages.and_then(|ms| {
-            ms.iter().find(|x| x.get("role").and_then(Value::as_str) == Some("user")).and_then(|x| x.get("content")?.as_str())
+            ms.iter()
+                .find(|x| x.get("role").and_then(Value::as_str) == Some("user"))
+                .and_then(|x| x.get("content")?.as_str())
         });
     }
     if let Some(content) = str_field(m, "content") {
         t.answer = Some(content);
         t.reasoning = str_field(m, "reasoning");
     } else if let Some(turn) = messages.and_then(|ms| {
-        ms.iter().rev().find(|x| x.get("role").and_then(Value::as_str) == Some("assistant")).and_then(|x| x.get("content")?.as_str())
+        ms.iter()
+            .rev()
+            .find(|x| x.get("role").and_then(Value::as_str) == Some("assistant"))
+            .and_then(|x| x.get("content")?.as_str())
     }) {
         let (r, a) = split_thinking(turn);
         t.reasoning = Some(r);

@@ -60,8 +60,10 @@ pub fn render(m: &Map<String, Value>, max_chars: usize) -> String {
     if let Some(v) = m.get("verdict") {
         let _ = writeln!(out, "VERDICT: {v}");
     }
-    let shown = ["id", "task", "source", "finish_reason", "prompt", "reasoning", "content", "answer", "messages", "verdict"];
-    let rest: Map<String, Value> = m.iter().filter(|(k, _)| !shown.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let shown =
+        ["id", "task", "source", "finish_reason", "prompt", "reasoning", "content", "answer", "messages", "verdict"];
+    let rest: Map<String, Value> =
+        m.iter().filter(|(k, _)| !shown.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
     if !rest.is_empty() {
         let _ = writeln!(out, "OTHER FIELDS: {}", Value::Object(rest));
     }

@@ -33,7 +33,13 @@ impl LineReader {
                 _ => Box::new(BufReader::with_capacity(1 << 16, f)),
             }
         };
-        Ok(LineReader { path: Arc::new(path.to_path_buf()), reader, line: 0, buf: Vec::with_capacity(8192), done: false })
+        Ok(LineReader {
+            path: Arc::new(path.to_path_buf()),
+            reader,
+            line: 0,
+            buf: Vec::with_capacity(8192),
+            done: false,
+        })
     }
 
     fn loc(&self) -> Loc {
@@ -165,7 +171,10 @@ impl JsonlWriter {
         if Format::from_path(path) != Some(Format::Jsonl) {
             return Err(StoreError::io(
                 path,
-                io::Error::new(io::ErrorKind::InvalidInput, "only plain .jsonl files can be appended to; write a new .jsonl.zst part instead"),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "only plain .jsonl files can be appended to; write a new .jsonl.zst part instead",
+                ),
             ));
         }
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| StoreError::io(path, e))?;

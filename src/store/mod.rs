@@ -65,9 +65,7 @@ impl Format {
 pub enum StoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error(
-        "{path}: unsupported file type: expected .jsonl, .jsonl.zst or .parquet (or a directory of them)"
-    )]
+    #[error("{path}: unsupported file type: expected .jsonl, .jsonl.zst or .parquet (or a directory of them)")]
     UnsupportedExtension { path: PathBuf },
     #[error("{path}: no .jsonl, .jsonl.zst or .parquet files in this directory")]
     EmptyDirectory { path: PathBuf },
@@ -165,8 +163,11 @@ impl RawRecord {
     /// Like [`RawRecord::parse`], consuming the record (no copy).
     pub fn into_parsed<T: DeserializeOwned>(self) -> Result<T, StoreError> {
         let id = IdSuffix(self.id());
-        T::deserialize(Value::Object(self.value))
-            .map_err(|e| StoreError::Schema { loc: self.loc, id, msg: e.to_string() })
+        T::deserialize(Value::Object(self.value)).map_err(|e| StoreError::Schema {
+            loc: self.loc,
+            id,
+            msg: e.to_string(),
+        })
     }
 }
 
@@ -184,10 +185,7 @@ pub fn list_inputs(path: &Path) -> Result<Vec<(PathBuf, Format)>, StoreError> {
         if found.is_empty() {
             return Err(StoreError::EmptyDirectory { path: path.to_path_buf() });
         }
-        return Ok(found
-            .into_iter()
-            .filter_map(|p| Format::from_path(&p).map(|f| (p, f)))
-            .collect());
+        return Ok(found.into_iter().filter_map(|p| Format::from_path(&p).map(|f| (p, f))).collect());
     }
     match Format::from_path(path) {
         Some(f) => Ok(vec![(path.to_path_buf(), f)]),
@@ -231,9 +229,7 @@ impl RecordReader {
     fn open_next(&mut self) -> Option<Result<(), StoreError>> {
         let (path, format) = self.files.next()?;
         let it: Result<Box<dyn Iterator<Item = _> + Send>, StoreError> = match format {
-            Format::Jsonl | Format::JsonlZst => {
-                jsonl::LineReader::open(&path, format).map(|r| Box::new(r) as Box<_>)
-            }
+            Format::Jsonl | Format::JsonlZst => jsonl::LineReader::open(&path, format).map(|r| Box::new(r) as Box<_>),
             Format::Parquet => parquet::ParquetReader::open(&path).map(|r| Box::new(r) as Box<_>),
         };
         Some(it.map(|it| self.current = Some(it)))
@@ -283,9 +279,7 @@ pub trait RecordSink {
 /// append-only and durable record by record; Parquet atomically on `finish`.
 pub fn create(path: &Path) -> Result<Box<dyn RecordSink + Send>, StoreError> {
     match Format::from_path(path) {
-        Some(Format::Jsonl) | Some(Format::JsonlZst) => {
-            Ok(Box::new(JsonlWriter::create(path, Durability::Batched)?))
-        }
+        Some(Format::Jsonl) | Some(Format::JsonlZst) => Ok(Box::new(JsonlWriter::create(path, Durability::Batched)?)),
         Some(Format::Parquet) => Ok(Box::new(ParquetWriter::create(path)?)),
         None => Err(StoreError::UnsupportedExtension { path: path.to_path_buf() }),
     }

@@ -44,7 +44,13 @@ impl ParquetReader {
             .with_batch_size(BATCH)
             .build()
             .map_err(|e| perr(path, e))?;
-        Ok(ParquetReader { path: Arc::new(path.to_path_buf()), batches, pending: Vec::new().into_iter(), row: 0, failed: false })
+        Ok(ParquetReader {
+            path: Arc::new(path.to_path_buf()),
+            batches,
+            pending: Vec::new().into_iter(),
+            row: 0,
+            failed: false,
+        })
     }
 
     fn convert(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {

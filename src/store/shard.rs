@@ -99,7 +99,12 @@ impl ShardedWriter {
             let path = self.dir.join(&name);
             std::fs::rename(partial, &path).map_err(|e| StoreError::io(&path, e))?;
             let bytes = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?.len();
-            out.push(ShardInfo { path: path.display().to_string(), records: *records, bytes, sha256: sha256_file(&path)? });
+            out.push(ShardInfo {
+                path: path.display().to_string(),
+                records: *records,
+                bytes,
+                sha256: sha256_file(&path)?,
+            });
         }
         Ok(out)
     }
