@@ -160,3 +160,25 @@ fn show_config_prints_the_resolved_settings() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("[inspect]") && text.contains("sample = 3") && text.contains("path = \"x.jsonl\""), "{text}");
 }
+
+#[test]
+fn token_lengths_with_a_tokenizer_json() {
+    use tokenizers::models::wordlevel::WordLevel;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vocab = [("[UNK]".to_string(), 0u32), ("What".to_string(), 1), ("is".to_string(), 2)].into_iter().collect();
+    let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().expect("model");
+    let mut tok = tokenizers::Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tok.save(dir.path().join("tokenizer.json"), false).expect("saves");
+    // "What is 3+1?" → What, is, 3, +, 1, ? = 6 tokens; "What is 10+1?" too.
+    write_lines(&dir.path().join("p.jsonl"), &[prompt(3).into_bytes(), prompt(10).into_bytes()]);
+    let o = distill(&["inspect", "p.jsonl", "--json", "--tokenizer", "tokenizer.json"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["tokens"]["prompt"]["min"], 6, "{v}");
+    assert_eq!(v["tokens"]["prompt"]["max"], 6, "{v}");
+    assert_eq!(v["tokens"]["answer"]["count"], 2, "{v}");
+    let o = distill(&["inspect", "p.jsonl", "--tokenizer", "p.jsonl"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot load tokenizer"), "{}", stderr(&o));
+}
