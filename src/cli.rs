@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config;
 use crate::inspect::{self, InspectConfig};
+use crate::verify::{self, VerifyConfig};
 
 /// R1-style reasoning distillation: collect long chain-of-thought from a teacher, verify and
 /// filter it, build a sharded SFT corpus, fine-tune small students.
@@ -27,6 +28,32 @@ pub struct Cli {
 pub enum Command {
     /// Statistics and pretty-printed records of any record file or shard directory.
     Inspect(InspectArgs),
+    /// Judge each record's response (math: answer equivalence) and write it back with a verdict.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `distill verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A .jsonl, .jsonl.zst or .parquet file, a directory of them, or - for stdin.
+    #[arg(default_value = "-")]
+    pub path: PathBuf,
+    /// Write the records with their verdicts here (.jsonl, .jsonl.zst, .parquet) instead of
+    /// stdout (JSONL).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print pass/fail/undecided counts at the end (to stderr when records go to stdout).
+    #[arg(long)]
+    pub summary: bool,
+    /// Records judged per parallel chunk.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub chunk: usize,
+}
+
+impl VerifyArgs {
+    fn resolve(self) -> VerifyConfig {
+        VerifyConfig { input: self.path, out: self.out, summary: self.summary, chunk: self.chunk }
+    }
 }
 
 /// Arguments of `distill inspect`.
@@ -112,6 +139,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             run_inspect(&cfg)
         }
+        Command::Verify(args) => {
+            let cfg = args.resolve();
+            if cli.show_config {
+                return show("verify", &cfg);
+            }
+            run_verify(&cfg)
+        }
     }
 }
 
@@ -123,6 +157,19 @@ fn emit(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+fn run_verify(cfg: &VerifyConfig) -> anyhow::Result<Outcome> {
+    let summary = verify::run(cfg, &verify::Verifiers::standard())
+        .with_context(|| format!("verify {}", cfg.input.display()))?;
+    if cfg.summary {
+        if cfg.out.is_some() {
+            print!("{}", summary.to_text());
+        } else {
+            eprint!("{}", summary.to_text());
+        }
+    }
+    Ok(if summary.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
 }
 
 fn run_inspect(cfg: &InspectConfig) -> anyhow::Result<Outcome> {

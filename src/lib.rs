@@ -8,3 +8,4 @@ pub mod config;
 pub mod inspect;
 pub mod record;
 pub mod store;
+pub mod verify;
