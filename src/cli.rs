@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::collect::{self, CollectConfig, Regenerate};
 use crate::config;
 use crate::inspect::{self, InspectConfig};
+use crate::problems::{self, ProblemKind, ProblemsConfig};
+use crate::teacher_sim::{self, Faults, Shape, SimConfig};
 use crate::verify::{self, VerifyConfig};
 
 /// R1-style reasoning distillation: collect long chain-of-thought from a teacher, verify and
@@ -30,6 +33,232 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Judge each record's response (math: answer equivalence) and write it back with a verdict.
     Verify(VerifyArgs),
+    /// Generate math or code problems with exact answers / tests, as Prompt records.
+    Problems(ProblemsArgs),
+    /// Run a simulated R1-style teacher: an OpenAI-compatible server on loopback.
+    TeacherSim(TeacherSimArgs),
+    /// Collect teacher samples for prompts from OpenAI-compatible endpoints, resumably.
+    Collect(Box<CollectArgs>),
+}
+
+/// Arguments of `distill problems`.
+#[derive(Debug, Args)]
+pub struct ProblemsArgs {
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+    #[arg(long)]
+    pub count: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output file: .jsonl, .jsonl.zst or .parquet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    Math,
+    Code,
+}
+
+impl ProblemsArgs {
+    fn resolve(self) -> ProblemsConfig {
+        let kind = match self.kind {
+            KindArg::Math => ProblemKind::Math,
+            KindArg::Code => ProblemKind::Code,
+        };
+        ProblemsConfig { kind, count: self.count, seed: self.seed, out: self.out }
+    }
+}
+
+/// Arguments of `distill teacher-sim`.
+#[derive(Debug, Args)]
+pub struct TeacherSimArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the address is printed on stdout's first line).
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fault probabilities: wrong, langmix, repeat, truncate, no_close, http429, http500, drop,
+    /// slow, nonjson (e.g. wrong=0.3,http429=0.1,drop=0.05).
+    #[arg(long, default_value = "")]
+    pub faults: String,
+    /// Where the reasoning goes: inline <think> in content, or reasoning_content.
+    #[arg(long, value_enum, default_value = "inline")]
+    pub shape: ShapeArg,
+    /// Delay every response by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Delay of the `slow` fault, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub slow_ms: u64,
+    /// Retry-After seconds sent with 429 answers.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after: u64,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShapeArg {
+    Inline,
+    #[value(name = "reasoning_content")]
+    ReasoningContent,
+}
+
+impl TeacherSimArgs {
+    fn resolve(self) -> anyhow::Result<SimConfig> {
+        Ok(SimConfig {
+            host: self.host,
+            port: self.port,
+            seed: self.seed,
+            faults: Faults::parse(&self.faults)?,
+            shape: match self.shape {
+                ShapeArg::Inline => Shape::Inline,
+                ShapeArg::ReasoningContent => Shape::ReasoningContent,
+            },
+            latency_ms: self.latency_ms,
+            slow_ms: self.slow_ms,
+            retry_after_s: self.retry_after,
+            threads: self.threads,
+        })
+    }
+}
+
+/// Arguments of `distill collect`.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Prompt records: a file, a directory of them, or - for stdin.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Teacher base URL (requests go to URL/chat/completions); repeat or comma-separate for several.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub endpoint: Vec<String>,
+    #[arg(long)]
+    pub model: String,
+    /// Output directory (resumable: a re-run requests only what is missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Samples per prompt.
+    #[arg(short = 'n', long = "samples", default_value_t = 1)]
+    pub n: u32,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Environment variable holding the API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Stream answers (SSE).
+    #[arg(long)]
+    pub stream: bool,
+    #[arg(long, default_value_t = 0.6)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Sample k is requested with seed SEED+k.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Send no seed.
+    #[arg(long)]
+    pub no_seed: bool,
+    /// Stop sequence (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Appended to math prompts after a blank line ("" for none).
+    #[arg(long, default_value = collect::DEFAULT_MATH_INSTRUCTION)]
+    pub math_instruction: String,
+    /// Appended to code prompts after a blank line.
+    #[arg(long, default_value = "")]
+    pub code_instruction: String,
+    /// Extra request body fields, as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub extra_body: Option<String>,
+    /// Requests per minute (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub rpm: u64,
+    /// Tokens per minute (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub tpm: u64,
+    #[arg(long, default_value_t = 8)]
+    pub max_retries: u32,
+    /// Per-attempt timeout in seconds (streams: longest gap between events).
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout_s: f64,
+    /// First retry's backoff in milliseconds (doubles each retry, with jitter).
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+    #[arg(long, default_value_t = 60_000)]
+    pub backoff_max_ms: u64,
+    /// Request existing samples again: `truncated` (finish_reason=length); the new record replaces the old.
+    #[arg(long, value_enum)]
+    pub regenerate: Option<RegenerateArg>,
+    /// USD per million prompt tokens (for the cost in summary.json).
+    #[arg(long, default_value_t = 0.0)]
+    pub price_in: f64,
+    /// USD per million completion tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub price_out: f64,
+    /// Async runtime worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RegenerateArg {
+    Truncated,
+}
+
+impl CollectArgs {
+    fn resolve(self) -> anyhow::Result<CollectConfig> {
+        let extra_body = match &self.extra_body {
+            None => Default::default(),
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+                _ => anyhow::bail!("--extra-body must be a JSON object, e.g. '{{\"top_k\": 20}}'"),
+            },
+        };
+        Ok(CollectConfig {
+            prompts: self.prompts,
+            endpoints: self.endpoint,
+            model: self.model,
+            out: self.out,
+            n: self.n,
+            concurrency: self.concurrency,
+            api_key_env: self.api_key_env,
+            stream: self.stream,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            seed: (!self.no_seed).then_some(self.seed),
+            stop: self.stop,
+            system: self.system,
+            math_instruction: self.math_instruction,
+            code_instruction: self.code_instruction,
+            extra_body,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_retries: self.max_retries,
+            timeout_s: self.timeout_s,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            regenerate: self.regenerate.map(|RegenerateArg::Truncated| Regenerate::Truncated),
+            price_in_per_m: self.price_in,
+            price_out_per_m: self.price_out,
+            threads: self.threads,
+            progress: !self.no_progress,
+        })
+    }
 }
 
 /// Arguments of `distill verify`.
@@ -146,6 +375,32 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             run_verify(&cfg)
         }
+        Command::Problems(args) => {
+            let cfg = args.resolve();
+            if cli.show_config {
+                return show("problems", &cfg);
+            }
+            let n = problems::generate(&cfg).with_context(|| format!("problems --out {}", cfg.out.display()))?;
+            eprintln!("problems: wrote {n} {:?} problems to {}", cfg.kind, cfg.out.display());
+            Ok(Outcome::Ok)
+        }
+        Command::TeacherSim(args) => {
+            let cfg = args.resolve()?;
+            if cli.show_config {
+                return show("teacher_sim", &cfg);
+            }
+            teacher_sim::serve(cfg)?;
+            Ok(Outcome::Ok)
+        }
+        Command::Collect(args) => {
+            let cfg = args.resolve()?;
+            if cli.show_config {
+                return show("collect", &cfg);
+            }
+            let report = collect::run(cfg.clone()).with_context(|| format!("collect --out {}", cfg.out.display()))?;
+            eprint!("{}", report.summary.to_text());
+            Ok(if report.had_failures() { Outcome::Rejected } else { Outcome::Ok })
+        }
     }
 }
 
@@ -160,8 +415,8 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 fn run_verify(cfg: &VerifyConfig) -> anyhow::Result<Outcome> {
-    let summary = verify::run(cfg, &verify::Verifiers::standard())
-        .with_context(|| format!("verify {}", cfg.input.display()))?;
+    let summary =
+        verify::run(cfg, &verify::Verifiers::standard()).with_context(|| format!("verify {}", cfg.input.display()))?;
     if cfg.summary {
         if cfg.out.is_some() {
             print!("{}", summary.to_text());

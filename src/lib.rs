@@ -4,8 +4,11 @@
 //! whose documentation says which records go in and which come out.
 
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod inspect;
+pub mod problems;
 pub mod record;
 pub mod store;
+pub mod teacher_sim;
 pub mod verify;

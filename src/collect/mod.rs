@@ -1,0 +1,891 @@
+//! `distill collect`: long chain-of-thought from any OpenAI-compatible teacher, resumably.
+//!
+//! In: Prompt records (a .jsonl/.jsonl.zst/.parquet file, a directory of them, or `-`),
+//! streamed, never loaded whole. Out, under the output directory:
+//! - `part-NNNNN.jsonl.zst`: Sample records (id `{prompt_id}/{k}`), one new append-only part per
+//!   run, each record SIGKILL-safe once written; see [`resume`] for exactly-once and for how
+//!   `--regenerate truncated` supersedes records (the later part wins; older parts are
+//!   compacted so each id appears once).
+//! - `rejects-requests.jsonl`: requests that failed for good (reason, detail, attempts), appended
+//!   across runs; their samples are simply missing, so a re-run asks for them again.
+//! - `rejects-prompts.jsonl`: prompt lines that could not be used, with file:line and reason.
+//! - `summary.json`: this run's accounting (tokens, cost, failures by reason, latency
+//!   percentiles, throughput).
+//!
+//! Records do not depend on transport: the request body is the same apart from `stream` and
+//! `stream_options`, and `request_sha256` is the sha256 of the body without those two fields,
+//! so streaming or not, inline `<think>` or `reasoning_content`, the records are identical
+//! except for `latency_ms` and `teacher.endpoint`.
+//!
+//! The API key is read from the environment variable named by `api_key_env`; it goes into the
+//! `Authorization` header only and is scrubbed from any error text.
+
+pub mod client;
+pub mod limiter;
+pub mod resume;
+pub mod retry;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Uri;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::record::{Message, Params, Prompt, Sample, Task, Teacher, Usage};
+use crate::store::{self, Durability, JsonlWriter, RejectsWriter, StoreError};
+use client::{Client, extract};
+use limiter::{Balancer, TokenBucket};
+use resume::{Done, id_key};
+use retry::Backoff;
+
+/// The DeepSeek-R1 recommendation for math prompts.
+pub const DEFAULT_MATH_INSTRUCTION: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
+
+/// Which existing samples to request again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regenerate {
+    /// Samples whose `finish_reason` was `length`.
+    Truncated,
+}
+
+/// Settings of `distill collect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectConfig {
+    /// Prompt file, directory, or `-`.
+    pub prompts: PathBuf,
+    /// Base URLs (`http(s)://host:port/v1`); requests go to `{endpoint}/chat/completions`.
+    pub endpoints: Vec<String>,
+    pub model: String,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Samples per prompt.
+    #[serde(default = "default_n")]
+    pub n: u32,
+    /// Requests in flight at most.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Sample k is requested with seed `seed + k`; `None` sends no seed.
+    #[serde(default = "default_seed")]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Optional system message.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Appended (after a blank line) to math prompts; empty for none.
+    #[serde(default = "default_math_instruction")]
+    pub math_instruction: String,
+    /// Appended (after a blank line) to code prompts; empty for none.
+    #[serde(default)]
+    pub code_instruction: String,
+    /// Extra request body fields, passed through as they are.
+    #[serde(default)]
+    pub extra_body: BTreeMap<String, Value>,
+    /// Requests per minute (0: unlimited).
+    #[serde(default)]
+    pub rpm: u64,
+    /// Tokens per minute, prompt + completion (0: unlimited).
+    #[serde(default)]
+    pub tpm: u64,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Per-attempt timeout (for streams: the longest gap between events).
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    #[serde(default)]
+    pub regenerate: Option<Regenerate>,
+    /// USD per million prompt tokens.
+    #[serde(default)]
+    pub price_in_per_m: f64,
+    /// USD per million completion tokens.
+    #[serde(default)]
+    pub price_out_per_m: f64,
+    /// Runtime worker threads (0: one per core).
+    #[serde(default)]
+    pub threads: usize,
+    /// Show the progress bar (on a terminal).
+    #[serde(default = "default_true")]
+    pub progress: bool,
+}
+
+fn default_n() -> u32 {
+    1
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_api_key_env() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn default_temperature() -> f64 {
+    0.6
+}
+fn default_top_p() -> f64 {
+    0.95
+}
+fn default_seed() -> Option<u64> {
+    Some(0)
+}
+fn default_math_instruction() -> String {
+    DEFAULT_MATH_INSTRUCTION.into()
+}
+fn default_max_retries() -> u32 {
+    8
+}
+fn default_timeout_s() -> f64 {
+    600.0
+}
+fn default_backoff_base_ms() -> u64 {
+    1000
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Errors that stop `collect` before or outside the request loop. Per-request failures are
+/// never errors: they are recorded and counted.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no --endpoint given; pass the teacher's base URL, e.g. http://127.0.0.1:8000/v1")]
+    NoEndpoint,
+    #[error("endpoint {endpoint:?}: {msg}")]
+    Endpoint { endpoint: String, msg: String },
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the output writer stopped: {0}")]
+    Writer(String),
+}
+
+/// A resolved endpoint.
+struct Endpoint {
+    /// As recorded in samples (without credentials).
+    label: String,
+    url: Uri,
+}
+
+fn resolve_endpoint(raw: &str) -> Result<Endpoint, CollectError> {
+    let err = |msg: String| CollectError::Endpoint { endpoint: raw.to_string(), msg };
+    let base = raw.trim().trim_end_matches('/');
+    let url: Uri = format!("{base}/chat/completions").parse().map_err(|e| err(format!("not a URL: {e}")))?;
+    match url.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(err("the URL must start with http:// or https://".into())),
+    }
+    let auth = url.authority().ok_or_else(|| err("the URL has no host".into()))?;
+    if auth.as_str().contains('@') {
+        return Err(err(
+            "credentials in the URL are not supported; put the key in the environment variable named by --api-key-env"
+                .into(),
+        ));
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    let port = auth.port_u16().unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
+    use std::net::ToSocketAddrs;
+    match (host, port).to_socket_addrs() {
+        Ok(it) if it.len() > 0 => {}
+        Ok(_) => return Err(err(format!("host {host:?} has no address"))),
+        Err(e) => return Err(err(format!("cannot resolve host {host:?}: {e}; check the URL"))),
+    }
+    Ok(Endpoint { label: base.to_string(), url })
+}
+
+/// This run's accounting, written to `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub endpoints: Vec<String>,
+    pub part: Option<String>,
+    /// Distinct valid prompts.
+    pub prompts_read: u64,
+    pub prompts_rejected: u64,
+    pub samples_wanted: u64,
+    pub samples_already_done: u64,
+    pub samples_requested: u64,
+    pub samples_written: u64,
+    pub samples_superseded: u64,
+    pub failures: u64,
+    pub failures_by_reason: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub retries_by_reason: BTreeMap<String, u64>,
+    pub http_attempts: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms: Latency,
+    pub wall_s: f64,
+    pub requests_per_s: f64,
+    pub completion_tokens_per_s: f64,
+    pub warnings: Vec<String>,
+}
+
+/// Latency percentiles of successful requests, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Latency {
+    fn of(mut v: Vec<u64>) -> Latency {
+        if v.is_empty() {
+            return Latency::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        Latency {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+            mean: v.iter().sum::<u64>() as f64 / v.len() as f64,
+        }
+    }
+}
+
+impl Summary {
+    /// A few human-readable lines.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "collect: {} samples written ({} already done, {} wanted), {} failed, {} retries, {} prompts rejected\n",
+            self.samples_written,
+            self.samples_already_done,
+            self.samples_wanted,
+            self.failures,
+            self.retries,
+            self.prompts_rejected
+        );
+        s.push_str(&format!(
+            "  tokens in/out {}/{}, cost ${:.4}; {:.1} req/s, {:.0} completion tok/s over {:.1} s\n",
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost_usd,
+            self.requests_per_s,
+            self.completion_tokens_per_s,
+            self.wall_s
+        ));
+        s.push_str(&format!(
+            "  latency ms p50 {} p90 {} p99 {} max {}\n",
+            self.latency_ms.p50, self.latency_ms.p90, self.latency_ms.p99, self.latency_ms.max
+        ));
+        if !self.failures_by_reason.is_empty() {
+            let parts: Vec<String> = self.failures_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            s.push_str(&format!("  failures by reason: {}\n", parts.join(", ")));
+        }
+        if self.samples_superseded > 0 {
+            s.push_str(&format!("  {} earlier records superseded and compacted away\n", self.samples_superseded));
+        }
+        s
+    }
+}
+
+/// What `collect` did.
+#[derive(Debug)]
+pub struct Report {
+    pub summary: Summary,
+}
+
+impl Report {
+    /// True when some prompt or request failed.
+    pub fn had_failures(&self) -> bool {
+        self.summary.failures > 0 || self.summary.prompts_rejected > 0
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    failures: AtomicU64,
+    retries: AtomicU64,
+    attempts: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+    failures_by_reason: Mutex<BTreeMap<String, u64>>,
+    retries_by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+fn bump(m: &Mutex<BTreeMap<String, u64>>, key: String) {
+    *m.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+}
+
+/// One (prompt, sample) pair to request.
+struct Job {
+    prompt: Arc<PromptCtx>,
+    k: u32,
+    supersedes: bool,
+}
+
+/// A prompt with the messages sent for it.
+struct PromptCtx {
+    prompt: Prompt,
+    messages: Vec<Message>,
+}
+
+enum Out {
+    Sample { line: Vec<u8>, key: u64, supersedes: bool },
+    Failure(Value),
+}
+
+/// Fields a Sample defines; a prompt's unknown fields with these names are not copied.
+const SAMPLE_FIELDS: [&str; 20] = [
+    "id",
+    "prompt_id",
+    "sample",
+    "task",
+    "prompt",
+    "answer",
+    "tests",
+    "source",
+    "meta",
+    "messages",
+    "reasoning",
+    "content",
+    "finish_reason",
+    "usage",
+    "teacher",
+    "params",
+    "latency_ms",
+    "request_sha256",
+    "verdict",
+    "endpoint",
+];
+
+fn build_messages(cfg: &CollectConfig, p: &Prompt) -> Vec<Message> {
+    let mut msgs = Vec::with_capacity(2);
+    if let Some(sys) = cfg.system.as_deref().filter(|s| !s.is_empty()) {
+        msgs.push(Message::new("system", sys));
+    }
+    let instr = match p.task {
+        Task::Math => cfg.math_instruction.as_str(),
+        Task::Code => cfg.code_instruction.as_str(),
+        Task::Open => "",
+    };
+    let text = if instr.is_empty() { p.prompt.clone() } else { format!("{}\n\n{instr}", p.prompt) };
+    msgs.push(Message::new("user", text));
+    msgs
+}
+
+/// The request body without transport fields, and its sha256.
+fn request_body(cfg: &CollectConfig, messages: &[Message], seed: Option<u64>) -> (Map<String, Value>, String) {
+    let mut b = Map::new();
+    b.insert("model".into(), Value::String(cfg.model.clone()));
+    b.insert("messages".into(), serde_json::to_value(messages).unwrap_or(Value::Null));
+    b.insert("temperature".into(), json!(cfg.temperature));
+    b.insert("top_p".into(), json!(cfg.top_p));
+    if let Some(m) = cfg.max_tokens {
+        b.insert("max_tokens".into(), json!(m));
+    }
+    if let Some(s) = seed {
+        b.insert("seed".into(), json!(s));
+    }
+    if !cfg.stop.is_empty() {
+        b.insert("stop".into(), json!(cfg.stop));
+    }
+    for (k, v) in &cfg.extra_body {
+        b.insert(k.clone(), v.clone());
+    }
+    let bytes = serde_json::to_vec(&b).unwrap_or_default();
+    (b, store::hex(&Sha256::digest(&bytes)))
+}
+
+struct Ctx {
+    cfg: CollectConfig,
+    endpoints: Vec<Endpoint>,
+    client: Client,
+    balancer: Balancer,
+    rpm: Option<TokenBucket>,
+    tpm: Option<TokenBucket>,
+    backoff: Backoff,
+    stats: Stats,
+    out: std::sync::mpsc::Sender<Out>,
+    pb: indicatif::ProgressBar,
+}
+
+async fn process(ctx: Arc<Ctx>, job: Job) {
+    let cfg = &ctx.cfg;
+    let p = &job.prompt.prompt;
+    let id = Sample::make_id(&p.id, job.k);
+    let seed = cfg.seed.map(|s| s.wrapping_add(u64::from(job.k)));
+    let (mut body, sha) = request_body(cfg, &job.prompt.messages, seed);
+    if cfg.stream {
+        body.insert("stream".into(), Value::Bool(true));
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let prompt_chars: usize = job.prompt.messages.iter().map(|m| m.content.len()).sum();
+    let estimate = (prompt_chars / 4) as f64 + cfg.max_tokens.unwrap_or(2048) as f64;
+    let mut rng = fastrand::Rng::with_seed(id_key(&id));
+    let mut retry = 0u32;
+    loop {
+        if let Some(b) = &ctx.rpm {
+            b.acquire(1.0).await;
+        }
+        if let Some(b) = &ctx.tpm {
+            b.acquire(estimate).await;
+        }
+        let ep = ctx.balancer.pick().await;
+        let started = Instant::now();
+        ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let result = ctx.client.complete(&ctx.endpoints[ep].url, bytes.clone(), cfg.stream).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let healthy = result.as_ref().err().is_none_or(|e| !e.endpoint_failure());
+        ctx.balancer.release(ep, healthy);
+        match result {
+            Ok(c) => {
+                let (reasoning, content) = extract(&c.choice);
+                let usage = Usage {
+                    prompt_tokens: c.prompt_tokens.unwrap_or(0),
+                    completion_tokens: c.completion_tokens.unwrap_or(0),
+                };
+                if let Some(b) = &ctx.tpm {
+                    b.adjust((usage.prompt_tokens + usage.completion_tokens) as f64 - estimate);
+                }
+                let mut extra = p.extra.clone();
+                for f in SAMPLE_FIELDS {
+                    extra.remove(f);
+                }
+                let s = Sample {
+                    id: id.clone(),
+                    prompt_id: p.id.clone(),
+                    sample: job.k,
+                    task: p.task,
+                    prompt: p.prompt.clone(),
+                    answer: p.answer.clone(),
+                    tests: p.tests.clone(),
+                    source: p.source.clone(),
+                    meta: p.meta.clone(),
+                    messages: job.prompt.messages.clone(),
+                    reasoning,
+                    content,
+                    finish_reason: c.choice.finish_reason,
+                    usage,
+                    teacher: Teacher { model: cfg.model.clone(), endpoint: ctx.endpoints[ep].label.clone() },
+                    params: Params { temperature: cfg.temperature, top_p: cfg.top_p, max_tokens: cfg.max_tokens, seed },
+                    latency_ms,
+                    request_sha256: sha,
+                    verdict: None,
+                    extra,
+                };
+                let line = serde_json::to_vec(&s).unwrap_or_default();
+                ctx.stats.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+                ctx.stats.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
+                ctx.stats.latencies.lock().unwrap_or_else(|e| e.into_inner()).push(latency_ms);
+                let _ = ctx.out.send(Out::Sample { line, key: id_key(&id), supersedes: job.supersedes });
+                return;
+            }
+            Err(e) => {
+                if e.retryable() && retry < cfg.max_retries {
+                    ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    bump(&ctx.stats.retries_by_reason, e.reason());
+                    let wait = ctx.backoff.delay(retry, e.retry_after(), &mut rng);
+                    retry += 1;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
+                bump(&ctx.stats.failures_by_reason, e.reason());
+                let rec = json!({
+                    "id": id, "prompt_id": p.id, "sample": job.k, "reason": e.reason(),
+                    "detail": ctx.client.scrub(&e.detail()), "retryable": e.retryable(),
+                    "attempts": retry + 1, "endpoint": ctx.endpoints[ep].label, "request_sha256": sha,
+                });
+                let _ = ctx.out.send(Out::Failure(rec));
+                ctx.pb.inc(1);
+                return;
+            }
+        }
+    }
+}
+
+/// The writer thread: samples into the new part, failures into `rejects-requests.jsonl`.
+struct WriterResult {
+    written: u64,
+    superseded: HashSet<u64>,
+}
+
+fn writer_thread(
+    part_path: PathBuf,
+    failures_path: PathBuf,
+    rx: std::sync::mpsc::Receiver<Out>,
+    pb: indicatif::ProgressBar,
+) -> Result<WriterResult, StoreError> {
+    let mut part: Option<JsonlWriter> = None;
+    let mut failures: Option<JsonlWriter> = None;
+    let mut res = WriterResult { written: 0, superseded: HashSet::new() };
+    for msg in rx {
+        match msg {
+            Out::Sample { line, key, supersedes } => {
+                if part.is_none() {
+                    part = Some(JsonlWriter::create(&part_path, Durability::EveryRecord)?);
+                }
+                if let Some(w) = part.as_mut() {
+                    w.write_line(&line)?;
+                }
+                res.written += 1;
+                if supersedes {
+                    res.superseded.insert(key);
+                }
+                pb.inc(1);
+            }
+            Out::Failure(v) => {
+                if failures.is_none() {
+                    failures = Some(JsonlWriter::append(&failures_path, Durability::EveryRecord)?);
+                }
+                if let Some(w) = failures.as_mut() {
+                    let line = serde_json::to_vec(&v).unwrap_or_default();
+                    w.write_line(&line)?;
+                }
+            }
+        }
+    }
+    if let Some(w) = part {
+        w.close()?;
+    }
+    if let Some(w) = failures {
+        w.close()?;
+    }
+    Ok(res)
+}
+
+/// Whether sample `k` of a prompt must be requested.
+fn wanted(done: &HashMap<u64, Done>, regen: Option<Regenerate>, id: &str) -> Option<bool> {
+    match done.get(&id_key(id)) {
+        None => Some(false),
+        Some(d) if regen == Some(Regenerate::Truncated) && d.truncated => Some(true),
+        Some(_) => None,
+    }
+}
+
+/// Runs a collection.
+pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
+    if cfg.endpoints.is_empty() {
+        return Err(CollectError::NoEndpoint);
+    }
+    if cfg.n == 0 || cfg.concurrency == 0 {
+        return Err(CollectError::Config("-n and --concurrency must be at least 1".into()));
+    }
+    if !(cfg.timeout_s > 0.0 && cfg.timeout_s.is_finite()) {
+        return Err(CollectError::Config("--timeout-s must be a positive number of seconds".into()));
+    }
+    let endpoints = cfg.endpoints.iter().map(|e| resolve_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
+    let api_key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
+    let started = Instant::now();
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| StoreError::Io { path: cfg.out.clone(), source: e })?;
+    let mut scan = resume::scan(&cfg.out)?;
+    let mut warnings = std::mem::take(&mut scan.warnings);
+    // Duplicates left by a run killed before it compacted.
+    if !scan.stale_parts.is_empty() {
+        resume::compact(&cfg.out, &scan.stale_parts, &scan.done)?;
+    }
+    let part_no = scan.next_part();
+    let part_path = cfg.out.join(resume::part_name(part_no));
+    let done = Arc::new(std::mem::take(&mut scan.done));
+
+    // Pre-pass: how many samples are wanted (not for stdin, which can be read once).
+    let total = if cfg.prompts == Path::new("-") {
+        None
+    } else {
+        let mut n = 0u64;
+        let mut seen = HashSet::new();
+        for rec in store::open(&cfg.prompts)?.flatten() {
+            let Ok(p) = rec.into_parsed::<Prompt>() else { continue };
+            if !seen.insert(id_key(&p.id)) {
+                continue;
+            }
+            for k in 0..cfg.n {
+                if wanted(&done, cfg.regenerate, &Sample::make_id(&p.id, k)).is_some() {
+                    n += 1;
+                }
+            }
+        }
+        Some(n)
+    };
+    let pb = if cfg.progress {
+        let pb = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+        ) {
+            pb.set_style(style);
+        }
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<Out>();
+    let writer = {
+        let (pp, fp, pb) = (part_path.clone(), cfg.out.join("rejects-requests.jsonl"), pb.clone());
+        std::thread::spawn(move || writer_thread(pp, fp, out_rx, pb))
+    };
+
+    // The prompt reader: streams prompts, rejects bad ones, emits jobs.
+    let (job_tx, mut job_rx) = tokio::sync::mpsc::channel::<Job>(cfg.concurrency * 2 + 64);
+    let reader = {
+        let cfg = cfg.clone();
+        let done = done.clone();
+        std::thread::spawn(move || -> Result<(u64, u64, u64), StoreError> {
+            let mut rejects = RejectsWriter::new(cfg.out.join("rejects-prompts.jsonl"));
+            let (mut read, mut already) = (0u64, 0u64);
+            let mut seen = HashSet::new();
+            for item in store::open(&cfg.prompts)? {
+                let rec = match item {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rejects.reject(&e, None)?;
+                        continue;
+                    }
+                };
+                let value = rec.value.clone();
+                let p = match rec.into_parsed::<Prompt>() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        rejects.reject(&e, Some(&value))?;
+                        continue;
+                    }
+                };
+                if !seen.insert(id_key(&p.id)) {
+                    let e = StoreError::Schema {
+                        loc: store::Loc { file: Arc::new(cfg.prompts.clone()), line: 0 },
+                        id: store::IdSuffix(Some(p.id.clone())),
+                        msg: "duplicate prompt id; only its first occurrence is collected".into(),
+                    };
+                    rejects.reject(&e, Some(&value))?;
+                    continue;
+                }
+                read += 1;
+                let messages = build_messages(&cfg, &p);
+                let ctx = Arc::new(PromptCtx { prompt: p, messages });
+                for k in 0..cfg.n {
+                    match wanted(&done, cfg.regenerate, &Sample::make_id(&ctx.prompt.id, k)) {
+                        None => already += 1,
+                        Some(supersedes) => {
+                            if job_tx.blocking_send(Job { prompt: ctx.clone(), k, supersedes }).is_err() {
+                                return Ok((read, rejects.count, already));
+                            }
+                        }
+                    }
+                }
+            }
+            let n = rejects.count;
+            rejects.finish()?;
+            Ok((read, n, already))
+        })
+    };
+
+    let ctx = Arc::new(Ctx {
+        endpoints,
+        client: Client::new(api_key, Duration::from_secs_f64(cfg.timeout_s), cfg.concurrency),
+        balancer: Balancer::new(cfg.endpoints.len()),
+        rpm: TokenBucket::new(cfg.rpm),
+        tpm: TokenBucket::new(cfg.tpm),
+        backoff: Backoff {
+            base: Duration::from_millis(cfg.backoff_base_ms),
+            max: Duration::from_millis(cfg.backoff_max_ms.max(cfg.backoff_base_ms)),
+        },
+        stats: Stats::default(),
+        out: out_tx,
+        pb: pb.clone(),
+        cfg: cfg.clone(),
+    });
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.threads > 0 {
+        rt.worker_threads(cfg.threads);
+    }
+    let rt = rt.enable_all().build().map_err(CollectError::Runtime)?;
+    let requested = rt.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
+        let ticker = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let s = &ctx.stats;
+                    let toks = s.completion_tokens.load(Ordering::Relaxed) as f64;
+                    ctx.pb.set_message(format!(
+                        "{:.0} tok/s, {} retries, {} failures",
+                        toks / t0.elapsed().as_secs_f64().max(1e-3),
+                        s.retries.load(Ordering::Relaxed),
+                        s.failures.load(Ordering::Relaxed)
+                    ));
+                }
+            })
+        };
+        let mut requested = 0u64;
+        while let Some(job) = job_rx.recv().await {
+            let Ok(permit) = sem.clone().acquire_owned().await else { break };
+            requested += 1;
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                process(ctx, job).await;
+                drop(permit);
+            });
+        }
+        let _ = sem.acquire_many(cfg.concurrency as u32).await;
+        ticker.abort();
+        requested
+    });
+    drop(rt);
+    let (prompts_read, prompts_rejected, already) =
+        reader.join().map_err(|_| CollectError::Writer("the prompt reader panicked".into()))??;
+    let stats_snapshot = {
+        let s = &ctx.stats;
+        (
+            s.failures.load(Ordering::Relaxed),
+            s.retries.load(Ordering::Relaxed),
+            s.attempts.load(Ordering::Relaxed),
+            s.prompt_tokens.load(Ordering::Relaxed),
+            s.completion_tokens.load(Ordering::Relaxed),
+            std::mem::take(&mut *s.latencies.lock().unwrap_or_else(|e| e.into_inner())),
+            s.failures_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            s.retries_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        )
+    };
+    drop(ctx); // closes the writer's channel
+    let wres = writer.join().map_err(|_| CollectError::Writer("the writer panicked".into()))??;
+    pb.finish_and_clear();
+
+    // Supersede: later part wins; rewrite the older parts that held the replaced records.
+    let mut superseded_count = 0;
+    if !wres.superseded.is_empty() {
+        let mut done = Arc::try_unwrap(done).unwrap_or_else(|a| (*a).clone());
+        let mut stale = BTreeSet::new();
+        for key in &wres.superseded {
+            if let Some(d) = done.get_mut(key) {
+                stale.insert(d.part);
+                *d = Done { part: part_no, truncated: false };
+            }
+        }
+        superseded_count = resume::compact(&cfg.out, &stale, &done)?;
+    }
+
+    let (failures, retries, attempts, tin, tout, lat, fbr, rbr) = stats_snapshot;
+    let wall = started.elapsed().as_secs_f64();
+    warnings.truncate(20);
+    let summary = Summary {
+        model: cfg.model.clone(),
+        endpoints: cfg.endpoints.clone(),
+        part: (wres.written > 0).then(|| resume::part_name(part_no)),
+        prompts_read,
+        prompts_rejected,
+        samples_wanted: prompts_read * u64::from(cfg.n),
+        samples_already_done: already,
+        samples_requested: requested,
+        samples_written: wres.written,
+        samples_superseded: superseded_count,
+        failures,
+        failures_by_reason: fbr,
+        retries,
+        retries_by_reason: rbr,
+        http_attempts: attempts,
+        prompt_tokens: tin,
+        completion_tokens: tout,
+        cost_usd: tin as f64 * cfg.price_in_per_m / 1e6 + tout as f64 * cfg.price_out_per_m / 1e6,
+        latency_ms: Latency::of(lat),
+        wall_s: wall,
+        requests_per_s: wres.written as f64 / wall.max(1e-9),
+        completion_tokens_per_s: tout as f64 / wall.max(1e-9),
+        warnings,
+    };
+    let text = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    store::write_atomic(&cfg.out.join("summary.json"), &text)?;
+    Ok(Report { summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CollectConfig {
+        toml::from_str(
+            r#"prompts = "p.jsonl"
+endpoints = ["http://127.0.0.1:9/v1"]
+model = "m"
+out = "o""#,
+        )
+        .expect("minimal config")
+    }
+
+    #[test]
+    fn defaults_and_messages() {
+        let c = cfg();
+        assert_eq!(
+            (c.n, c.temperature, c.top_p, c.seed, c.api_key_env.as_str()),
+            (1, 0.6, 0.95, Some(0), "OPENAI_API_KEY")
+        );
+        let p: Prompt = serde_json::from_value(json!({"id": "a", "task": "math", "prompt": "1+1?"})).expect("prompt");
+        let m = build_messages(&c, &p);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].content, format!("1+1?\n\n{DEFAULT_MATH_INSTRUCTION}"));
+        let mut c2 = c.clone();
+        c2.system = Some("be brief".into());
+        assert_eq!(build_messages(&c2, &p)[0].role, "system");
+    }
+
+    #[test]
+    fn request_hash_ignores_nothing_semantic() {
+        let c = cfg();
+        let m = vec![Message::new("user", "q")];
+        let (b0, h0) = request_body(&c, &m, Some(0));
+        let (_, h1) = request_body(&c, &m, Some(1));
+        assert_ne!(h0, h1);
+        assert!(!b0.contains_key("stream"));
+        assert_eq!(h0.len(), 64);
+    }
+
+    #[test]
+    fn endpoint_validation() {
+        let cases = [
+            ("ftp://127.0.0.1/v1", "http:// or https://"),
+            ("not a url", "not a URL"),
+            ("http://user:pw@127.0.0.1/v1", "credentials"),
+            ("http://distill-no-such-host.invalid/v1", "cannot resolve"),
+        ];
+        for (u, want) in cases {
+            let e = resolve_endpoint(u).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "{u}: {e}");
+        }
+        let ok = resolve_endpoint("http://127.0.0.1:8000/v1/").expect("valid");
+        assert_eq!((ok.label.as_str(), ok.url.path()), ("http://127.0.0.1:8000/v1", "/v1/chat/completions"));
+    }
+
+    #[test]
+    fn percentiles() {
+        let l = Latency::of((1..=100).collect());
+        assert_eq!((l.p50, l.p90, l.p99, l.max), (50, 90, 99, 100));
+        assert_eq!(Latency::of(vec![]).p50, 0);
+    }
+}

@@ -1,0 +1,189 @@
+//! `distill teacher-sim`: a simulated R1-style teacher behind an OpenAI-compatible HTTP API on
+//! loopback, for the offline demo and the tests.
+//!
+//! In: `POST /v1/chat/completions` (or `/chat/completions`) requests. Out: chat completions
+//! whose `<think>` reasoning and `\boxed{}` / fenced-program answers solve the problems of
+//! [`crate::problems`] (other prompts get a generic trace), either inline (`<think>…</think>` in
+//! `content`) or as `reasoning_content`, streamed (SSE) or not.
+//!
+//! Determinism: a completion depends only on the simulator's seed, the request body (minus
+//! `stream`/`stream_options`) and the choice index, so streaming and non-streaming requests,
+//! and both shapes, carry the same text. Content faults (`wrong`, `langmix`, `repeat`,
+//! `truncate`, `no_close`) are drawn from that same seed, so a retried request gets the same
+//! answer; transport faults (`http429`, `http500`, `drop`, `slow`, `nonjson`) are drawn per
+//! attempt, so retries can succeed.
+
+mod server;
+pub mod trace;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use server::serve;
+pub use trace::{ContentFaults, Shape};
+
+/// Fault probabilities, each in [0, 1].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Faults {
+    /// Wrong final answer (or subtly wrong program).
+    #[serde(default)]
+    pub wrong: f64,
+    /// Chinese sentences mixed into the reasoning.
+    #[serde(default)]
+    pub langmix: f64,
+    /// A sentence repeated dozens of times.
+    #[serde(default)]
+    pub repeat: f64,
+    /// Cut mid-reasoning with `finish_reason: length`.
+    #[serde(default)]
+    pub truncate: f64,
+    /// No `</think>`: everything is one unclosed thought.
+    #[serde(default)]
+    pub no_close: f64,
+    /// HTTP 429 with `Retry-After`.
+    #[serde(default)]
+    pub http429: f64,
+    /// HTTP 500.
+    #[serde(default)]
+    pub http500: f64,
+    /// Connection dropped mid-body.
+    #[serde(default)]
+    pub drop: f64,
+    /// Response delayed by `slow_ms`.
+    #[serde(default)]
+    pub slow: f64,
+    /// HTTP 200 with an HTML body instead of JSON.
+    #[serde(default)]
+    pub nonjson: f64,
+}
+
+impl Faults {
+    /// Parses `wrong=0.3,http429=0.1,...`.
+    pub fn parse(spec: &str) -> Result<Faults, SimError> {
+        let mut map = BTreeMap::new();
+        for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| SimError::Faults {
+                spec: spec.to_string(),
+                msg: format!("`{part}` is not NAME=PROBABILITY"),
+            })?;
+            let p: f64 = v.trim().parse().ok().filter(|p: &f64| (0.0..=1.0).contains(p)).ok_or_else(|| {
+                SimError::Faults { spec: spec.to_string(), msg: format!("`{v}` is not a probability in [0, 1]") }
+            })?;
+            map.insert(k.trim().to_string(), p);
+        }
+        let mut f = Faults::default();
+        for (k, p) in map {
+            let slot = match k.as_str() {
+                "wrong" => &mut f.wrong,
+                "langmix" => &mut f.langmix,
+                "repeat" => &mut f.repeat,
+                "truncate" => &mut f.truncate,
+                "no_close" => &mut f.no_close,
+                "http429" => &mut f.http429,
+                "http500" => &mut f.http500,
+                "drop" => &mut f.drop,
+                "slow" => &mut f.slow,
+                "nonjson" => &mut f.nonjson,
+                other => {
+                    return Err(SimError::Faults {
+                        spec: spec.to_string(),
+                        msg: format!(
+                            "unknown fault `{other}`; known: wrong, langmix, repeat, truncate, no_close, http429, http500, drop, slow, nonjson"
+                        ),
+                    });
+                }
+            };
+            *slot = p;
+        }
+        if f.http429 + f.http500 + f.drop + f.slow + f.nonjson > 1.0 {
+            return Err(SimError::Faults {
+                spec: spec.to_string(),
+                msg: "http429 + http500 + drop + slow + nonjson must not exceed 1".into(),
+            });
+        }
+        Ok(f)
+    }
+
+    pub fn content(&self) -> ContentFaults {
+        ContentFaults {
+            wrong: self.wrong,
+            langmix: self.langmix,
+            repeat: self.repeat,
+            truncate: self.truncate,
+            no_close: self.no_close,
+        }
+    }
+}
+
+/// Settings of `distill teacher-sim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimConfig {
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// 0 picks a free port; the address is printed on the first line of stdout.
+    pub port: u16,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default = "default_shape")]
+    pub shape: Shape,
+    /// Delay of every response, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Delay of the `slow` fault, in milliseconds.
+    #[serde(default = "default_slow_ms")]
+    pub slow_ms: u64,
+    /// `Retry-After` seconds sent with 429s.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_s: u64,
+    /// Runtime worker threads (0: one per core).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_shape() -> Shape {
+    Shape::Inline
+}
+fn default_slow_ms() -> u64 {
+    3000
+}
+fn default_retry_after() -> u64 {
+    1
+}
+
+/// Errors of the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("--faults {spec:?}: {msg}")]
+    Faults { spec: String, msg: String },
+    #[error("cannot listen on {addr}: {source}; pick another --port (0 picks a free one)")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("--host {0:?} is not an IP address")]
+    Host(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fault_specs() {
+        let f = Faults::parse(
+            "wrong=0.3,langmix=0.1,repeat=0.05,truncate=0.05,no_close=0.02,http429=0.1,http500=0.05,drop=0.05",
+        )
+        .expect("the contract's example parses");
+        assert_eq!((f.wrong, f.http429, f.drop, f.slow), (0.3, 0.1, 0.05, 0.0));
+        assert_eq!(Faults::parse("").expect("empty"), Faults::default());
+        for bad in ["wrong", "wrong=2", "typo=0.1", "http429=0.6,http500=0.6", "wrong=x"] {
+            let e = Faults::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("--faults"), "{e}");
+        }
+    }
+}
