@@ -668,6 +668,7 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
                     }
                 };
                 let value = rec.value.clone();
+                let loc = rec.loc.clone();
                 let p = match rec.into_parsed::<Prompt>() {
                     Ok(p) => p,
                     Err(e) => {
@@ -677,7 +678,7 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
                 };
                 if !seen.insert(id_key(&p.id)) {
                     let e = StoreError::Schema {
-                        loc: store::Loc { file: Arc::new(cfg.prompts.clone()), line: 0 },
+                        loc,
                         id: store::IdSuffix(Some(p.id.clone())),
                         msg: "duplicate prompt id; only its first occurrence is collected".into(),
                     };

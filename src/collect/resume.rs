@@ -78,7 +78,7 @@ pub fn list_parts(dir: &Path) -> Result<Vec<u32>, StoreError> {
         let name = name.to_string_lossy();
         if let Some(n) = part_number(&name) {
             parts.push(n);
-        } else if name.starts_with(".part-") && name.ends_with(".tmp") {
+        } else if name.starts_with(".part-") && name.ends_with(".tmp.jsonl.zst") {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -121,7 +121,7 @@ pub fn compact(dir: &Path, parts: &BTreeSet<u32>, done: &HashMap<u64, Done>) -> 
     let mut dropped = 0;
     for &p in parts {
         let path = dir.join(part_name(p));
-        let tmp: PathBuf = dir.join(format!(".{}.tmp", part_name(p)));
+        let tmp: PathBuf = dir.join(format!(".part-{p:05}.tmp.jsonl.zst"));
         let mut w = JsonlWriter::create(&tmp, Durability::Batched)?;
         for item in store::open(&path)? {
             // Torn tails and bad lines are dropped by the rewrite (they were never records).
