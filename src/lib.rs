@@ -11,4 +11,5 @@ pub mod problems;
 pub mod record;
 pub mod store;
 pub mod teacher_sim;
+pub mod train;
 pub mod verify;

@@ -1,0 +1,4 @@
+//! Training students: the decoder (`model`), chat templates and assistant-only loss masks
+//! (`tokenize`), and corpus scoring (`score`).
+
+pub mod model;

@@ -1,0 +1,168 @@
+//! The decoder, built only from differentiable candle-core/candle-nn primitives and the
+//! hand-differentiated ops in `ops` (no fused op without a backward).
+//!
+//! Module names mirror the checkpoint keys: `model.embed_tokens`, `model.layers.N.self_attn.
+//! {q,k,v,o}_proj`, `model.layers.N.mlp.{gate,up,down}_proj`, `model.layers.N.{input,
+//! post_attention}_layernorm`, `model.norm`, `lm_head`.
+
+use std::sync::Arc;
+
+use candle_core::{D, DType, Result, Tensor};
+
+use super::config::Config;
+use super::lora::LoraAdapter;
+use super::ops;
+
+/// A weight as the model uses it: trainable (the tensor of a `Var`) or frozen (a plain tensor
+/// whose gradient is never computed).
+#[derive(Clone)]
+pub struct Weight {
+    pub name: String,
+    pub tensor: Tensor,
+    pub trainable: bool,
+}
+
+/// A projection `y = x W^T + b`, optionally with a LoRA adapter.
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<Weight>,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    /// `x`: `(N, in)` → `(N, out)`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
+        let mut y = if frozen {
+            ops::frozen_linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor))?
+        } else {
+            let y = if self.weight.trainable {
+                x.matmul(&self.weight.tensor.t()?)?
+            } else {
+                ops::frozen_linear(x, &self.weight.tensor, None)?
+            };
+            match &self.bias {
+                Some(b) => y.broadcast_add(&b.tensor)?,
+                None => y,
+            }
+        };
+        if let Some(lora) = &self.lora {
+            y = y.add(&lora.forward(x, train)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// RMSNorm computed in (at least) f32, as transformers does.
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Weight,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let work = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let xf = x.to_dtype(work)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_mul(&var.affine(1.0, self.eps)?.sqrt()?.recip()?)?.to_dtype(dtype)?;
+        if self.weight.trainable {
+            normed.broadcast_mul(&self.weight.tensor)
+        } else {
+            ops::const_mul(&normed, &self.weight.tensor)
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Clone)]
+pub struct Layer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// Per-batch constants shared by every layer: rotary tables and the attention mask.
+pub struct Ctx {
+    pub batch: usize,
+    pub seq: usize,
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub allowed: Arc<Vec<u8>>,
+    pub train: bool,
+}
+
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    let x = x.unsqueeze(2)?;
+    let copies: Vec<&Tensor> = std::iter::repeat_n(&x, n).collect();
+    Tensor::cat(&copies, 2)?.reshape((b, kv * n, t, d))
+}
+
+impl Layer {
+    /// `x`: `(B*T, hidden)` → `(B*T, hidden)`.
+    pub fn forward(&self, x: &Tensor, cfg: &Config, ctx: &Ctx) -> Result<Tensor> {
+        let (b, t) = (ctx.batch, ctx.seq);
+        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let residual = x;
+        let xs = self.input_layernorm.forward(x)?;
+        let a = &self.self_attn;
+        let q = a.q_proj.forward(&xs, ctx.train)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let k = a.k_proj.forward(&xs, ctx.train)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
+        let v = a.v_proj.forward(&xs, ctx.train)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
+        let q = ops::rope(&q, &ctx.cos, &ctx.sin)?;
+        let k = ops::rope(&k, &ctx.cos, &ctx.sin)?;
+        let k = repeat_kv(&k, h / kv)?;
+        let v = repeat_kv(&v, h / kv)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
+        let scores = ops::mask_fill(&scores, &ctx.allowed)?;
+        // Softmax (max-subtracted) with a hand-written backward that keeps no constant's gradient.
+        let p = ops::softmax(&scores)?;
+        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h * hd))?;
+        let x = residual.add(&a.o_proj.forward(&o, ctx.train)?)?;
+        let residual = &x;
+        let xs = self.post_attention_layernorm.forward(&x)?;
+        let m = &self.mlp;
+        let gate = m.gate_proj.forward(&xs, ctx.train)?.silu()?;
+        let up = m.up_proj.forward(&xs, ctx.train)?;
+        residual.add(&m.down_proj.forward(&gate.mul(&up)?, ctx.train)?)
+    }
+
+    pub fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+    }
+
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("q_proj", &mut a.q_proj),
+            ("k_proj", &mut a.k_proj),
+            ("v_proj", &mut a.v_proj),
+            ("o_proj", &mut a.o_proj),
+            ("gate_proj", &mut m.gate_proj),
+            ("up_proj", &mut m.up_proj),
+            ("down_proj", &mut m.down_proj),
+        ]
+    }
+}

@@ -1,0 +1,481 @@
+//! A trainable Qwen2/Llama decoder: Hugging Face checkpoints in (safetensors, single or
+//! sharded, f32/bf16/f16; or a GGUF file) and out (HF layout), full or LoRA training, a
+//! chunked assistant-only cross-entropy.
+//!
+//! In: a model directory (or `.gguf`), token ids with their layout (padding/packing), loss
+//! targets and weights. Out: logits, a loss, gradients of exactly the trainable `Var`s, and
+//! checkpoints/adapters on disk.
+
+pub mod config;
+pub mod decoder;
+pub mod io;
+pub mod lora;
+pub mod ops;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+
+pub use config::{Arch, Config, RopeScaling};
+pub use decoder::{Layer, Linear, RmsNorm, Weight};
+pub use lora::{LoraAdapter, LoraConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("GGUF {path}: {msg}")]
+    Gguf { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("tensor op failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Where each token of a `(B, T)` batch sits: its rotary position and its sequence.
+/// `segments[i] == 0` marks padding; tokens attend causally to earlier tokens of the same
+/// nonzero segment only (so several packed sequences can share a row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqLayout {
+    pub batch: usize,
+    pub seq: usize,
+    pub positions: Vec<u32>,
+    pub segments: Vec<u32>,
+}
+
+impl SeqLayout {
+    /// One sequence per row, right-padded to `seq`.
+    pub fn padded(lengths: &[usize], seq: usize) -> Result<Self> {
+        Self::packed(&lengths.iter().map(|&l| vec![l]).collect::<Vec<_>>(), seq)
+    }
+
+    /// Several sequences per row (lengths per row), positions restarting at 0 for each.
+    pub fn packed(rows: &[Vec<usize>], seq: usize) -> Result<Self> {
+        let mut positions = Vec::with_capacity(rows.len() * seq);
+        let mut segments = Vec::with_capacity(rows.len() * seq);
+        for (r, lens) in rows.iter().enumerate() {
+            let total: usize = lens.iter().sum();
+            if total > seq {
+                return Err(ModelError::Input(format!(
+                    "row {r}: sequences of {total} tokens exceed the row length {seq}"
+                )));
+            }
+            for (s, &l) in lens.iter().enumerate() {
+                positions.extend(0..l as u32);
+                segments.extend(std::iter::repeat_n(s as u32 + 1, l));
+            }
+            positions.extend(std::iter::repeat_n(0, seq - total));
+            segments.extend(std::iter::repeat_n(0, seq - total));
+        }
+        Ok(SeqLayout { batch: rows.len(), seq, positions, segments })
+    }
+
+    /// `allowed[b, i, j]`: query `i` may attend to key `j`.
+    pub fn allowed(&self) -> Vec<u8> {
+        let t = self.seq;
+        let mut out = vec![0u8; self.batch * t * t];
+        for b in 0..self.batch {
+            let seg = &self.segments[b * t..(b + 1) * t];
+            for i in 0..t {
+                for j in 0..=i {
+                    if seg[j] != 0 && seg[j] == seg[i] {
+                        out[b * t * t + i * t + j] = 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The loss of a batch: `loss` = Σ w·CE / Σ w (a scalar tensor, differentiable), with the
+/// weight sum (the number of target tokens when weights are 0/1).
+pub struct LossOutput {
+    pub loss: Tensor,
+    pub weight_sum: f64,
+}
+
+/// A loaded decoder. Base weights are trainable `Var`s after `load`; `freeze_base` or
+/// `add_lora` make them constants whose gradients are never computed.
+pub struct Model {
+    pub cfg: Config,
+    pub device: Device,
+    pub dtype: DType,
+    pub embed_tokens: Weight,
+    pub layers: Vec<Layer>,
+    pub norm: RmsNorm,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Weight>,
+    vars: Vec<(String, Var)>,
+    lora: Option<LoraConfig>,
+    /// Rows of the cross-entropy computed at once (default: about 32M logits per chunk).
+    pub ce_chunk_rows: Option<usize>,
+    /// Directory the model came from (tokenizer files are copied from it on save).
+    pub source_dir: Option<PathBuf>,
+}
+
+/// Makes an empty-ish `GradStore` (candle offers no public constructor): it holds only the
+/// one-element gradient of a throwaway variable.
+fn fresh_grad_store(device: &Device) -> Result<GradStore> {
+    let v = Var::zeros(1, DType::F32, device)?;
+    Ok(v.as_tensor().backward()?)
+}
+
+impl Model {
+    /// Builds a model from named tensors (already in `dtype` on `device`); every weight
+    /// becomes a trainable `Var`.
+    pub fn from_tensors(
+        cfg: Config,
+        mut get: impl FnMut(&str) -> Result<Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut vars = Vec::new();
+        let mut weight = |name: String, shape: &[usize]| -> Result<Weight> {
+            let t = get(&name)?;
+            if t.dims() != shape {
+                return Err(ModelError::Config(format!(
+                    "tensor {name} has shape {:?}, the config implies {shape:?}",
+                    t.dims()
+                )));
+            }
+            let var = Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?;
+            let w = Weight { name: name.clone(), tensor: var.as_tensor().clone(), trainable: true };
+            vars.push((name, var));
+            Ok(w)
+        };
+        let (d, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (q_out, kv_out) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let embed_tokens = weight("model.embed_tokens.weight".into(), &[cfg.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+                Ok(Linear {
+                    weight: weight(format!("{p}.{name}.weight"), &[out, inp])?,
+                    bias: if bias { Some(weight(format!("{p}.{name}.bias"), &[out])?) } else { None },
+                    lora: None,
+                })
+            };
+            let self_attn = decoder::Attention {
+                q_proj: lin("self_attn.q_proj", q_out, d, cfg.qkv_bias)?,
+                k_proj: lin("self_attn.k_proj", kv_out, d, cfg.qkv_bias)?,
+                v_proj: lin("self_attn.v_proj", kv_out, d, cfg.qkv_bias)?,
+                o_proj: lin("self_attn.o_proj", d, q_out, cfg.o_bias)?,
+            };
+            let mlp = decoder::Mlp {
+                gate_proj: lin("mlp.gate_proj", inter, d, cfg.mlp_bias)?,
+                up_proj: lin("mlp.up_proj", inter, d, cfg.mlp_bias)?,
+                down_proj: lin("mlp.down_proj", d, inter, cfg.mlp_bias)?,
+            };
+            let input_layernorm =
+                RmsNorm { weight: weight(format!("{p}.input_layernorm.weight"), &[d])?, eps: cfg.rms_norm_eps };
+            let post_attention_layernorm = RmsNorm {
+                weight: weight(format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                eps: cfg.rms_norm_eps,
+            };
+            layers.push(Layer { self_attn, mlp, input_layernorm, post_attention_layernorm });
+        }
+        let norm = RmsNorm { weight: weight("model.norm.weight".into(), &[d])?, eps: cfg.rms_norm_eps };
+        let lm_head =
+            if cfg.tie_word_embeddings { None } else { Some(weight("lm_head.weight".into(), &[cfg.vocab_size, d])?) };
+        Ok(Model {
+            cfg,
+            device: device.clone(),
+            dtype,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            vars,
+            lora: None,
+            ce_chunk_rows: None,
+            source_dir: None,
+        })
+    }
+
+    /// Loads a Hugging Face model directory (or a `.gguf` file) with weights in `dtype`.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        io::load_dir(path, device, dtype)
+    }
+
+    /// The trainable variables, named as in the checkpoint (LoRA: `...q_proj.lora_A.weight`).
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.vars.clone()
+    }
+
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    fn all_weights_mut(&mut self) -> Vec<&mut Weight> {
+        let mut out = vec![&mut self.embed_tokens];
+        for l in &mut self.layers {
+            let Layer { self_attn, mlp, input_layernorm, post_attention_layernorm } = l;
+            out.push(&mut input_layernorm.weight);
+            out.push(&mut post_attention_layernorm.weight);
+            for lin in [
+                &mut self_attn.q_proj,
+                &mut self_attn.k_proj,
+                &mut self_attn.v_proj,
+                &mut self_attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                out.push(&mut lin.weight);
+                if let Some(b) = &mut lin.bias {
+                    out.push(b);
+                }
+            }
+        }
+        out.push(&mut self.norm.weight);
+        if let Some(h) = &mut self.lm_head {
+            out.push(h);
+        }
+        out
+    }
+
+    /// Every base weight (name, tensor), in checkpoint order.
+    pub fn base_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(self.embed_tokens.name.clone(), self.embed_tokens.tensor.clone())];
+        for l in &self.layers {
+            out.push((l.input_layernorm.weight.name.clone(), l.input_layernorm.weight.tensor.clone()));
+            out.push((
+                l.post_attention_layernorm.weight.name.clone(),
+                l.post_attention_layernorm.weight.tensor.clone(),
+            ));
+            for lin in l.linears() {
+                out.push((lin.weight.name.clone(), lin.weight.tensor.clone()));
+                if let Some(b) = &lin.bias {
+                    out.push((b.name.clone(), b.tensor.clone()));
+                }
+            }
+        }
+        out.push((self.norm.weight.name.clone(), self.norm.weight.tensor.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push((h.name.clone(), h.tensor.clone()));
+        }
+        out
+    }
+
+    /// Makes every base weight a constant: no gradient is computed or stored for it.
+    pub fn freeze_base(&mut self) {
+        for w in self.all_weights_mut() {
+            w.tensor = w.tensor.detach();
+            w.trainable = false;
+        }
+        self.vars.retain(|(n, _)| n.contains(".lora_"));
+    }
+
+    /// Freezes the base and adds LoRA adapters (A random, B zero, as PEFT initialises them).
+    pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
+        if cfg.rank == 0 {
+            return Err(ModelError::Input("LoRA rank must be at least 1".into()));
+        }
+        for t in &cfg.targets {
+            if !lora::TARGETS.contains(&t.as_str()) {
+                return Err(ModelError::Input(format!("LoRA target `{t}` is not one of {}", lora::TARGETS.join(", "))));
+            }
+        }
+        self.freeze_base();
+        let rng = Arc::new(lora::Rng::new(cfg.seed));
+        let init_rng = lora::Rng::new(cfg.seed ^ 0x5EED);
+        let (device, dtype) = (self.device.clone(), self.dtype);
+        let mut new_vars = Vec::new();
+        for layer in &mut self.layers {
+            for (short, lin) in layer.linears_mut() {
+                if !cfg.targets.iter().any(|t| t == short) {
+                    continue;
+                }
+                let (out, inp) = lin.weight.tensor.dims2()?;
+                // kaiming_uniform(a=sqrt(5)) as PEFT/torch Linear: bound = 1/sqrt(in).
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a: Vec<f32> =
+                    (0..cfg.rank * inp).map(|_| ((init_rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+                let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.rank, inp), &device)?.to_dtype(dtype)?)?;
+                let b = Var::zeros((out, cfg.rank), dtype, &device)?;
+                let base = lin.weight.name.trim_end_matches(".weight").to_string();
+                new_vars.push((format!("{base}.lora_A.weight"), a.clone()));
+                new_vars.push((format!("{base}.lora_B.weight"), b.clone()));
+                lin.lora = Some(LoraAdapter {
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scale: cfg.scale(),
+                    dropout: cfg.dropout,
+                    rng: rng.clone(),
+                });
+            }
+        }
+        self.vars.extend(new_vars);
+        self.lora = Some(cfg.clone());
+        Ok(())
+    }
+
+    /// Folds every adapter into its base weight (`W += scale · B A`) and removes the adapters.
+    /// The merged base stays frozen; reload the saved checkpoint to train it fully.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            for (_, lin) in layer.linears_mut() {
+                if let Some(ad) = lin.lora.take() {
+                    lin.weight.tensor =
+                        lin.weight.tensor.add(&ad.delta()?.to_dtype(lin.weight.tensor.dtype())?)?.detach();
+                }
+            }
+        }
+        self.vars.retain(|(n, _)| !n.contains(".lora_"));
+        self.lora = None;
+        Ok(())
+    }
+
+    fn rotary(&self, layout: &SeqLayout) -> Result<(Tensor, Tensor)> {
+        // As transformers: inverse frequencies and angles in f32.
+        let inv: Vec<f32> = self.cfg.inv_freq().iter().map(|&f| f as f32).collect();
+        let hd = self.cfg.head_dim;
+        let n = layout.positions.len();
+        let mut cos = Vec::with_capacity(n * hd);
+        let mut sin = Vec::with_capacity(n * hd);
+        for &p in &layout.positions {
+            for _ in 0..2 {
+                for &f in &inv {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape = (layout.batch, 1, layout.seq, hd);
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    fn check_ids(&self, ids: &Tensor, layout: &SeqLayout) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if b != layout.batch || t != layout.seq || layout.positions.len() != b * t || layout.segments.len() != b * t {
+            return Err(ModelError::Input(format!(
+                "input ids are {b}x{t} but the layout describes {}x{}",
+                layout.batch, layout.seq
+            )));
+        }
+        let ids = ids.to_dtype(DType::U32)?;
+        let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        if max as usize >= self.cfg.vocab_size {
+            return Err(ModelError::Input(format!(
+                "token id {max} is outside the vocabulary of {} (wrong tokenizer for this model?)",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Final hidden states `(B*T, hidden)` (after the last norm). `train` enables LoRA dropout.
+    pub fn hidden_states(&self, ids: &Tensor, layout: &SeqLayout, train: bool) -> Result<Tensor> {
+        let ids = self.check_ids(ids, layout)?;
+        let (cos, sin) = self.rotary(layout)?;
+        let ctx =
+            decoder::Ctx { batch: layout.batch, seq: layout.seq, cos, sin, allowed: Arc::new(layout.allowed()), train };
+        let mut x = self.embed_tokens.tensor.index_select(&ids.flatten_all()?, 0)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &self.cfg, &ctx)?;
+        }
+        Ok(self.norm.forward(&x)?)
+    }
+
+    fn head(&self) -> &Weight {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Logits `(B, T, vocab)`.
+    pub fn forward(&self, ids: &Tensor, layout: &SeqLayout) -> Result<Tensor> {
+        let h = self.hidden_states(ids, layout, false)?;
+        let head = self.head();
+        let logits =
+            if head.trainable { h.matmul(&head.tensor.t()?)? } else { ops::frozen_linear(&h, &head.tensor, None)? };
+        Ok(logits.reshape((layout.batch, layout.seq, self.cfg.vocab_size))?)
+    }
+
+    /// Weighted mean cross-entropy of predicting `targets[i]` at position `i` (flattened
+    /// `B*T`; the caller shifts), weight `weights[i]` (0 = no loss). Logits are computed in
+    /// chunks and never held whole.
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        layout: &SeqLayout,
+        targets: &[u32],
+        weights: &[f32],
+        train: bool,
+    ) -> Result<LossOutput> {
+        let n = layout.batch * layout.seq;
+        if targets.len() != n || weights.len() != n {
+            return Err(ModelError::Input(format!(
+                "{} targets and {} weights for {n} positions",
+                targets.len(),
+                weights.len()
+            )));
+        }
+        let rows: Vec<u32> = (0..n as u32).filter(|&i| weights[i as usize] != 0.0).collect();
+        let weight_sum: f64 = rows.iter().map(|&i| weights[i as usize] as f64).sum();
+        if rows.is_empty() {
+            return Err(ModelError::Input("no position carries loss weight (no assistant tokens?)".into()));
+        }
+        let sel_targets: Vec<u32> = rows.iter().map(|&i| targets[i as usize]).collect();
+        if let Some(&bad) = sel_targets.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "target id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        let sel_weights: Vec<f64> = rows.iter().map(|&i| weights[i as usize] as f64).collect();
+        let h = self.hidden_states(ids, layout, train)?;
+        let idx = Tensor::from_vec(rows.clone(), rows.len(), &self.device)?;
+        let h = h.index_select(&idx, 0)?;
+        let head = self.head();
+        let chunk_rows = self.ce_chunk_rows.unwrap_or_else(|| (32 << 20) / self.cfg.vocab_size.max(1)).max(1);
+        let op = ops::ChunkedCe {
+            targets: Arc::new(sel_targets),
+            weights: Arc::new(sel_weights),
+            chunk_rows,
+            need_dw: head.trainable,
+        };
+        let sum = ops::chunked_ce(&h, &head.tensor, op)?;
+        Ok(LossOutput { loss: sum.affine(1.0 / weight_sum, 0.0)?, weight_sum })
+    }
+
+    /// Backpropagates `loss` and keeps only the gradients of the trainable `Var`s.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut all = loss.backward()?;
+        let mut keep = fresh_grad_store(&self.device)?;
+        for (_, v) in &self.vars {
+            if let Some(g) = all.remove(v.as_tensor()) {
+                keep.insert(v.as_tensor(), g);
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Number of parameters (base weights, plus adapters).
+    pub fn num_params(&self) -> usize {
+        self.base_weights().iter().map(|(_, t)| t.elem_count()).sum::<usize>()
+            + self.vars.iter().filter(|(n, _)| n.contains(".lora_")).map(|(_, v)| v.elem_count()).sum::<usize>()
+    }
+}

@@ -1,0 +1,311 @@
+//! Differentiable operations with hand-written backward passes.
+//!
+//! They exist for memory, not for speed: candle's autograd stores a gradient for every operand
+//! of every op, including constants (a frozen weight, the causal mask, the rotary tables), and
+//! its matmul backward computes the weight gradient even for a frozen weight. Each op here
+//! keeps its constants inside the op, so backward returns only the gradient of the tracked
+//! input and nothing else is computed or stored.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
+
+/// Copies a contiguous CPU storage view into a fresh tensor.
+fn to_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+    let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op input must be contiguous") };
+    let shape = l.shape().clone();
+    let dev = Device::Cpu;
+    match s {
+        CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], shape, &dev),
+        CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], shape, &dev),
+        CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], shape, &dev),
+        CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], shape, &dev),
+        _ => candle_core::bail!("custom op input must be a float tensor"),
+    }
+}
+
+/// The storage of a result tensor, as a custom op must return it.
+fn to_storage(t: &Tensor) -> Result<(CpuStorage, Shape)> {
+    let t = t.contiguous()?;
+    let shape = t.shape().clone();
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cs) = &*storage else { candle_core::bail!("custom op result is not on the CPU") };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("custom op result must be contiguous")
+    };
+    let out = match cs {
+        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+        CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
+        CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
+        _ => candle_core::bail!("custom op result must be a float tensor"),
+    };
+    Ok((out, shape))
+}
+
+/// `x @ w^T (+ b)` with a frozen `w`/`b`: backward returns only `dx = dy @ w`.
+pub struct FrozenLinear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(FrozenLinear { w: w.clone(), b: b.cloned() })
+}
+
+impl FrozenLinear {
+    fn fwd(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        to_storage(&self.fwd(&to_tensor(s, l)?)?)
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// `x * c` (broadcast) with a constant `c`: backward returns only `dx = dy * c`.
+pub struct ConstMul {
+    pub c: Tensor,
+}
+
+pub fn const_mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(ConstMul { c: c.clone() })
+}
+
+impl CustomOp1 for ConstMul {
+    fn name(&self) -> &'static str {
+        "const-mul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        to_storage(&to_tensor(s, l)?.broadcast_mul(&self.c)?)
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_mul(&self.c)?))
+    }
+}
+
+/// Rotate-half rotary embedding `x*cos + rotate_half(x)*sin` on `(B, H, T, D)` with tables
+/// `(B, 1, T, D)`; backward applies the transposed rotation.
+pub struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+fn rotate_half(x: &Tensor, sign_first: f64) -> Result<Tensor> {
+    // sign_first = -1: forward rotation cat(-x2, x1); +1 with swapped roles: cat(x2, -x1).
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    if sign_first < 0.0 {
+        Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+    } else {
+        Tensor::cat(&[&x2, &x1.neg()?], D::Minus1)
+    }
+}
+
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Rope { cos: cos.clone(), sin: sin.clone() })
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-rotate-half"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = to_tensor(s, l)?;
+        let y = x.broadcast_mul(&self.cos)?.add(&rotate_half(&x, -1.0)?.broadcast_mul(&self.sin)?)?;
+        to_storage(&y)
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let gs = g.broadcast_mul(&self.sin)?;
+        Ok(Some(g.broadcast_mul(&self.cos)?.add(&rotate_half(&gs, 1.0)?)?))
+    }
+}
+
+/// Attention-score masking on `(B, H, T, T)`: entries not allowed (causal, padding, other
+/// packed segment) are set to a large negative number; backward zeroes their gradient.
+/// `allowed` is `(B, T, T)`, shared by every head.
+pub struct MaskFill {
+    pub allowed: Arc<Vec<u8>>,
+    pub batch: usize,
+    pub t: usize,
+}
+
+const MASKED: f64 = -1e30;
+
+impl MaskFill {
+    fn apply<T: Copy>(&self, v: &[T], heads: usize, fill: T) -> Vec<T> {
+        let tt = self.t * self.t;
+        let mut out = v.to_vec();
+        for b in 0..self.batch {
+            let m = &self.allowed[b * tt..(b + 1) * tt];
+            for h in 0..heads {
+                let o = &mut out[(b * heads + h) * tt..(b * heads + h + 1) * tt];
+                for (x, &keep) in o.iter_mut().zip(m) {
+                    if keep == 0 {
+                        *x = fill;
+                    }
+                }
+            }
+        }
+        out
+    }
+    fn keep_tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        let keep: Vec<f32> = self.allowed.iter().map(|&k| k as f32).collect();
+        Tensor::from_vec(keep, (self.batch, 1, self.t, self.t), device)?.to_dtype(dtype)
+    }
+}
+
+pub fn mask_fill(scores: &Tensor, allowed: &Arc<Vec<u8>>) -> Result<Tensor> {
+    let (b, _h, t, _t2) = scores.dims4()?;
+    scores.contiguous()?.apply_op1(MaskFill { allowed: allowed.clone(), batch: b, t })
+}
+
+impl CustomOp1 for MaskFill {
+    fn name(&self) -> &'static str {
+        "mask-fill"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("mask-fill input must be contiguous")
+        };
+        let shape = l.shape().clone();
+        let (b, h, t, t2) = shape.dims4()?;
+        if b != self.batch || t != self.t || t2 != self.t {
+            candle_core::bail!("mask-fill: scores {shape:?} do not match mask ({}, {}, {})", self.batch, self.t, self.t)
+        }
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.apply(&v[start..end], h, MASKED as f32)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.apply(&v[start..end], h, MASKED)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.apply(&v[start..end], h, half::bf16::MIN)),
+            CpuStorage::F16(v) => CpuStorage::F16(self.apply(&v[start..end], h, half::f16::MIN)),
+            _ => candle_core::bail!("mask-fill needs float scores"),
+        };
+        Ok((out, shape))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_mul(&self.keep_tensor(arg.dtype(), arg.device())?)?))
+    }
+}
+
+/// Summed, weighted cross-entropy of `h @ w^T` against `targets`, computed in row chunks so
+/// that the `rows × vocab` logits never exist whole (also not in backward, which recomputes
+/// them chunk by chunk). Returns a scalar `Σ_i weight_i · CE_i`.
+pub struct ChunkedCe {
+    pub targets: Arc<Vec<u32>>,
+    pub weights: Arc<Vec<f64>>,
+    pub chunk_rows: usize,
+    /// Whether `w` is trainable (otherwise its gradient is neither computed nor stored).
+    pub need_dw: bool,
+}
+
+impl ChunkedCe {
+    fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..n).step_by(self.chunk_rows.max(1)).map(move |s| (s, (n - s).min(self.chunk_rows.max(1))))
+    }
+    fn fwd(&self, h: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let n = h.dim(0)?;
+        let mut total = 0f64;
+        for (s, len) in self.chunks(n) {
+            let logits = h.narrow(0, s, len)?.matmul(&w.t()?)?.to_dtype(DType::F64.max_float(h.dtype()))?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let lse = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.add(&max)?;
+            let idx = Tensor::from_slice(&self.targets[s..s + len], (len, 1), h.device())?;
+            let tgt = logits.gather(&idx, D::Minus1)?;
+            let ce: Vec<f64> = lse.sub(&tgt)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            total += ce.iter().zip(&self.weights[s..s + len]).map(|(c, w)| c * w).sum::<f64>();
+        }
+        Tensor::new(total, h.device())?.to_dtype(h.dtype())
+    }
+}
+
+trait MaxFloat {
+    fn max_float(self, other: DType) -> DType;
+}
+impl MaxFloat for DType {
+    /// f64 when either is f64, otherwise f32 (the softmax is never done in half precision).
+    fn max_float(self, other: DType) -> DType {
+        if other == DType::F64 { DType::F64 } else { DType::F32 }
+    }
+}
+
+pub fn chunked_ce(h: &Tensor, w: &Tensor, op: ChunkedCe) -> Result<Tensor> {
+    h.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+impl CustomOp2 for ChunkedCe {
+    fn name(&self) -> &'static str {
+        "chunked-cross-entropy"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?)?)
+    }
+    fn bwd(&self, h: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0];
+        let n = h.dim(0)?;
+        let work = DType::F64.max_float(h.dtype());
+        let wf = w.to_dtype(work)?;
+        let mut dh = Vec::new();
+        let mut dw: Option<Tensor> = None;
+        for (s, len) in self.chunks(n) {
+            let hc = h.narrow(0, s, len)?.to_dtype(work)?;
+            let logits = hc.matmul(&wf.t()?)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits)?;
+            let scale: Vec<f64> = self.weights[s..s + len].iter().map(|w| w * g).collect();
+            let scale = Tensor::from_vec(scale, (len, 1), h.device())?.to_dtype(work)?;
+            let idx = Tensor::from_slice(&self.targets[s..s + len], (len, 1), h.device())?;
+            let coef = p.broadcast_mul(&scale)?.scatter_add(&idx, &scale.neg()?, D::Minus1)?;
+            dh.push(coef.matmul(&wf)?.to_dtype(h.dtype())?);
+            if self.need_dw {
+                let part = coef.t()?.matmul(&hc)?;
+                dw = Some(match dw {
+                    Some(acc) => acc.add(&part)?,
+                    None => part,
+                });
+            }
+        }
+        let dh = if dh.is_empty() { h.zeros_like()? } else { Tensor::cat(&dh, 0)? };
+        let dw = match (self.need_dw, dw) {
+            (true, Some(d)) => Some(d.to_dtype(w.dtype())?),
+            (true, None) => Some(w.zeros_like()?),
+            (false, _) => None,
+        };
+        Ok((Some(dh), dw))
+    }
+}
+
+/// Softmax over the last dimension with backward `dx = p ⊙ (g − Σ g⊙p)`, computed from the
+/// saved output only (no gradient is stored for the detached max or any other constant).
+pub struct Softmax;
+
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = to_tensor(s, l)?;
+        let max = x.max_keepdim(D::Minus1)?;
+        let e = x.broadcast_sub(&max)?.exp()?;
+        to_storage(&e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    }
+    fn bwd(&self, _arg: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dot = g.mul(p)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(p.mul(&g.broadcast_sub(&dot)?)?))
+    }
+}
