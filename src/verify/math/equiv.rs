@@ -326,7 +326,7 @@ fn rel_eq(g: &Node, p: &Node, b: &mut Budget) -> Tri {
         return Tri::True;
     }
     match (rel_to_interval(&gp, &go), rel_to_interval(&pp, &po)) {
-        (Some(a), Some(c)) => interval_eq(&a, &c, b),
+        (Some(a), Some(c)) => eq(&a, &c, b),
         _ => Tri::False,
     }
 }
@@ -350,6 +350,16 @@ fn rel_to_interval(parts: &[Node], ops: &[RelOp]) -> Option<Node> {
     };
     let neg_inf = Node::Neg(Box::new(Node::Inf));
     match (parts, ops) {
+        // a \le |z| \le c with 0 \le a: two intervals.
+        ([a, Node::Func(Fun::Abs, z), c], [o1, o2])
+            if up(o1) && up(o2) && z.len() == 1 && is_name(&z[0]) && exact(a).is_ok_and(|r| !r.is_negative()) =>
+        {
+            let neg = |n: &Node| Node::Neg(Box::new(n.clone()));
+            Some(Node::Union(vec![
+                iv(&neg(c), &neg(a), closed(o2), closed(o1)),
+                iv(a, c, closed(o1), closed(o2)),
+            ]))
+        }
         ([a, x, c], [o1, o2]) if is_name(x) || !no_symbols(x) => {
             if up(o1) && up(o2) {
                 Some(iv(a, c, closed(o1), closed(o2)))
@@ -392,6 +402,10 @@ fn rel_vs_value(r: &Node, v: &Node, b: &mut Budget) -> Tri {
         if is_name(&parts[1]) && no_symbols(&parts[0]) {
             return eq(&parts[0], v, b);
         }
+        // A computation `3 + 3 = 6` (no variables anywhere) states its last value.
+        if parts.iter().all(no_symbols) && (parts[1].is_scalar() || !parts[0].is_scalar()) {
+            return eq(&parts[1], v, b);
+        }
         return Tri::False;
     }
     if let Some(iv) = rel_to_interval(&parts, &ops) {
@@ -399,8 +413,8 @@ fn rel_vs_value(r: &Node, v: &Node, b: &mut Budget) -> Tri {
             Node::Tuple(t) if t.len() == 2 => open_interval(t),
             other => other.clone(),
         };
-        if matches!(v2, Node::Interval { .. }) {
-            return interval_eq(&iv, &v2, b);
+        if matches!(v2, Node::Interval { .. } | Node::Union(_)) {
+            return eq(&iv, &v2, b);
         }
     }
     Tri::False

@@ -103,9 +103,11 @@ fn strip_markup(s: &str) -> String {
     t
 }
 
-fn last_boxed(text: &str) -> Option<String> {
+/// The last boxed answer (joined with boxes just before it) and where the last box starts.
+fn last_boxed_at(text: &str) -> Option<(String, usize)> {
     let boxes = find_boxes(text);
     let last = boxes.last()?;
+    let last_start = last.start;
     let mut parts = vec![last.content];
     let mut k = boxes.len() - 1;
     while k > 0 {
@@ -121,7 +123,26 @@ fn last_boxed(text: &str) -> Option<String> {
     if parts.is_empty() {
         return None;
     }
-    Some(parts.join(", "))
+    Some((parts.join(", "), last_start))
+}
+
+/// Where the last "final answer is" phrase starts, and its answer.
+fn final_answer_phrase(region: &str) -> Option<(String, usize)> {
+    let rest = after_last(region, &["final answer is", "final answer:"])?;
+    let at = region.len() - rest.len();
+    clean_phrase(rest).map(|a| (a, at))
+}
+
+/// A boxed answer, unless a "final answer is" sentence comes after the last box.
+fn boxed_or_final(region: &str) -> Option<String> {
+    let boxed = last_boxed_at(region);
+    let fin = final_answer_phrase(region);
+    match (boxed, fin) {
+        (Some((b, bpos)), Some((f, fpos))) => Some(if fpos > bpos { f } else { b }),
+        (Some((b, _)), None) => Some(b),
+        (None, Some((f, _))) => Some(f),
+        (None, None) => None,
+    }
 }
 
 /// Finds the last case-insensitive occurrence of any of `needles` and returns the text after it.
@@ -172,11 +193,7 @@ fn clean_phrase(s: &str) -> Option<String> {
     if phrase.is_empty() {
         return None;
     }
-    let segs = math_segments(phrase);
-    if let Some(last) = segs.last() {
-        return Some(join_segments(phrase, &segs).unwrap_or_else(|| last.2.to_string()));
-    }
-    Some(phrase.to_string())
+    Some(answer_in_text(phrase))
 }
 
 /// The final answer of a model response, or `None` when it states none.
@@ -185,13 +202,8 @@ pub fn extract_response(response: &str) -> Option<String> {
         Some(p) => &response[p + "</think>".len()..],
         None => response,
     };
-    if let Some(b) = last_boxed(region) {
+    if let Some(b) = boxed_or_final(region) {
         return Some(b);
-    }
-    if let Some(rest) = after_last(region, &["final answer is", "final answer:"]) {
-        if let Some(a) = clean_phrase(rest) {
-            return Some(a);
-        }
     }
     if let Some(rest) = after_last(region, &["answer:", "answer is"]) {
         if let Some(a) = clean_phrase(rest) {
@@ -265,8 +277,8 @@ fn join_segments(text: &str, segs: &[(usize, usize, &str)]) -> Option<String> {
     Some(parts.join(", "))
 }
 
-/// The last number written in a text (`1,000.99`, `2,74`, `-3`), if any.
-fn last_number(text: &str) -> Option<String> {
+/// The last number written in a text (`1,000.99`, `2,74`, `-3`, `2/3`) and where it starts.
+fn last_number(text: &str) -> Option<(String, usize)> {
     let b = text.as_bytes();
     let mut i = b.len();
     while i > 0 {
@@ -276,14 +288,19 @@ fn last_number(text: &str) -> Option<String> {
             let mut s = i;
             while s > 0
                 && (b[s - 1].is_ascii_digit()
-                    || ((b[s - 1] == b',' || b[s - 1] == b'.') && s >= 2 && b[s - 2].is_ascii_digit()))
+                    || (matches!(b[s - 1], b',' | b'.' | b'/') && s >= 2 && b[s - 2].is_ascii_digit()))
             {
                 s -= 1;
+            }
+            if s > 0 && b[s - 1].is_ascii_alphabetic() {
+                // Part of a word ("AZYUK2A", "x2"): not a number of its own.
+                i = s;
+                continue;
             }
             if s > 0 && b[s - 1] == b'-' {
                 s -= 1;
             }
-            return Some(text[s..end].to_string());
+            return Some((text[s..end].to_string(), s));
         }
     }
     None
@@ -295,35 +312,67 @@ pub fn extract_answer(text: &str) -> String {
         Some(p) => &text[p + "</think>".len()..],
         None => text,
     };
-    if let Some(b) = last_boxed(region) {
+    if let Some(b) = boxed_or_final(region) {
         return b;
     }
-    if let Some(rest) = after_last(region, &["final answer is", "final answer:"])
-        && let Some(a) = clean_phrase(rest)
-    {
-        return a;
-    }
+    answer_in_text(region)
+}
+
+/// The answer in a text without boxes: the text itself when it has no prose, else the later
+/// of its last math segment (with segments joined to it by "and", commas) and the last
+/// number written in prose after it.
+fn answer_in_text(region: &str) -> String {
     let segs = math_segments(region);
-    if !segs.is_empty()
-        && let Some(j) = join_segments(region, &segs)
-    {
-        return j;
-    }
     let t = region.trim();
-    if t.len() <= 80 && !t.contains(". ") {
+    if segs.is_empty() && !has_prose(t) {
         return t.to_string();
     }
-    if let Some(rest) = after_last(region, &["answer:", "answer is"])
-        && let Some(a) = clean_phrase(rest)
-    {
-        return a;
+    // The later of the last math segment and the last number written in prose.
+    let seg_end = segs.last().map(|s| s.1);
+    let number = last_number_outside(region, &segs);
+    match (seg_end, number) {
+        (Some(e), Some((n, at))) if at >= e => return n,
+        (Some(_), _) => {
+            if let Some(j) = join_segments(region, &segs) {
+                return j;
+            }
+        }
+        (None, Some((n, _))) => return n,
+        (None, None) => {}
     }
-    last_number(region).unwrap_or_else(|| t.to_string())
+    t.to_string()
+}
+
+/// Whether a text has words (three letters or more, not LaTeX commands) besides math.
+fn has_prose(t: &str) -> bool {
+    let b = t.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_alphabetic() {
+            let s = i;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            let command = s > 0 && b[s - 1] == b'\\';
+            if !command && i - s >= 3 && !matches!(&t[s..i], "sin" | "cos" | "tan" | "log" | "exp" | "sqrt" | "and") {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+fn last_number_outside(text: &str, segs: &[(usize, usize, &str)]) -> Option<(String, usize)> {
+    let start = segs.last().map_or(0, |s| s.1);
+    let (n, at) = last_number(&text[start..])?;
+    Some((n, at + start))
 }
 
 /// A fallback answer for a text when the first choice does not parse: its last number.
 pub fn fallback_number(text: &str) -> Option<String> {
-    last_number(text)
+    last_number(text).map(|(n, _)| n)
 }
 
 #[cfg(test)]
@@ -341,7 +390,7 @@ mod tests {
             ("<think>maybe \\boxed{3}</think> The final answer is $4$.", Some("4")),
             ("<think>maybe \\boxed{3}</think> I don't know", None),
             ("Final Answer: The final answer is $28 \\%$. I hope it is correct.", Some("28 \\%")),
-            ("The answer: 12 apples.", Some("12 apples")),
+            ("The answer: 12 apples.", Some("12")),
             ("no answer here", None),
             ("\\boxed{1} and \\boxed{2}", Some("1, 2")),
             ("\\boxed{1} no no no no no \\boxed{2}", Some("2")),

@@ -51,8 +51,10 @@ enum Tok {
     SetOpen,
     SetClose,
     Percent,
-    /// `,` `;` `and` `or`: separators of a list.
+    /// `,` `and` `or`: separators of a list.
     Sep,
+    /// `;`: separates groups of a list (`p=5,q=2; p=7,q=2`).
+    Semi,
     Comma,
     Amp,
     RowSep,
@@ -170,6 +172,22 @@ fn is_word_char(c: char) -> bool {
 /// decimal commas of plain numbers, thousands separated by spaces.
 fn preprocess(s: &str) -> String {
     let mut t = s.trim().to_string();
+    // Doubly escaped LaTeX (`\\frac`) from JSON written twice.
+    if t.contains("\\\\") && !t.contains("\\begin") {
+        let mut out = String::with_capacity(t.len());
+        let mut it = t.chars().peekable();
+        while let Some(c) = it.next() {
+            if c == '\\' && it.peek() == Some(&'\\') {
+                let mut la = it.clone();
+                la.next();
+                if la.peek().is_some_and(|n| n.is_ascii_alphabetic()) {
+                    continue;
+                }
+            }
+            out.push(c);
+        }
+        t = out;
+    }
     for pat in ["^{\\circ}", "^\\circ", "^ \\circ", "^{\\degree}", "\\degree", "\\circ", "°"] {
         if t.contains(pat) {
             t = t.replace(pat, " ");
@@ -186,8 +204,11 @@ fn preprocess(s: &str) -> String {
     if !s.contains('$') && !core.is_empty() && bytes.iter().all(|b| b.is_ascii_digit() || *b == b',') {
         let parts: Vec<&str> = core.split(',').collect();
         if parts.len() == 2 && !parts[0].is_empty() && !parts[1].is_empty() {
+            // "1,22", "1000,99", "0,5" are decimal commas; "1,234" is a thousand separator
+            // and "6,8" a list of two numbers.
             let thousands = parts[1].len() == 3 && parts[0].len() <= 3 && !parts[0].starts_with('0');
-            if !thousands {
+            let decimal = parts[0] == "0" || (parts[1].len() >= 2 && !thousands);
+            if decimal {
                 return format!("{}.{}", parts[0], parts[1]);
             }
         }
@@ -516,7 +537,7 @@ impl Lexer<'_> {
                     self.pos += 1
                 }
                 ';' => {
-                    self.out.push(Tok::Sep);
+                    self.out.push(Tok::Semi);
                     self.pos += 1
                 }
                 '<' | '>' | '=' | '!' | '≤' | '≥' | '≠' => {
@@ -690,13 +711,56 @@ impl Parser {
     }
 
     fn is_sep(t: Option<&Tok>) -> bool {
-        matches!(t, Some(Tok::Sep | Tok::Comma))
+        matches!(t, Some(Tok::Sep | Tok::Comma | Tok::Semi))
     }
 
-    /// Top level: a list of relations separated by commas, semicolons, "and", "or".
+    /// Top level: a list of relations separated by commas, "and", "or"; with semicolons, a
+    /// list of groups (each group of several items a tuple).
     fn list(&mut self) -> Result<Node, ParseError> {
-        let items = self.seq()?;
-        Ok(if items.len() == 1 { items.into_iter().next().unwrap_or(Node::Set(vec![])) } else { Node::Set(items) })
+        let mut depth = 0i32;
+        let mut has_semi = false;
+        for t in &self.toks[self.pos..] {
+            match t {
+                Tok::Op('(' | '[' | '{') | Tok::SetOpen | Tok::BeginMat => depth += 1,
+                Tok::Op(')' | ']' | '}') | Tok::SetClose | Tok::EndMat => {
+                    depth -= 1;
+                    if depth < 0 {
+                        break;
+                    }
+                }
+                Tok::Semi if depth == 0 => {
+                    has_semi = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if !has_semi {
+            let items = self.seq()?;
+            return Ok(if items.len() == 1 { items.into_iter().next().unwrap_or(Node::Set(vec![])) } else { Node::Set(items) });
+        }
+        let mut groups = Vec::new();
+        loop {
+            let mut items = Vec::new();
+            while matches!(self.peek(), Some(Tok::Sep | Tok::Comma)) {
+                self.pos += 1;
+            }
+            while !self.at_close() && self.peek() != Some(&Tok::Semi) {
+                items.push(self.rel()?);
+                while matches!(self.peek(), Some(Tok::Sep | Tok::Comma)) {
+                    self.pos += 1;
+                }
+            }
+            match items.len() {
+                0 => {}
+                1 => groups.extend(items),
+                _ => groups.push(Node::Tuple(items)),
+            }
+            if !self.eat(&Tok::Semi) {
+                break;
+            }
+        }
+        Ok(if groups.len() == 1 { groups.into_iter().next().unwrap_or(Node::Set(vec![])) } else { Node::Set(groups) })
     }
 
     fn seq(&mut self) -> Result<Vec<Node>, ParseError> {
