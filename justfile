@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect
+bench: bench-inspect bench-math
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -18,3 +18,11 @@ bench-inspect:
 lint:
     cargo fmt --check
     cargo clippy --release --all-targets -- -D warnings
+
+# Math verifier: throughput against Python Math-Verify (creates a venv; PAIRS=N to resize).
+bench-math:
+    bash benches/math_verify_bench.sh
+
+# Math verifier: agreement with Math-Verify's own test cases (file exported beside the repo).
+conformance-math FILE="../shared/conformance/math_verify_cases.jsonl":
+    cargo run --release --example math_conformance -- {{FILE}}

@@ -107,7 +107,93 @@ fn eq(g: &Node, p: &Node, b: &mut Budget) -> Tri {
     eq_inner(g, p, b)
 }
 
+fn contains_matrix(n: &Node) -> bool {
+    matches!(n, Node::Matrix(_)) || n.children().any(contains_matrix)
+}
+
+/// Sums, differences, scalar multiples and products of matrices, entry by entry.
+fn matrix_value(n: &Node) -> Option<Vec<Vec<Node>>> {
+    match n {
+        Node::Matrix(rows) => Some(rows.clone()),
+        Node::Neg(a) => {
+            let m = matrix_value(a)?;
+            Some(m.into_iter().map(|r| r.into_iter().map(|x| Node::Neg(Box::new(x))).collect()).collect())
+        }
+        Node::Add(xs) => {
+            let ms: Vec<Vec<Vec<Node>>> = xs.iter().map(matrix_value).collect::<Option<_>>()?;
+            let first = ms.first()?;
+            let shape: Vec<usize> = first.iter().map(Vec::len).collect();
+            if ms.iter().any(|m| m.iter().map(Vec::len).collect::<Vec<_>>() != shape) {
+                return None;
+            }
+            Some(
+                (0..first.len())
+                    .map(|i| (0..shape[i]).map(|j| Node::Add(ms.iter().map(|m| m[i][j].clone()).collect())).collect())
+                    .collect(),
+            )
+        }
+        Node::Mul(xs) => {
+            let mut acc: Option<Vec<Vec<Node>>> = None;
+            let mut scalars = Vec::new();
+            for x in xs {
+                if x.is_scalar() {
+                    scalars.push(x.clone());
+                    continue;
+                }
+                let m = matrix_value(x)?;
+                acc = Some(match acc {
+                    None => m,
+                    Some(a) => {
+                        let inner = a.first()?.len();
+                        if m.len() != inner || m.iter().any(|r| r.len() != m[0].len()) {
+                            return None;
+                        }
+                        let cols = m.first()?.len();
+                        a.iter()
+                            .map(|row| {
+                                (0..cols)
+                                    .map(|j| {
+                                        Node::Add(
+                                            (0..inner)
+                                                .map(|k| Node::Mul(vec![row[k].clone(), m[k][j].clone()]))
+                                                .collect(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .collect()
+                    }
+                });
+            }
+            let m = acc?;
+            if scalars.is_empty() {
+                return Some(m);
+            }
+            Some(
+                m.into_iter()
+                    .map(|r| r.into_iter().map(|x| Node::Mul(scalars.iter().cloned().chain([x]).collect())).collect())
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
 fn eq_inner(g: &Node, p: &Node, b: &mut Budget) -> Tri {
+    if !matches!(g, Node::Matrix(_))
+        && contains_matrix(g)
+        && g.size() < 2000
+        && let Some(m) = matrix_value(g)
+    {
+        return eq(&Node::Matrix(m), p, b);
+    }
+    if !matches!(p, Node::Matrix(_))
+        && contains_matrix(p)
+        && p.size() < 2000
+        && let Some(m) = matrix_value(p)
+    {
+        return eq(g, &Node::Matrix(m), b);
+    }
     if let Some(s) = pm_to_set(g) {
         return eq(&s, p, b);
     }
@@ -355,10 +441,7 @@ fn rel_to_interval(parts: &[Node], ops: &[RelOp]) -> Option<Node> {
             if up(o1) && up(o2) && z.len() == 1 && is_name(&z[0]) && exact(a).is_ok_and(|r| !r.is_negative()) =>
         {
             let neg = |n: &Node| Node::Neg(Box::new(n.clone()));
-            Some(Node::Union(vec![
-                iv(&neg(c), &neg(a), closed(o2), closed(o1)),
-                iv(a, c, closed(o1), closed(o2)),
-            ]))
+            Some(Node::Union(vec![iv(&neg(c), &neg(a), closed(o2), closed(o1)), iv(a, c, closed(o1), closed(o2))]))
         }
         ([a, x, c], [o1, o2]) if is_name(x) || !no_symbols(x) => {
             if up(o1) && up(o2) {
@@ -711,6 +794,17 @@ mod tests {
             ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{bmatrix}1 & 2 \\\\ 3 & 4\\end{bmatrix}", true),
             ("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}", "\\begin{pmatrix}1 & 2 \\\\ 3 & 5\\end{pmatrix}", false),
             ("(p,q)=(3,2)", "(3,2)", true),
+            (
+                "\\begin{pmatrix}6 & 8 \\\\ 10 & 12\\end{pmatrix}",
+                "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + \\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}",
+                true,
+            ),
+            (
+                "\\begin{pmatrix}2 & 1 \\\\ 4 & 3\\end{pmatrix}",
+                "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} \\begin{pmatrix}0 & 1 \\\\ 1 & 0\\end{pmatrix}",
+                true,
+            ),
+            ("\\begin{pmatrix}2 & 4\\end{pmatrix}", "2\\begin{pmatrix}1 & 2\\end{pmatrix}", true),
             ("a_3 = 2, a_{37} = 19", "a_{37} = 19, a_3 = 2", true),
         ]);
     }

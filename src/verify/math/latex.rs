@@ -737,7 +737,11 @@ impl Parser {
         }
         if !has_semi {
             let items = self.seq()?;
-            return Ok(if items.len() == 1 { items.into_iter().next().unwrap_or(Node::Set(vec![])) } else { Node::Set(items) });
+            return Ok(if items.len() == 1 {
+                items.into_iter().next().unwrap_or(Node::Set(vec![]))
+            } else {
+                Node::Set(items)
+            });
         }
         let mut groups = Vec::new();
         loop {
