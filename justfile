@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math
+bench: bench-inspect bench-math bench-collect
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -26,3 +26,7 @@ bench-math:
 # Math verifier: agreement with Math-Verify's own test cases (file exported beside the repo).
 conformance-math FILE="../shared/conformance/math_verify_cases.jsonl":
     cargo run --release --example math_conformance -- {{FILE}}
+
+# Collect client: requests/s and CPU per request against Python AsyncOpenAI (creates a venv).
+bench-collect:
+    bash benches/collect_bench.sh

@@ -417,7 +417,7 @@ fn bad_input_is_reported_never_panics() {
 #[test]
 fn several_endpoints_share_the_load() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let prompts = problems(dir.path(), "math", 400, "p.jsonl");
+    problems(dir.path(), "math", 400, "p.jsonl");
     let a = Sim::start(&["--latency-ms", "2"]);
     let b = Sim::start(&["--latency-ms", "2"]);
     let both = format!("{},{}", a.url, b.url);
@@ -445,4 +445,25 @@ fn several_endpoints_share_the_load() {
     }
     assert_eq!(per.len(), 2, "{per:?}");
     assert!(per.values().all(|&n| n > 100), "{per:?}");
+}
+
+#[test]
+fn timeouts_and_retry_after_are_honoured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts = problems(dir.path(), "math", 20, "p.jsonl");
+    // Every answer is late: each attempt times out, then the failure is recorded.
+    let slow = Sim::start(&["--faults", "slow=1", "--slow-ms", "3000"]);
+    let o = collect(dir.path(), &slow, &prompts, "slow", &["--timeout-s", "0.2", "--max-retries", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let sum = summary(&dir.path().join("slow"));
+    assert_eq!(sum["failures_by_reason"]["timeout"], 20, "{sum}");
+    assert!(sum["wall_s"].as_f64().is_some_and(|w| w < 2.5), "{sum}");
+    // Half the answers are 429 with Retry-After: 1; the tiny backoff must not win over it.
+    let limited = Sim::start(&["--faults", "http429=0.5", "--retry-after", "1"]);
+    let o = collect(dir.path(), &limited, &prompts, "limited", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sum = summary(&dir.path().join("limited"));
+    assert!(sum["retries_by_reason"]["http_429"].as_u64() > Some(0), "{sum}");
+    assert!(sum["wall_s"].as_f64().is_some_and(|w| w >= 1.0), "{sum}");
+    assert_eq!(records(&dir.path().join("limited")).len(), 20);
 }
