@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect
+bench: bench-inspect bench-math bench-collect bench-optim
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -30,3 +30,7 @@ conformance-math FILE="../shared/conformance/math_verify_cases.jsonl":
 # Collect client: requests/s and CPU per request against Python AsyncOpenAI (creates a venv).
 bench-collect:
     bash benches/collect_bench.sh
+
+# Optimizer step on a 0.5B shape: distill's fused AdamW vs torch.optim.AdamW.
+bench-optim:
+    bash benches/optim_bench.sh
