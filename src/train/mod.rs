@@ -12,4 +12,5 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod student;
 pub mod trainer;

@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde_json::{Value, json};
 
@@ -28,9 +29,17 @@ use crate::store::{self, Durability, JsonlWriter, RecordSink as _, StoreError};
 pub trait Trainable {
     /// The weights to train, named as in the checkpoint (`model.layers.0.mlp.up_proj.weight`…).
     fn trainable(&self) -> Vec<(String, Var)>;
+    /// Called before each optimizer step (0-based): anything random in a step (dropout) must
+    /// be derived from the step number, so a resumed run draws the same.
+    fn begin_step(&mut self, _step: u64) {}
     /// The summed cross-entropy of the sequence's counted next-token predictions
     /// ([`Sequence::shifted`]), attention kept inside each sample, as an f32 scalar.
-    fn loss_sum(&self, seq: &Sequence) -> candle_core::Result<Tensor>;
+    /// `train` enables dropout.
+    fn loss_sum(&self, seq: &Sequence, train: bool) -> Result<Tensor, String>;
+    /// Back-propagates a loss (the model may drop gradients it does not train at once).
+    fn backward(&self, loss: &Tensor) -> Result<GradStore, String> {
+        loss.backward().map_err(|e| e.to_string())
+    }
     /// Writes what a checkpoint needs to be loaded by other tools: the model in Hugging Face
     /// layout, or the PEFT adapter.
     fn save_checkpoint(&self, dir: &Path) -> Result<(), String>;
@@ -49,8 +58,8 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Optim(#[from] OptimError),
-    #[error("step {step}: {0}", step = .1)]
-    Model(candle_core::Error, u64),
+    #[error("step {step}: {msg}")]
+    Model { step: u64, msg: String },
     #[error("{path}: {msg}")]
     Save { path: PathBuf, msg: String },
     #[error(
@@ -99,7 +108,10 @@ pub fn evaluate(model: &dyn Trainable, seqs: &[Sequence], step: u64) -> Result<(
     let mut sum = 0f64;
     let mut n = 0usize;
     for s in seqs {
-        let l = model.loss_sum(s).and_then(|t| t.to_scalar::<f32>()).map_err(|e| TrainError::Model(e, step))?;
+        let l = model
+            .loss_sum(s, false)
+            .and_then(|t| t.to_scalar::<f32>().map_err(|e| e.to_string()))
+            .map_err(|msg| TrainError::Model { step, msg })?;
         sum += l as f64;
         n += s.shifted().1.iter().filter(|&&c| c).count();
     }
@@ -107,7 +119,7 @@ pub fn evaluate(model: &dyn Trainable, seqs: &[Sequence], step: u64) -> Result<(
 }
 
 /// Trains `model` as `cfg` says, writing checkpoints, metrics and the final model under `cfg.out`.
-pub fn train(cfg: &FinetuneConfig, model: &dyn Trainable, enc: &dyn Encode) -> Result<Report, TrainError> {
+pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) -> Result<Report, TrainError> {
     let started = Instant::now();
     let splits = data::splits(&cfg.data)?;
     let eval_files = match &cfg.eval_data {
@@ -230,9 +242,11 @@ pub fn train(cfg: &FinetuneConfig, model: &dyn Trainable, enc: &dyn Encode) -> R
         let mut grads = opt.new_grads();
         let mut loss_sum = 0f64;
         let samples = || step.sequences.iter().flat_map(|s| s.sample_ids.clone()).collect::<Vec<_>>().join(", ");
+        model.begin_step(state.step);
+        let model_err = |msg: String| TrainError::Model { step: state.step + 1, msg };
         for seq in &step.sequences {
-            let loss = model.loss_sum(seq).map_err(|e| TrainError::Model(e, state.step + 1))?;
-            let l = loss.to_scalar::<f32>().map_err(|e| TrainError::Model(e, state.step + 1))? as f64;
+            let loss = model.loss_sum(seq, true).map_err(model_err)?;
+            let l = loss.to_scalar::<f32>().map_err(|e| model_err(e.to_string()))? as f64;
             if !l.is_finite() {
                 return Err(TrainError::NonFinite {
                     step: state.step + 1,
@@ -243,7 +257,7 @@ pub fn train(cfg: &FinetuneConfig, model: &dyn Trainable, enc: &dyn Encode) -> R
                 });
             }
             loss_sum += l;
-            let g = loss.backward().map_err(|e| TrainError::Model(e, state.step + 1))?;
+            let g = model.backward(&loss).map_err(model_err)?;
             opt.accumulate(&mut grads, g)?;
         }
         let n = n_targets.max(1) as f64;
@@ -280,7 +294,7 @@ pub fn train(cfg: &FinetuneConfig, model: &dyn Trainable, enc: &dyn Encode) -> R
         let last = state.step >= total_steps || state.position.epoch >= cfg.epochs.max(1);
         let mut eval_loss = None;
         if !eval_seqs.is_empty() && (last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0)) {
-            let (l, _) = evaluate(model, &eval_seqs, state.step)?;
+            let (l, _) = evaluate(&*model, &eval_seqs, state.step)?;
             eval_loss = Some(l);
             state.last_eval_loss = Some(l);
             evals.push((state.step, l));
@@ -322,7 +336,7 @@ pub fn train(cfg: &FinetuneConfig, model: &dyn Trainable, enc: &dyn Encode) -> R
             );
         }
         if last || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
-            save(cfg, model, &vars, &opt, &state)?;
+            save(cfg, &*model, &vars, &opt, &state)?;
             saved_at = Some(state.step);
         }
         if last {
@@ -330,13 +344,13 @@ pub fn train(cfg: &FinetuneConfig, model: &dyn Trainable, enc: &dyn Encode) -> R
         }
     }
     if saved_at != Some(state.step) {
-        save(cfg, model, &vars, &opt, &state)?;
+        save(cfg, &*model, &vars, &opt, &state)?;
     }
     metrics.close()?;
     bar.finish_and_clear();
 
     let final_dir = cfg.out.join("final");
-    export_final(model, &cfg.out, &final_dir)?;
+    export_final(&*model, &cfg.out, &final_dir)?;
     Ok(Report {
         steps: state.step,
         resumed_from,
@@ -462,7 +476,23 @@ mod tests {
             vec![("embed.weight".into(), self.e.clone()), ("head.weight".into(), self.w.clone())]
         }
 
-        fn loss_sum(&self, seq: &Sequence) -> candle_core::Result<Tensor> {
+        fn loss_sum(&self, seq: &Sequence, _train: bool) -> Result<Tensor, String> {
+            self.loss(seq).map_err(|e| e.to_string())
+        }
+
+        fn save_checkpoint(&self, dir: &Path) -> Result<(), String> {
+            let map: std::collections::HashMap<String, Tensor> =
+                self.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+            candle_core::safetensors::save(&map, dir.join("model.safetensors")).map_err(|e| e.to_string())
+        }
+
+        fn export(&self, dir: &Path) -> Result<(), String> {
+            self.save_checkpoint(dir)
+        }
+    }
+
+    impl Bigram {
+        fn loss(&self, seq: &Sequence) -> candle_core::Result<Tensor> {
             let (next, counts) = seq.shifted();
             let dev = Device::Cpu;
             let ids = Tensor::new(&seq.ids[..seq.len() - 1], &dev)?;
@@ -479,16 +509,6 @@ mod tests {
                 loss = (loss * f64::NAN)?;
             }
             Ok(loss)
-        }
-
-        fn save_checkpoint(&self, dir: &Path) -> Result<(), String> {
-            let map: std::collections::HashMap<String, Tensor> =
-                self.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-            candle_core::safetensors::save(&map, dir.join("model.safetensors")).map_err(|e| e.to_string())
-        }
-
-        fn export(&self, dir: &Path) -> Result<(), String> {
-            self.save_checkpoint(dir)
         }
     }
 
@@ -525,7 +545,7 @@ mod tests {
     fn loss_falls_and_outputs_are_written() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), corpus(dir.path()), "run");
-        let r = train(&cfg, &Bigram::new(24, 8, 1), &WordEncoder).unwrap();
+        let r = train(&cfg, &mut Bigram::new(24, 8, 1), &WordEncoder).unwrap();
         assert_eq!(r.steps, 30);
         let first: f64 = r.losses[..3].iter().map(|l| l.1).sum::<f64>() / 3.0;
         let last: f64 = r.losses[27..].iter().map(|l| l.1).sum::<f64>() / 3.0;
@@ -545,7 +565,7 @@ mod tests {
         assert!(cfg.out.join("final/model.safetensors").is_file());
         assert!(cfg.out.join("loss.png").is_file());
         // A second run into the same directory must not mix with this one.
-        let e = train(&cfg, &Bigram::new(24, 8, 1), &WordEncoder).unwrap_err().to_string();
+        let e = train(&cfg, &mut Bigram::new(24, 8, 1), &WordEncoder).unwrap_err().to_string();
         assert!(e.contains("--resume"), "{e}");
     }
 
@@ -554,17 +574,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = corpus(dir.path());
         let full_cfg = config(dir.path(), data.clone(), "full");
-        let full = train(&full_cfg, &Bigram::new(24, 8, 1), &WordEncoder).unwrap();
+        let full = train(&full_cfg, &mut Bigram::new(24, 8, 1), &WordEncoder).unwrap();
         // "Stop" after step 10: run to 30 but keep only the checkpoint at 10, as a killed run would.
         let cut = config(dir.path(), data, "cut");
         let first =
-            train(&FinetuneConfig { keep_last: 0, ..cut.clone() }, &Bigram::new(24, 8, 1), &WordEncoder).unwrap();
+            train(&FinetuneConfig { keep_last: 0, ..cut.clone() }, &mut Bigram::new(24, 8, 1), &WordEncoder).unwrap();
         assert_eq!(first.losses, full.losses);
         for s in [20, 30] {
             std::fs::remove_dir_all(cut.out.join(format!("checkpoint-{s}"))).unwrap();
         }
         let resumed =
-            train(&FinetuneConfig { resume: true, ..cut.clone() }, &Bigram::new(24, 8, 99), &WordEncoder).unwrap();
+            train(&FinetuneConfig { resume: true, ..cut.clone() }, &mut Bigram::new(24, 8, 99), &WordEncoder).unwrap();
         assert_eq!(resumed.resumed_from, Some(10));
         assert_eq!(resumed.losses, full.losses[10..].to_vec(), "bit-identical losses after resume");
         assert_eq!(resumed.eval_losses, full.eval_losses[1..].to_vec());
@@ -588,7 +608,7 @@ mod tests {
         cfg.loader.shuffle_buffer = 1;
         let mut model = Bigram::new(24, 8, 1);
         model.poison = Some(19);
-        let e = train(&FinetuneConfig { save_every: 1, ..cfg.clone() }, &model, &WordEncoder).unwrap_err();
+        let e = train(&FinetuneConfig { save_every: 1, ..cfg.clone() }, &mut model, &WordEncoder).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("loss is NaN") && msg.contains("poisoned"), "{msg}");
         let TrainError::NonFinite { step, .. } = e else { panic!("{msg}") };
@@ -600,7 +620,7 @@ mod tests {
         assert!(st.last_loss.unwrap().is_finite());
         // The run resumes from it once the record is gone.
         model.poison = None;
-        let r = train(&FinetuneConfig { resume: true, ..cfg }, &model, &WordEncoder).unwrap();
+        let r = train(&FinetuneConfig { resume: true, ..cfg }, &mut model, &WordEncoder).unwrap();
         assert_eq!(r.resumed_from, Some(step - 1));
     }
 }
