@@ -145,6 +145,9 @@ pub struct CollectArgs {
     /// Samples per prompt.
     #[arg(short = 'n', long = "samples", default_value_t = 1)]
     pub n: u32,
+    /// Ask for a prompt's samples in one request with `n` (for servers that support it).
+    #[arg(long)]
+    pub server_n: bool,
     /// Requests in flight at most.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -234,6 +237,7 @@ impl CollectArgs {
             model: self.model,
             out: self.out,
             n: self.n,
+            server_n: self.server_n,
             concurrency: self.concurrency,
             api_key_env: self.api_key_env,
             stream: self.stream,

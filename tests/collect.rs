@@ -467,3 +467,33 @@ fn timeouts_and_retry_after_are_honoured() {
     assert!(sum["wall_s"].as_f64().is_some_and(|w| w >= 1.0), "{sum}");
     assert_eq!(records(&dir.path().join("limited")).len(), 20);
 }
+
+#[test]
+fn server_side_n_streamed_or_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts = problems(dir.path(), "math", 100, "p.jsonl");
+    let sim = Sim::start(&["--faults", "http500=0.1,drop=0.05", "--retry-after", "0"]);
+    let mut sets = Vec::new();
+    for stream in [false, true] {
+        let out = format!("n-{stream}");
+        let mut extra = vec!["-n", "3", "--server-n"];
+        if stream {
+            extra.push("--stream");
+        }
+        let o = collect(dir.path(), &sim, &prompts, &out, &extra);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let recs = stable_set(&dir.path().join(&out));
+        assert_eq!(recs.len(), 300);
+        let sum = summary(&dir.path().join(&out));
+        let tokens: u64 = recs.values().map(|r| r["usage"]["completion_tokens"].as_u64().unwrap_or(0)).sum();
+        assert_eq!(Some(tokens), sum["completion_tokens"].as_u64(), "per-sample tokens add up");
+        for i in 0..100 {
+            let id = |k: u32| format!("gen-math-s0-{i:06}/{k}");
+            let (a, b) = (&recs[&id(0)], &recs[&id(1)]);
+            assert_eq!(a["request_sha256"], b["request_sha256"], "one request");
+            assert_ne!(a["reasoning"], b["reasoning"], "different choices");
+        }
+        sets.push(recs);
+    }
+    assert!(sets[0] == sets[1], "streamed and not give the same records");
+}

@@ -30,7 +30,8 @@ pub struct Choice {
 /// A parsed chat completion.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Completion {
-    pub choice: Choice,
+    /// By choice index (0..n).
+    pub choices: Vec<Choice>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
 }
@@ -209,14 +210,21 @@ pub fn parse_completion(bytes: &[u8]) -> Result<Completion, String> {
             Ok(_) => format!("not a chat completion ({e}): {}", snippet(bytes)),
             Err(_) => format!("not JSON: {}", snippet(bytes)),
         })?;
-    let ch = c.choices.into_iter().min_by_key(|c| c.index).ok_or_else(|| "the answer has no choices".to_string())?;
+    if c.choices.is_empty() {
+        return Err("the answer has no choices".to_string());
+    }
+    let mut chs = c.choices;
+    chs.sort_by_key(|c| c.index);
     let usage = c.usage;
     Ok(Completion {
-        choice: Choice {
-            content: ch.message.content.unwrap_or_default(),
-            reasoning_content: ch.message.reasoning_content.or(ch.message.reasoning),
-            finish_reason: ch.finish_reason,
-        },
+        choices: chs
+            .into_iter()
+            .map(|ch| Choice {
+                content: ch.message.content.unwrap_or_default(),
+                reasoning_content: ch.message.reasoning_content.or(ch.message.reasoning),
+                finish_reason: ch.finish_reason,
+            })
+            .collect(),
         prompt_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
         completion_tokens: usage.as_ref().and_then(|u| u.completion_tokens),
     })
@@ -252,13 +260,21 @@ struct ChunkIn<'a> {
     error: Option<serde_json::Value>,
 }
 
-/// Accumulates the events of an SSE chat completion (choice 0).
 #[derive(Default)]
-pub struct SseAccumulator {
+struct ChoiceAcc {
     content: String,
     reasoning: String,
     saw_reasoning: bool,
     finish_reason: Option<String>,
+}
+
+/// More choices than any server sends: a guard against garbage indices.
+const MAX_CHOICES: usize = 128;
+
+/// Accumulates the events of an SSE chat completion (every choice index).
+#[derive(Default)]
+pub struct SseAccumulator {
+    choices: Vec<ChoiceAcc>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     events: u64,
@@ -285,18 +301,26 @@ impl SseAccumulator {
             self.prompt_tokens = u.prompt_tokens.or(self.prompt_tokens);
             self.completion_tokens = u.completion_tokens.or(self.completion_tokens);
         }
-        for c in chunk.choices.into_iter().filter(|c| c.index == 0) {
+        for c in chunk.choices {
+            let i = c.index as usize;
+            if i >= MAX_CHOICES {
+                return Err(format!("choice index {i} is out of range"));
+            }
+            if self.choices.len() <= i {
+                self.choices.resize_with(i + 1, ChoiceAcc::default);
+            }
+            let acc = &mut self.choices[i];
             if let Some(d) = c.delta {
                 if let Some(t) = d.content {
-                    self.content.push_str(&t);
+                    acc.content.push_str(&t);
                 }
                 if let Some(t) = d.reasoning_content.or(d.reasoning) {
-                    self.saw_reasoning = true;
-                    self.reasoning.push_str(&t);
+                    acc.saw_reasoning = true;
+                    acc.reasoning.push_str(&t);
                 }
             }
             if c.finish_reason.is_some() {
-                self.finish_reason = c.finish_reason;
+                acc.finish_reason = c.finish_reason;
             }
         }
         Ok(())
@@ -304,19 +328,26 @@ impl SseAccumulator {
 
     /// The completion, if the stream ended properly.
     pub fn finish(self) -> Result<Completion, AttemptError> {
-        if self.finish_reason.is_none() {
+        if self.choices.is_empty() {
             return Err(if self.events == 0 {
                 AttemptError::InvalidResponse("the stream carried no completion events".into())
             } else {
-                AttemptError::Dropped("the stream ended before a finish_reason".into())
+                AttemptError::Dropped("the stream ended before any choice".into())
             });
         }
+        if self.choices.iter().any(|c| c.finish_reason.is_none()) {
+            return Err(AttemptError::Dropped("the stream ended before a finish_reason".into()));
+        }
         Ok(Completion {
-            choice: Choice {
-                content: self.content,
-                reasoning_content: self.saw_reasoning.then_some(self.reasoning),
-                finish_reason: self.finish_reason,
-            },
+            choices: self
+                .choices
+                .into_iter()
+                .map(|c| Choice {
+                    content: c.content,
+                    reasoning_content: c.saw_reasoning.then_some(c.reasoning),
+                    finish_reason: c.finish_reason,
+                })
+                .collect(),
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
         })
@@ -372,7 +403,7 @@ mod tests {
     fn parses_completions() {
         let ok = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning_content":"r"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
         let c = parse_completion(ok).expect("parses");
-        assert_eq!((c.choice.content.as_str(), c.choice.reasoning_content.as_deref()), ("hi", Some("r")));
+        assert_eq!((c.choices[0].content.as_str(), c.choices[0].reasoning_content.as_deref()), ("hi", Some("r")));
         assert_eq!((c.prompt_tokens, c.completion_tokens), (Some(3), Some(4)));
         let cases: [(&[u8], &str); 4] = [
             (b"<html>502</html>", "not JSON"),
@@ -404,12 +435,24 @@ mod tests {
         }
         assert!(a.done);
         let c = a.finish().expect("complete");
-        assert_eq!(c.choice.reasoning_content.as_deref(), Some("think \"hard\""));
-        assert_eq!((c.choice.content.as_str(), c.choice.finish_reason.as_deref()), ("ans", Some("length")));
+        assert_eq!(c.choices[0].reasoning_content.as_deref(), Some("think \"hard\""));
+        assert_eq!((c.choices[0].content.as_str(), c.choices[0].finish_reason.as_deref()), ("ans", Some("length")));
         assert_eq!(c.completion_tokens, Some(6));
         let mut cut = SseAccumulator::default();
         cut.line(lines[2].as_bytes()).expect("line");
         assert_eq!(cut.finish().expect_err("cut").reason(), "dropped");
+        let mut two = SseAccumulator::default();
+        for l in [
+            r#"data: {"choices":[{"index":1,"delta":{"content":"b"}}]}"#,
+            r#"data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#,
+            r#"data: {"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}"#,
+        ] {
+            two.line(l.as_bytes()).expect("line");
+        }
+        let c = two.finish().expect("two choices");
+        let got: Vec<(&str, Option<&str>)> =
+            c.choices.iter().map(|c| (c.content.as_str(), c.finish_reason.as_deref())).collect();
+        assert_eq!(got, [("a", Some("stop")), ("b", Some("length"))]);
         let mut bad = SseAccumulator::default();
         assert!(bad.line(b"data: {not json").is_err());
     }

@@ -68,6 +68,11 @@ pub struct CollectConfig {
     /// Samples per prompt.
     #[serde(default = "default_n")]
     pub n: u32,
+    /// Ask for a prompt's missing samples in one request with `n` (servers that support it);
+    /// otherwise one request per sample. With `n`, per-sample `completion_tokens` are the
+    /// response's total split in proportion to text length.
+    #[serde(default)]
+    pub server_n: bool,
     /// Requests in flight at most.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -340,10 +345,11 @@ fn bump(m: &Mutex<BTreeMap<String, u64>>, key: String) {
 }
 
 /// One (prompt, sample) pair to request.
+/// One request: sample numbers k (with whether each supersedes an existing record). More than
+/// one only with `server_n`, sent as the request's `n`.
 struct Job {
     prompt: Arc<PromptCtx>,
-    k: u32,
-    supersedes: bool,
+    ks: Vec<(u32, bool)>,
 }
 
 /// A prompt with the messages sent for it.
@@ -432,20 +438,48 @@ struct Ctx {
     pb: indicatif::ProgressBar,
 }
 
+/// Splits `total` completion tokens over choices in proportion to their text lengths (a server
+/// answering `n > 1` reports only the total).
+fn split_tokens(total: u64, lens: &[usize]) -> Vec<u64> {
+    let sum: usize = lens.iter().sum();
+    if lens.len() == 1 {
+        return vec![total];
+    }
+    if sum == 0 {
+        return lens.iter().map(|_| total / lens.len() as u64).collect();
+    }
+    let mut out: Vec<u64> = lens.iter().map(|&l| (total as u128 * l as u128 / sum as u128) as u64).collect();
+    let rest = total - out.iter().sum::<u64>();
+    if let Some(last) = out.last_mut() {
+        *last += rest;
+    }
+    out
+}
+
 async fn process(ctx: Arc<Ctx>, job: Job) {
     let cfg = &ctx.cfg;
     let p = &job.prompt.prompt;
-    let id = Sample::make_id(&p.id, job.k);
-    let seed = cfg.seed.map(|s| s.wrapping_add(u64::from(job.k)));
+    let first_k = job.ks.first().map_or(0, |&(k, _)| k);
+    let first_id = Sample::make_id(&p.id, first_k);
+    let seed = cfg.seed.map(|s| s.wrapping_add(u64::from(first_k)));
     let (mut body, sha) = request_body(cfg, &job.prompt.messages, seed);
+    if job.ks.len() > 1 {
+        body.insert("n".into(), json!(job.ks.len()));
+    }
+    let sha = if job.ks.len() > 1 {
+        // The hash covers `n` too.
+        store::hex(&Sha256::digest(serde_json::to_vec(&body).unwrap_or_default()))
+    } else {
+        sha
+    };
     if cfg.stream {
         body.insert("stream".into(), Value::Bool(true));
         body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let prompt_chars: usize = job.prompt.messages.iter().map(|m| m.content.len()).sum();
-    let estimate = (prompt_chars / 4) as f64 + cfg.max_tokens.unwrap_or(2048) as f64;
-    let mut rng = fastrand::Rng::with_seed(id_key(&id));
+    let estimate = (prompt_chars / 4) as f64 + (cfg.max_tokens.unwrap_or(2048) * job.ks.len() as u64) as f64;
+    let mut rng = fastrand::Rng::with_seed(id_key(&first_id));
     let mut retry = 0u32;
     loop {
         if let Some(b) = &ctx.rpm {
@@ -457,51 +491,69 @@ async fn process(ctx: Arc<Ctx>, job: Job) {
         let ep = ctx.balancer.pick().await;
         let started = Instant::now();
         ctx.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let result = ctx.client.complete(&ctx.endpoints[ep].url, bytes.clone(), cfg.stream).await;
+        let result = ctx.client.complete(&ctx.endpoints[ep].url, bytes.clone(), cfg.stream).await.and_then(|c| {
+            if c.choices.len() < job.ks.len() {
+                Err(retry::AttemptError::InvalidResponse(format!(
+                    "asked for n={} choices, got {}",
+                    job.ks.len(),
+                    c.choices.len()
+                )))
+            } else {
+                Ok(c)
+            }
+        });
         let latency_ms = started.elapsed().as_millis() as u64;
         let healthy = result.as_ref().err().is_none_or(|e| !e.endpoint_failure());
         ctx.balancer.release(ep, healthy);
         match result {
             Ok(c) => {
-                let (reasoning, content) = extract(&c.choice);
-                let usage = Usage {
-                    prompt_tokens: c.prompt_tokens.unwrap_or(0),
-                    completion_tokens: c.completion_tokens.unwrap_or(0),
-                };
+                let prompt_tokens = c.prompt_tokens.unwrap_or(0);
+                let total_out = c.completion_tokens.unwrap_or(0);
                 if let Some(b) = &ctx.tpm {
-                    b.adjust((usage.prompt_tokens + usage.completion_tokens) as f64 - estimate);
+                    b.adjust((prompt_tokens + total_out) as f64 - estimate);
                 }
+                ctx.stats.prompt_tokens.fetch_add(prompt_tokens, Ordering::Relaxed);
+                ctx.stats.completion_tokens.fetch_add(total_out, Ordering::Relaxed);
+                ctx.stats.latencies.lock().unwrap_or_else(|e| e.into_inner()).push(latency_ms);
+                let parts: Vec<(String, String)> = c.choices.iter().take(job.ks.len()).map(extract).collect();
+                let lens: Vec<usize> = parts.iter().map(|(r, a)| r.len() + a.len()).collect();
+                let outs = split_tokens(total_out, &lens);
                 let mut extra = p.extra.clone();
                 for f in SAMPLE_FIELDS {
                     extra.remove(f);
                 }
-                let s = Sample {
-                    id: id.clone(),
-                    prompt_id: p.id.clone(),
-                    sample: job.k,
-                    task: p.task,
-                    prompt: p.prompt.clone(),
-                    answer: p.answer.clone(),
-                    tests: p.tests.clone(),
-                    source: p.source.clone(),
-                    meta: p.meta.clone(),
-                    messages: job.prompt.messages.clone(),
-                    reasoning,
-                    content,
-                    finish_reason: c.choice.finish_reason,
-                    usage,
-                    teacher: Teacher { model: cfg.model.clone(), endpoint: ctx.endpoints[ep].label.clone() },
-                    params: Params { temperature: cfg.temperature, top_p: cfg.top_p, max_tokens: cfg.max_tokens, seed },
-                    latency_ms,
-                    request_sha256: sha,
-                    verdict: None,
-                    extra,
-                };
-                let line = serde_json::to_vec(&s).unwrap_or_default();
-                ctx.stats.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-                ctx.stats.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
-                ctx.stats.latencies.lock().unwrap_or_else(|e| e.into_inner()).push(latency_ms);
-                let _ = ctx.out.send(Out::Sample { line, key: id_key(&id), supersedes: job.supersedes });
+                for (i, ((reasoning, content), &(k, supersedes))) in parts.into_iter().zip(&job.ks).enumerate() {
+                    let id = Sample::make_id(&p.id, k);
+                    let s = Sample {
+                        id: id.clone(),
+                        prompt_id: p.id.clone(),
+                        sample: k,
+                        task: p.task,
+                        prompt: p.prompt.clone(),
+                        answer: p.answer.clone(),
+                        tests: p.tests.clone(),
+                        source: p.source.clone(),
+                        meta: p.meta.clone(),
+                        messages: job.prompt.messages.clone(),
+                        reasoning,
+                        content,
+                        finish_reason: c.choices[i].finish_reason.clone(),
+                        usage: Usage { prompt_tokens, completion_tokens: outs[i] },
+                        teacher: Teacher { model: cfg.model.clone(), endpoint: ctx.endpoints[ep].label.clone() },
+                        params: Params {
+                            temperature: cfg.temperature,
+                            top_p: cfg.top_p,
+                            max_tokens: cfg.max_tokens,
+                            seed,
+                        },
+                        latency_ms,
+                        request_sha256: sha.clone(),
+                        verdict: None,
+                        extra: extra.clone(),
+                    };
+                    let line = serde_json::to_vec(&s).unwrap_or_default();
+                    let _ = ctx.out.send(Out::Sample { line, key: id_key(&id), supersedes });
+                }
                 return;
             }
             Err(e) => {
@@ -513,15 +565,17 @@ async fn process(ctx: Arc<Ctx>, job: Job) {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
-                bump(&ctx.stats.failures_by_reason, e.reason());
-                let rec = json!({
-                    "id": id, "prompt_id": p.id, "sample": job.k, "reason": e.reason(),
-                    "detail": ctx.client.scrub(&e.detail()), "retryable": e.retryable(),
-                    "attempts": retry + 1, "endpoint": ctx.endpoints[ep].label, "request_sha256": sha,
-                });
-                let _ = ctx.out.send(Out::Failure(rec));
-                ctx.pb.inc(1);
+                for &(k, _) in &job.ks {
+                    ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    bump(&ctx.stats.failures_by_reason, e.reason());
+                    let rec = json!({
+                        "id": Sample::make_id(&p.id, k), "prompt_id": p.id, "sample": k, "reason": e.reason(),
+                        "detail": ctx.client.scrub(&e.detail()), "retryable": e.retryable(),
+                        "attempts": retry + 1, "endpoint": ctx.endpoints[ep].label, "request_sha256": sha,
+                    });
+                    let _ = ctx.out.send(Out::Failure(rec));
+                    ctx.pb.inc(1);
+                }
                 return;
             }
         }
@@ -688,14 +742,18 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
                 read += 1;
                 let messages = build_messages(&cfg, &p);
                 let ctx = Arc::new(PromptCtx { prompt: p, messages });
+                let mut ks = Vec::new();
                 for k in 0..cfg.n {
                     match wanted(&done, cfg.regenerate, &Sample::make_id(&ctx.prompt.id, k)) {
                         None => already += 1,
-                        Some(supersedes) => {
-                            if job_tx.blocking_send(Job { prompt: ctx.clone(), k, supersedes }).is_err() {
-                                return Ok((read, rejects.count, already));
-                            }
-                        }
+                        Some(supersedes) => ks.push((k, supersedes)),
+                    }
+                }
+                let jobs: Vec<Vec<(u32, bool)>> =
+                    if cfg.server_n && !ks.is_empty() { vec![ks] } else { ks.into_iter().map(|k| vec![k]).collect() };
+                for ks in jobs {
+                    if job_tx.blocking_send(Job { prompt: ctx.clone(), ks }).is_err() {
+                        return Ok((read, rejects.count, already));
                     }
                 }
             }
@@ -748,7 +806,7 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
         let mut requested = 0u64;
         while let Some(job) = job_rx.recv().await {
             let Ok(permit) = sem.clone().acquire_owned().await else { break };
-            requested += 1;
+            requested += job.ks.len() as u64;
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 process(ctx, job).await;
@@ -881,6 +939,15 @@ out = "o""#,
         }
         let ok = resolve_endpoint("http://127.0.0.1:8000/v1/").expect("valid");
         assert_eq!((ok.label.as_str(), ok.url.path()), ("http://127.0.0.1:8000/v1", "/v1/chat/completions"));
+    }
+
+    #[test]
+    fn token_split() {
+        let cases: [(u64, &[usize], &[u64]); 4] =
+            [(10, &[5], &[10]), (10, &[1, 1], &[5, 5]), (10, &[1, 2], &[3, 7]), (9, &[0, 0, 0], &[3, 3, 3])];
+        for (total, lens, want) in cases {
+            assert_eq!(split_tokens(total, lens), want, "{total} {lens:?}");
+        }
     }
 
     #[test]
