@@ -31,7 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Statistics and pretty-printed records of any record file or shard directory.
     Inspect(InspectArgs),
-    /// Judge each record's response (math: answer equivalence) and write it back with a verdict.
+    /// Judge each record's response (math: answer equivalence; code: tests run in a sandbox)
+    /// and write it back with a verdict.
     Verify(VerifyArgs),
     /// Generate math or code problems with exact answers / tests, as Prompt records.
     Problems(ProblemsArgs),
@@ -281,11 +282,37 @@ pub struct VerifyArgs {
     /// Records judged per parallel chunk.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub chunk: usize,
+    /// Code: programs run at once (default: number of cores).
+    #[arg(long, value_name = "N")]
+    pub code_workers: Option<usize>,
+    /// Code: wall-clock seconds per run when a record's tests set no timeout_s.
+    #[arg(long, value_name = "SECONDS")]
+    pub code_timeout: Option<f64>,
+    /// Code: sandbox isolation (auto = strongest available, with a warning when weak).
+    #[arg(long, value_name = "LEVEL", value_parser = ["auto", "namespaces", "uid", "rlimits"])]
+    pub code_isolation: Option<String>,
+    /// Code: run every test instead of stopping at the first failure.
+    #[arg(long)]
+    pub all_tests: bool,
 }
 
 impl VerifyArgs {
     fn resolve(self) -> VerifyConfig {
-        VerifyConfig { input: self.path, out: self.out, summary: self.summary, chunk: self.chunk }
+        let mut code = verify::code::CodeConfig::default();
+        if let Some(n) = self.code_workers {
+            code.workers = n;
+        }
+        if let Some(t) = self.code_timeout {
+            code.timeout_s = t;
+        }
+        code.isolation = match self.code_isolation.as_deref() {
+            Some("namespaces") => verify::code::IsolationChoice::Namespaces,
+            Some("uid") => verify::code::IsolationChoice::Uid,
+            Some("rlimits") => verify::code::IsolationChoice::Rlimits,
+            _ => verify::code::IsolationChoice::Auto,
+        };
+        code.early_exit = !self.all_tests;
+        VerifyConfig { input: self.path, out: self.out, summary: self.summary, chunk: self.chunk, code }
     }
 }
 
@@ -419,8 +446,8 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 fn run_verify(cfg: &VerifyConfig) -> anyhow::Result<Outcome> {
-    let summary =
-        verify::run(cfg, &verify::Verifiers::standard()).with_context(|| format!("verify {}", cfg.input.display()))?;
+    let summary = verify::run(cfg, &verify::Verifiers::with_code(cfg.code.clone()))
+        .with_context(|| format!("verify {}", cfg.input.display()))?;
     if cfg.summary {
         if cfg.out.is_some() {
             print!("{}", summary.to_text());

@@ -44,7 +44,7 @@ fn check(out: &[Value]) {
     assert_eq!(v(2)["pass"], true);
     assert_eq!(v(3)["pass"], false);
     assert!(v(3)["reason"].as_str().unwrap().starts_with("undecided"), "{}", v(3));
-    assert_eq!(v(4)["reason"], "unsupported_task");
+    assert_eq!(v(4)["reason"], "missing_tests", "a code record without tests cannot be judged");
     assert_eq!(v(4)["kept"], true, "other verdict fields kept");
     assert_eq!(v(5)["reason"], "no_answer");
     assert_eq!(v(5)["extracted"], Value::Null);
@@ -63,7 +63,7 @@ fn verify_file_to_file_with_summary() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "invalid line reported with exit 1: {stderr}");
     assert!(stderr.contains("in.jsonl:4"), "names file:line: {stderr}");
-    for line in ["records   6", "pass      2", "fail      2", "undecided 1", "unsupported_task 1", "invalid   1"] {
+    for line in ["records   6", "pass      2", "fail      2", "undecided 2", "unsupported_task 0", "invalid   1"] {
         assert!(stdout.contains(line), "{line} in {stdout}");
     }
     let text = std::fs::read_to_string(&out).unwrap();

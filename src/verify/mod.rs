@@ -5,10 +5,13 @@
 //! "extracted", "reason"}` set (other verdict fields and unknown record fields are kept), to
 //! `--out FILE` or to stdout as JSONL.
 //!
-//! Each task has a [`Verifier`]; records of a task with no verifier pass through with
+//! Each task has a [`Verifier`] (`math`: [`math`]; `code`: [`code`], which runs programs in a
+//! sandbox and adds `passed_tests`, `total_tests`, `isolation` and `detail` to the verdict);
+//! records of a task with no verifier pass through with
 //! reason `unsupported_task` (never dropped). Records are read in chunks and judged in
 //! parallel (rayon), so memory stays bounded and order is preserved.
 
+pub mod code;
 pub mod math;
 
 use std::io::{self, BufWriter, Write};
@@ -43,7 +46,12 @@ impl Default for Verifiers {
 impl Verifiers {
     /// Every verifier the crate has.
     pub fn standard() -> Verifiers {
-        Verifiers { list: vec![Box::new(math::MathVerifier)] }
+        Verifiers::with_code(code::CodeConfig::default())
+    }
+
+    /// Every verifier, the code verifier with these settings (its sandbox starts on first use).
+    pub fn with_code(cfg: code::CodeConfig) -> Verifiers {
+        Verifiers { list: vec![Box::new(math::MathVerifier), Box::new(code::CodeVerifier::new(cfg))] }
     }
 
     /// Adds (or replaces) the verifier of a task.
@@ -80,6 +88,9 @@ pub struct VerifyConfig {
     /// Records judged per parallel chunk.
     #[serde(default = "default_chunk")]
     pub chunk: usize,
+    /// The code verifier's sandbox and limits.
+    #[serde(default)]
+    pub code: code::CodeConfig,
 }
 
 fn default_chunk() -> usize {
@@ -115,7 +126,9 @@ impl Summary {
         let reason = v.reason.as_deref().unwrap_or("");
         if reason == UNSUPPORTED {
             self.unsupported += 1;
-        } else if reason.starts_with("undecided") || reason == "missing_gold" {
+        } else if reason.starts_with("undecided")
+            || matches!(reason, "missing_gold" | "missing_tests" | "unsupported_language" | "sandbox_error")
+        {
             self.undecided += 1;
         } else if v.pass == Some(true) {
             self.pass += 1;
@@ -180,6 +193,9 @@ pub fn apply_verdict(record: &mut Map<String, Value>, v: &Verdict) {
     obj.insert("pass".into(), Value::Bool(v.pass.unwrap_or(false)));
     obj.insert("extracted".into(), v.extracted.clone().map_or(Value::Null, Value::String));
     obj.insert("reason".into(), v.reason.clone().map_or(Value::Null, Value::String));
+    for (k, x) in &v.extra {
+        obj.insert(k.clone(), x.clone());
+    }
     record.insert("verdict".into(), Value::Object(obj));
 }
 
@@ -253,7 +269,7 @@ mod tests {
         let m = vs.verify(&rec(json!({"task": "math", "answer": "2", "content": "\\boxed{2}"})));
         assert_eq!((m.pass, m.reason.as_deref()), (Some(true), Some("equal")));
         let c = vs.verify(&rec(json!({"task": "code", "content": "x"})));
-        assert_eq!(c.reason.as_deref(), Some(UNSUPPORTED));
+        assert_eq!(c.reason.as_deref(), Some("missing_tests"));
         let vs = vs.with(Box::new(Always));
         assert_eq!(vs.verify(&rec(json!({"task": "code"}))).reason.as_deref(), Some("ok"));
         assert_eq!(vs.verify(&rec(json!({"id": 1}))).reason.as_deref(), Some(UNSUPPORTED));
