@@ -24,8 +24,10 @@ fn verifier_with(f: impl FnOnce(&mut CodeConfig)) -> Option<(CodeVerifier, u32)>
     let base = 3_000_000 + (std::process::id() % 1000) * 1000 + NEXT_BASE.fetch_add(1, Ordering::SeqCst) * 16;
     let mut cfg = CodeConfig {
         workers: 2,
-        timeout_s: 1.0,
-        startup_s: 1.0,
+        // Generous for programs that should finish (the machine may be busy); tests about
+        // timeouts use `short()`.
+        timeout_s: 4.0,
+        startup_s: 2.0,
         memory_mb: 256,
         file_mb: 16,
         nproc: 8,
@@ -43,6 +45,14 @@ fn verifier_with(f: impl FnOnce(&mut CodeConfig)) -> Option<(CodeVerifier, u32)>
 
 fn verifier() -> Option<(CodeVerifier, u32)> {
     verifier_with(|_| {})
+}
+
+/// A verifier with a 1 s program timeout (plus 1 s for start-up).
+fn short() -> Option<(CodeVerifier, u32)> {
+    verifier_with(|c| {
+        c.timeout_s = 1.0;
+        c.startup_s = 1.0;
+    })
 }
 
 fn tests(v: Value) -> CodeTests {
@@ -113,8 +123,9 @@ fn expect(
     r
 }
 
-const FAST: Duration = Duration::from_secs(3);
-const SLOW: Duration = Duration::from_secs(6);
+/// Bounds on how long one verification may take: well above the limits, well below "hung".
+const FAST: Duration = Duration::from_secs(8);
+const SLOW: Duration = Duration::from_secs(12);
 
 #[test]
 fn correct_programs_pass() {
@@ -127,7 +138,7 @@ fn correct_programs_pass() {
 
 #[test]
 fn infinite_loops_time_out() {
-    let Some(v) = verifier() else { return };
+    let Some(v) = short() else { return };
     expect(&v, &add_tests(), "def add(a, b):\n    while True:\n        pass\n", false, &[Reason::Timeout], FAST);
     expect(&v, &add_tests(), "while True:\n    pass\n", false, &[Reason::Timeout], FAST);
     expect(&v, &sum_stdio(), "while True:\n    pass\n", false, &[Reason::Timeout], FAST);
@@ -135,7 +146,7 @@ fn infinite_loops_time_out() {
 
 #[test]
 fn fork_bomb_is_bounded() {
-    let Some(v) = verifier() else { return };
+    let Some(v) = short() else { return };
     let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
     expect(&v, &add_tests(), bomb, false, &[Reason::Timeout], SLOW);
     expect(&v, &sum_stdio(), bomb, false, &[Reason::Timeout], SLOW);
@@ -236,7 +247,7 @@ fn network_is_unreachable() {
 
 #[test]
 fn killing_the_parent_is_contained() {
-    let Some(v) = verifier() else { return };
+    let Some(v) = short() else { return };
     let prog = "import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\na, b = map(int, input().split())\nprint(a + b)\n";
     let (r, _) = judge(&v, &sum_stdio(), prog);
     // The verifier (this process) is alive to judge; the program may have killed itself with -1.
@@ -249,7 +260,7 @@ fn killing_the_parent_is_contained() {
 
 #[test]
 fn a_child_ignoring_sigterm_dies_with_the_sandbox() {
-    let Some(v) = verifier() else { return };
+    let Some(v) = short() else { return };
     let child = "import os, signal, time\nif os.fork() == 0:\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    os.setsid()\n    time.sleep(100)\n    os._exit(0)\n";
     // The program itself finishes at once: pass, and the sleeper is gone (checked by judge).
     expect(&v, &add_tests(), &format!("{child}{GOOD_ADD}"), true, &[Reason::Passed], FAST);
@@ -470,7 +481,12 @@ fn weaker_isolation_still_judges() {
         eprintln!("skipping the uid-only mode: not root");
         return;
     }
-    let Some(v) = verifier_with(|c| c.isolation = IsolationChoice::Uid) else { return };
+    let Some(v) = verifier_with(|c| {
+        c.isolation = IsolationChoice::Uid;
+        c.timeout_s = 1.0;
+    }) else {
+        return;
+    };
     assert_eq!(v.0.isolation(), Ok(Isolation::Uid));
     let r = expect(&v, &add_tests(), GOOD_ADD, true, &[Reason::Passed], FAST);
     assert_eq!(r.isolation, Some(Isolation::Uid));
