@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::data::DataConfig;
+use super::model::LoraConfig;
 use super::optim::AdamWConfig;
 use super::schedule::ScheduleKind;
 
@@ -12,34 +13,6 @@ use super::schedule::ScheduleKind;
 pub const FULL_LR: f64 = 4e-5;
 /// The default peak learning rate with LoRA adapters.
 pub const LORA_LR: f64 = 2e-4;
-
-/// LoRA adapter settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoraSettings {
-    pub rank: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// Projections that get adapters (of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
-    pub targets: Vec<String>,
-    /// Also export the adapter merged into a full model at the end (`OUT/final/` is always a
-    /// complete model; with `merge` off it is the base model plus `adapter/`).
-    pub merge: bool,
-}
-
-impl Default for LoraSettings {
-    fn default() -> Self {
-        LoraSettings {
-            rank: 16,
-            alpha: 32.0,
-            dropout: 0.0,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
-            merge: true,
-        }
-    }
-}
 
 /// Everything `distill finetune` needs, resolved from flags (and a recipe's `[finetune]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +40,12 @@ pub struct FinetuneConfig {
     pub max_grad_norm: f64,
     pub optim: AdamWConfig,
     pub loader: DataConfig,
-    /// LoRA adapters; absent: full fine-tuning.
-    pub lora: Option<LoraSettings>,
+    /// LoRA adapters (rank, alpha, dropout, targets, seed); absent: full fine-tuning. The final
+    /// model (`final/`) has them merged; `adapter/` holds them in PEFT's layout.
+    pub lora: Option<LoraConfig>,
+    /// `cpu` (f32), or `cuda` (GPU 0, bf16 weights with f32 optimizer state; needs a build with
+    /// the `cuda` feature).
+    pub device: String,
     /// Validation loss every this many steps (and at the end; 0: only at the end).
     pub eval_every: u64,
     /// At most this many validation samples (0: all).
@@ -100,6 +77,7 @@ impl Default for FinetuneConfig {
             optim: AdamWConfig::default(),
             loader: DataConfig::default(),
             lora: None,
+            device: "cpu".into(),
             eval_every: 50,
             eval_max_samples: 0,
             save_every: 100,
@@ -116,7 +94,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_toml_and_accepts_a_partial_table() {
-        let cfg = FinetuneConfig { lora: Some(LoraSettings::default()), max_steps: Some(7), ..Default::default() };
+        let cfg = FinetuneConfig { lora: Some(LoraConfig::default()), max_steps: Some(7), ..Default::default() };
         let text = toml::to_string(&cfg).unwrap();
         let back: FinetuneConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, cfg);

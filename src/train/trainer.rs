@@ -88,6 +88,29 @@ pub struct Report {
     pub wall_s: f64,
 }
 
+impl Report {
+    /// A few lines for the terminal.
+    pub fn summary(&self) -> String {
+        let last = |v: &[(u64, f64)]| v.last().map(|x| format!("{:.4}", x.1)).unwrap_or_else(|| "-".into());
+        let mut s = format!(
+            "finetune: {} steps{}, {} tokens in {:.1} s; train loss {} (first {}), eval loss {}\nfinetune: data: {}\nfinetune: final model: {}",
+            self.steps,
+            self.resumed_from.map(|r| format!(" (resumed at {r})")).unwrap_or_default(),
+            self.tokens_seen,
+            self.wall_s,
+            last(&self.losses),
+            self.losses.first().map(|x| format!("{:.4}", x.1)).unwrap_or_else(|| "-".into()),
+            last(&self.eval_losses),
+            self.train_stats.summary(),
+            self.final_dir.display()
+        );
+        for k in self.skipped.iter().take(10) {
+            s.push_str(&format!("\nfinetune: skipped {}: {}", k.location, k.reason));
+        }
+        s
+    }
+}
+
 /// The total number of steps the schedule spans, and the train split's counts from a
 /// dry pass over one epoch (what `--max-seq-len` drops or truncates is reported up front).
 pub fn plan(cfg: &FinetuneConfig, files: &[PathBuf], enc: &dyn Encode) -> (u64, DataStats, Vec<Skipped>) {
