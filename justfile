@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim
+bench: bench-inspect bench-math bench-collect bench-optim bench-train
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -34,3 +34,7 @@ bench-collect:
 # Optimizer step on a 0.5B shape: distill's fused AdamW vs torch.optim.AdamW.
 bench-optim:
     bash benches/optim_bench.sh
+
+# Training step on a 0.5B shape (full and LoRA, 512/1024 tokens): distill vs PyTorch/transformers.
+bench-train:
+    bash benches/train_bench.sh
