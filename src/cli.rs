@@ -12,6 +12,8 @@ use crate::config;
 use crate::inspect::{self, InspectConfig};
 use crate::problems::{self, ProblemKind, ProblemsConfig};
 use crate::teacher_sim::{self, Faults, Shape, SimConfig};
+use crate::train::model::gguf;
+use crate::train::score::{self, ScoreConfig};
 use crate::verify::{self, VerifyConfig};
 
 /// R1-style reasoning distillation: collect long chain-of-thought from a teacher, verify and
@@ -40,6 +42,56 @@ pub enum Command {
     TeacherSim(TeacherSimArgs),
     /// Collect teacher samples for prompts from OpenAI-compatible endpoints, resumably.
     Collect(Box<CollectArgs>),
+    /// Mean per-token loss and perplexity of a corpus's assistant tokens under a model.
+    Score(ScoreArgs),
+    /// Convert a llama/qwen2 GGUF file into a Hugging Face model directory.
+    Convert(ConvertArgs),
+}
+
+/// Arguments of `distill score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Model directory (Hugging Face layout) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// SFT examples (records with `messages`): a file, a directory of them, or - for stdin.
+    pub path: PathBuf,
+    /// Print {"loss", "tokens", "perplexity", ...} as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Compute in float32 or bfloat16.
+    #[arg(long, default_value = "float32")]
+    pub dtype: String,
+    /// Score at most N records (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: usize,
+}
+
+impl ScoreArgs {
+    fn resolve(self) -> ScoreConfig {
+        ScoreConfig { model: self.model, path: self.path, json: self.json, dtype: self.dtype, limit: self.limit }
+    }
+}
+
+/// Arguments of `distill convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// A llama- or qwen2-architecture .gguf file.
+    pub gguf: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weights dtype written: float32, bfloat16 or float16.
+    #[arg(long, default_value = "float32")]
+    pub dtype: String,
+}
+
+/// Resolved settings of `distill convert`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvertConfig {
+    pub gguf: PathBuf,
+    pub out: PathBuf,
+    pub dtype: String,
 }
 
 /// Arguments of `distill problems`.
@@ -431,6 +483,38 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let report = collect::run(cfg.clone()).with_context(|| format!("collect --out {}", cfg.out.display()))?;
             eprint!("{}", report.summary.to_text());
             Ok(if report.had_failures() { Outcome::Rejected } else { Outcome::Ok })
+        }
+        Command::Score(args) => {
+            let cfg = args.resolve();
+            if cli.show_config {
+                return show("score", &cfg);
+            }
+            let report = score::run(&cfg).with_context(|| format!("score --model {}", cfg.model.display()))?;
+            if cfg.json {
+                emit(&format!("{}\n", report.to_json()))?;
+            } else {
+                emit(&report.to_text())?;
+            }
+            Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
+        }
+        Command::Convert(args) => {
+            let cfg = ConvertConfig { gguf: args.gguf, out: args.out, dtype: args.dtype };
+            if cli.show_config {
+                return show("convert", &cfg);
+            }
+            let dtype = crate::train::model::io::parse_dtype(&cfg.dtype)
+                .with_context(|| format!("--dtype {}: use float32, bfloat16 or float16", cfg.dtype))?;
+            let r = gguf::convert(&cfg.gguf, &cfg.out, dtype)
+                .with_context(|| format!("convert {} --out {}", cfg.gguf.display(), cfg.out.display()))?;
+            eprintln!(
+                "convert: {} model, {} layers, {} parameters, vocab {} -> {}",
+                r.arch,
+                r.layers,
+                r.params,
+                r.vocab,
+                cfg.out.display()
+            );
+            Ok(Outcome::Ok)
         }
     }
 }

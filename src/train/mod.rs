@@ -12,5 +12,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+pub mod score;
 pub mod student;
+pub mod tokenize;
 pub mod trainer;

@@ -98,7 +98,18 @@ pub fn parse_dtype(s: &str) -> Option<DType> {
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(v).map_err(|e| ModelError::Input(e.to_string()))?;
     text.push('\n');
-    crate::store::write_atomic(path, text.as_bytes()).map_err(|e| ckpt_err(path, e.to_string()))
+    crate::store::write_atomic(path, text.as_bytes()).map_err(|e| ckpt_err(path, e.to_string()))?;
+    readable(path)
+}
+
+/// Model files are read by other programs and users (vLLM, llama.cpp): make them 0644.
+pub(crate) fn readable(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| ModelError::io(path, e))?;
+    }
+    Ok(())
 }
 
 /// Writes tensors as safetensors (with transformers' `format: pt` metadata), atomically.

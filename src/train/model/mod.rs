@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod gguf;
 pub mod io;
 pub mod lora;
 pub mod ops;
@@ -214,6 +215,11 @@ impl Model {
 
     /// Loads a Hugging Face model directory (or a `.gguf` file) with weights in `dtype`.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "gguf") {
+            let mut m = gguf::load_model(path, device, dtype)?;
+            m.source_dir = None;
+            return Ok(m);
+        }
         io::load_dir(path, device, dtype)
     }
 

@@ -1,0 +1,149 @@
+//! `distill score`: the mean per-token cross-entropy and perplexity of the assistant tokens of a
+//! corpus under a model (held-out loss of a student; the hook by which numbers are checked).
+//!
+//! In: SFT examples (any record with `messages`: `.jsonl`, `.jsonl.zst`, `.parquet` or a shard
+//! directory) and a model directory (or `.gguf`). Out: a report on stdout —
+//! `{"loss", "tokens", "perplexity", ...}` with `--json`. Nothing is written.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::model::{Model, ModelError, SeqLayout};
+use super::tokenize::{ChatTokenizer, TokenizeError};
+use crate::store::{self, StoreError};
+
+/// Settings of `distill score`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Model directory (HF layout) or a `.gguf` file.
+    pub model: PathBuf,
+    /// Records with `messages`.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub json: bool,
+    /// Weights dtype for the computation: `float32` (default) or `bfloat16`.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Score at most this many records (0: all).
+    #[serde(default)]
+    pub limit: usize,
+}
+
+fn default_dtype() -> String {
+    "float32".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error("no record of {0} had an assistant token to score")]
+    Empty(PathBuf),
+}
+
+/// What `score` measured.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScoreReport {
+    /// Token-weighted mean cross-entropy (nats) over all assistant-target tokens.
+    pub loss: f64,
+    pub tokens: u64,
+    pub perplexity: f64,
+    pub examples: u64,
+    pub rejected: u64,
+}
+
+impl ScoreReport {
+    pub fn to_json(&self) -> Value {
+        json!({"loss": self.loss, "tokens": self.tokens, "perplexity": self.perplexity,
+               "examples": self.examples, "rejected": self.rejected})
+    }
+    pub fn to_text(&self) -> String {
+        format!(
+            "loss {:.6} nats/token  perplexity {:.4}  over {} assistant tokens in {} examples ({} rejected)\n",
+            self.loss, self.perplexity, self.tokens, self.examples, self.rejected
+        )
+    }
+}
+
+/// Loads the tokenizer that belongs to a model path (the directory, or beside a `.gguf`).
+pub fn load_tokenizer(model: &Path) -> Result<ChatTokenizer, ScoreError> {
+    if model.extension().is_some_and(|e| e == "gguf") {
+        return Ok(super::model::gguf::chat_tokenizer(model)?);
+    }
+    Ok(ChatTokenizer::from_dir(model)?)
+}
+
+/// Sum of weighted cross-entropy and the number of target tokens of one example.
+pub fn score_example(model: &Model, tok: &ChatTokenizer, messages: &[Value]) -> Result<(f64, u64), ScoreError> {
+    let enc = tok.encode_chat(messages, None)?;
+    let (targets, weights) = enc.targets();
+    let n = enc.ids.len();
+    let tokens = weights.iter().filter(|&&w| w > 0.0).count() as u64;
+    if tokens == 0 {
+        return Ok((0.0, 0));
+    }
+    let ids = Tensor::from_vec(enc.ids, (1, n), &model.device).map_err(ModelError::from)?;
+    let layout = SeqLayout::padded(&[n], n)?;
+    let out = model.loss(&ids, &layout, &targets, &weights, false)?;
+    let mean = out.loss.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).map_err(ModelError::from)?;
+    Ok((mean * out.weight_sum, tokens))
+}
+
+/// Scores every record; one bad record is reported (stderr, with its location) and skipped.
+pub fn run(cfg: &ScoreConfig) -> Result<ScoreReport, ScoreError> {
+    let dtype = super::model::io::parse_dtype(&cfg.dtype)
+        .ok_or_else(|| ScoreError::Config(format!("dtype `{}`: use float32 or bfloat16", cfg.dtype)))?;
+    let mut model = Model::load(&cfg.model, &Device::Cpu, dtype)?;
+    model.freeze_base();
+    let tok = load_tokenizer(&cfg.model)?;
+    let (mut sum, mut tokens, mut examples, mut rejected) = (0f64, 0u64, 0u64, 0u64);
+    for item in store::open(&cfg.path)? {
+        let rec = match item {
+            Ok(r) => r,
+            Err(e) if e.is_torn_tail() => {
+                eprintln!("warning: {e}");
+                continue;
+            }
+            Err(e) => {
+                rejected += 1;
+                eprintln!("rejected: {e}");
+                continue;
+            }
+        };
+        let id = rec.value.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_string();
+        let Some(Value::Array(messages)) = rec.value.get("messages") else {
+            rejected += 1;
+            eprintln!("rejected: {} (id {id}): no `messages` list; score reads SFT examples", rec.loc);
+            continue;
+        };
+        match score_example(&model, &tok, messages) {
+            Ok((s, t)) => {
+                sum += s;
+                tokens += t;
+                examples += 1;
+            }
+            Err(e) => {
+                rejected += 1;
+                eprintln!("rejected: {} (id {id}): {e}", rec.loc);
+            }
+        }
+        if cfg.limit > 0 && examples + rejected >= cfg.limit as u64 {
+            break;
+        }
+    }
+    if tokens == 0 {
+        return Err(ScoreError::Empty(cfg.path.clone()));
+    }
+    let loss = sum / tokens as f64;
+    Ok(ScoreReport { loss, tokens, perplexity: loss.exp(), examples, rejected })
+}
