@@ -133,12 +133,9 @@ impl Layer {
         let q = ops::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = ops::rope(&k, &ctx.cos, &ctx.sin)?;
         let k = repeat_kv(&k, h / kv)?;
-        let v = repeat_kv(&v, h / kv)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-        let scores = ops::mask_fill(&scores, &ctx.allowed)?;
-        // Softmax (max-subtracted) with a hand-written backward that keeps no constant's gradient.
-        let p = ops::softmax(&scores)?;
-        let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h * hd))?;
+        let v = repeat_kv(&v, h / kv)?;
+        let o = ops::attention(&q, &k, &v, &ctx.allowed, 1.0 / (hd as f64).sqrt())?;
+        let o = o.transpose(1, 2)?.reshape((b * t, h * hd))?;
         let x = residual.add(&a.o_proj.forward(&o, ctx.train)?)?;
         let residual = &x;
         let xs = self.post_attention_layernorm.forward(&x)?;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 
 /// Copies a contiguous CPU storage view into a fresh tensor.
 fn to_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
@@ -50,7 +50,11 @@ pub struct FrozenLinear {
 }
 
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenLinear { w: w.clone(), b: b.cloned() })
+    let op = FrozenLinear { w: w.clone(), b: b.cloned() };
+    if !x.track_op() {
+        return op.fwd(x); // nothing to differentiate: no copies
+    }
+    x.contiguous()?.apply_op1(op)
 }
 
 impl FrozenLinear {
@@ -81,6 +85,9 @@ pub struct ConstMul {
 }
 
 pub fn const_mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return x.broadcast_mul(c);
+    }
     x.contiguous()?.apply_op1(ConstMul { c: c.clone() })
 }
 
@@ -131,72 +138,6 @@ impl CustomOp1 for Rope {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let gs = g.broadcast_mul(&self.sin)?;
         Ok(Some(g.broadcast_mul(&self.cos)?.add(&rotate_half(&gs, 1.0)?)?))
-    }
-}
-
-/// Attention-score masking on `(B, H, T, T)`: entries not allowed (causal, padding, other
-/// packed segment) are set to a large negative number; backward zeroes their gradient.
-/// `allowed` is `(B, T, T)`, shared by every head.
-pub struct MaskFill {
-    pub allowed: Arc<Vec<u8>>,
-    pub batch: usize,
-    pub t: usize,
-}
-
-const MASKED: f64 = -1e30;
-
-impl MaskFill {
-    fn apply<T: Copy>(&self, v: &[T], heads: usize, fill: T) -> Vec<T> {
-        let tt = self.t * self.t;
-        let mut out = v.to_vec();
-        for b in 0..self.batch {
-            let m = &self.allowed[b * tt..(b + 1) * tt];
-            for h in 0..heads {
-                let o = &mut out[(b * heads + h) * tt..(b * heads + h + 1) * tt];
-                for (x, &keep) in o.iter_mut().zip(m) {
-                    if keep == 0 {
-                        *x = fill;
-                    }
-                }
-            }
-        }
-        out
-    }
-    fn keep_tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        let keep: Vec<f32> = self.allowed.iter().map(|&k| k as f32).collect();
-        Tensor::from_vec(keep, (self.batch, 1, self.t, self.t), device)?.to_dtype(dtype)
-    }
-}
-
-pub fn mask_fill(scores: &Tensor, allowed: &Arc<Vec<u8>>) -> Result<Tensor> {
-    let (b, _h, t, _t2) = scores.dims4()?;
-    scores.contiguous()?.apply_op1(MaskFill { allowed: allowed.clone(), batch: b, t })
-}
-
-impl CustomOp1 for MaskFill {
-    fn name(&self) -> &'static str {
-        "mask-fill"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("mask-fill input must be contiguous")
-        };
-        let shape = l.shape().clone();
-        let (b, h, t, t2) = shape.dims4()?;
-        if b != self.batch || t != self.t || t2 != self.t {
-            candle_core::bail!("mask-fill: scores {shape:?} do not match mask ({}, {}, {})", self.batch, self.t, self.t)
-        }
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(self.apply(&v[start..end], h, MASKED as f32)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.apply(&v[start..end], h, MASKED)),
-            CpuStorage::BF16(v) => CpuStorage::BF16(self.apply(&v[start..end], h, half::bf16::MIN)),
-            CpuStorage::F16(v) => CpuStorage::F16(self.apply(&v[start..end], h, half::f16::MIN)),
-            _ => candle_core::bail!("mask-fill needs float scores"),
-        };
-        Ok((out, shape))
-    }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.broadcast_mul(&self.keep_tensor(arg.dtype(), arg.device())?)?))
     }
 }
 
@@ -286,26 +227,85 @@ impl CustomOp2 for ChunkedCe {
     }
 }
 
-/// Softmax over the last dimension with backward `dx = p ⊙ (g − Σ g⊙p)`, computed from the
-/// saved output only (no gradient is stored for the detached max or any other constant).
-pub struct Softmax;
 
-pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+/// Scaled dot-product attention `softmax(q k^T * scale + mask) v` on `(B, H, T, D)` inputs,
+/// with the mask (`allowed`, `(B, T, T)`: causal, padding, packed segments) inside the op.
+/// Memory-lean: the `H x T x T` probabilities are computed one batch row at a time and never
+/// kept; backward recomputes them from q, k, v (as flash attention does) and returns dq, dk, dv.
+pub struct Attention {
+    pub allowed: Arc<Vec<u8>>,
+    pub scale: f64,
 }
 
-impl CustomOp1 for Softmax {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Arc<Vec<u8>>, scale: f64) -> Result<Tensor> {
+    let (b, _h, t, _d) = q.dims4()?;
+    if allowed.len() != b * t * t {
+        candle_core::bail!("attention mask has {} entries for batch {b} x {t} x {t}", allowed.len())
+    }
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { allowed: allowed.clone(), scale })
+}
+
+const MASKED: f64 = -1e30;
+
+impl Attention {
+    /// Additive mask of batch row `b`: `(1, T, T)`, 0 where allowed.
+    fn bias(&self, b: usize, t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let m = &self.allowed[b * t * t..(b + 1) * t * t];
+        let v: Vec<f32> = m.iter().map(|&a| if a == 1 { 0.0 } else { MASKED as f32 }).collect();
+        Tensor::from_vec(v, (1, t, t), device)?.to_dtype(dtype)
+    }
+    /// Probabilities of batch row `b`: `(H, T, T)`.
+    fn probs(&self, q: &Tensor, k: &Tensor, b: usize) -> Result<Tensor> {
+        let t = q.dim(2)?;
+        let s = q.get(b)?.matmul(&k.get(b)?.t()?)?.affine(self.scale, 0.0)?;
+        let s = s.broadcast_add(&self.bias(b, t, s.dtype(), s.device())?)?;
+        candle_nn::ops::softmax_last_dim(&s)
+    }
+    fn fwd(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let b = q.dim(0)?;
+        let mut outs = Vec::with_capacity(b);
+        for i in 0..b {
+            outs.push(self.probs(q, k, i)?.matmul(&v.get(i)?)?);
+        }
+        Tensor::stack(&outs, 0)
+    }
+}
+
+impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
-        "softmax-last-dim"
+        "attention"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = to_tensor(s, l)?;
-        let max = x.max_keepdim(D::Minus1)?;
-        let e = x.broadcast_sub(&max)?.exp()?;
-        to_storage(&e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?, &to_tensor(s3, l3)?)?)
     }
-    fn bwd(&self, _arg: &Tensor, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dot = g.mul(p)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(p.mul(&g.broadcast_sub(&dot)?)?))
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let b = q.dim(0)?;
+        let (mut dq, mut dk, mut dv) = (Vec::with_capacity(b), Vec::with_capacity(b), Vec::with_capacity(b));
+        for i in 0..b {
+            let p = self.probs(q, k, i)?;
+            let g = grad.get(i)?;
+            dv.push(p.t()?.matmul(&g)?);
+            let dp = g.matmul(&v.get(i)?.t()?)?;
+            let dot = dp.mul(&p)?.sum_keepdim(D::Minus1)?;
+            let ds = p.mul(&dp.broadcast_sub(&dot)?)?.affine(self.scale, 0.0)?;
+            dq.push(ds.matmul(&k.get(i)?)?);
+            dk.push(ds.t()?.matmul(&q.get(i)?)?);
+        }
+        Ok((Some(Tensor::stack(&dq, 0)?), Some(Tensor::stack(&dk, 0)?), Some(Tensor::stack(&dv, 0)?)))
     }
 }
