@@ -105,10 +105,10 @@ pub fn scan(dir: &Path) -> Result<Scan, StoreError> {
             };
             let truncated = rec.value.get("finish_reason").and_then(|v| v.as_str()) == Some("length");
             s.records += 1;
-            if let Some(old) = s.done.insert(id_key(&id), Done { part: p, truncated }) {
-                if old.part != p {
-                    s.stale_parts.insert(old.part);
-                }
+            if let Some(old) = s.done.insert(id_key(&id), Done { part: p, truncated })
+                && old.part != p
+            {
+                s.stale_parts.insert(old.part);
             }
         }
     }

@@ -124,10 +124,10 @@ pub fn problem(kind: ProblemKind, seed: u64, index: u64) -> Prompt {
 pub fn solve(text: &str) -> Option<Solved> {
     let text = text.trim_start();
     for fam in math::FAMILIES.iter().chain(code::FAMILIES) {
-        if let Some(params) = template::parse(fam.template, text) {
-            if let Some(s) = (fam.solve)(&params) {
-                return Some(s);
-            }
+        if let Some(params) = template::parse(fam.template, text)
+            && let Some(s) = (fam.solve)(&params)
+        {
+            return Some(s);
         }
     }
     None

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use server::serve;
+pub use server::{RunningSim, serve, spawn};
 pub use trace::{ContentFaults, Shape};
 
 /// Fault probabilities, each in [0, 1].
@@ -172,6 +172,21 @@ pub enum SimError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spawned_sim_answers_and_stops() {
+        let cfg: SimConfig = toml::from_str("port = 0").expect("config");
+        let sim = spawn(cfg).expect("spawns");
+        let addr = sim.url.trim_start_matches("http://").trim_end_matches("/v1").to_string();
+        let mut s = std::net::TcpStream::connect(&addr).expect("connects");
+        use std::io::{Read, Write};
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").expect("writes");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("reads");
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("\"ok\""), "{resp}");
+        drop(sim);
+        assert!(std::net::TcpStream::connect(&addr).is_err(), "stopped");
+    }
 
     #[test]
     fn parses_fault_specs() {

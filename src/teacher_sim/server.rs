@@ -77,44 +77,106 @@ struct State {
 /// Runs the simulator until the process is killed. Prints
 /// `teacher-sim listening on http://ADDR/v1` as the first line of stdout.
 pub fn serve(cfg: SimConfig) -> Result<(), SimError> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if cfg.threads > 0 {
-        b.worker_threads(cfg.threads);
-    }
-    let rt = b.enable_all().build().map_err(SimError::Runtime)?;
+    let rt = runtime(cfg.threads)?;
     rt.block_on(async move {
-        let ip: IpAddr = cfg.host.parse().map_err(|_| SimError::Host(cfg.host.clone()))?;
-        let addr_text = format!("{}:{}", cfg.host, cfg.port);
-        let listener = tokio::net::TcpListener::bind((ip, cfg.port))
-            .await
-            .map_err(|source| SimError::Bind { addr: addr_text.clone(), source })?;
-        let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text, source })?;
+        let listener = bind(&cfg).await?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text(&cfg), source })?;
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "teacher-sim listening on http://{addr}/v1");
             let _ = out.flush();
         }
-        let state = Arc::new(State { cfg, attempts: AtomicU64::new(0) });
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("teacher-sim: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let st = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &st).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
+        accept_loop(listener, Arc::new(State { cfg, attempts: AtomicU64::new(0) }), std::future::pending()).await;
+        Ok(())
     })
+}
+
+/// A simulator running on a background thread of this process (for `distill run` and tests);
+/// it stops when dropped.
+pub struct RunningSim {
+    /// Base URL, `http://127.0.0.1:PORT/v1`.
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the simulator on a background thread and returns once it listens.
+pub fn spawn(cfg: SimConfig) -> Result<RunningSim, SimError> {
+    let rt = runtime(cfg.threads)?;
+    let listener = rt.block_on(bind(&cfg))?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text(&cfg), source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let state = Arc::new(State { cfg, attempts: AtomicU64::new(0) });
+            accept_loop(listener, state, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    Ok(RunningSim { url: format!("http://{addr}/v1"), stop: Some(stop), thread: Some(thread) })
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, SimError> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build().map_err(SimError::Runtime)
+}
+
+fn addr_text(cfg: &SimConfig) -> String {
+    format!("{}:{}", cfg.host, cfg.port)
+}
+
+async fn bind(cfg: &SimConfig) -> Result<tokio::net::TcpListener, SimError> {
+    let ip: IpAddr = cfg.host.parse().map_err(|_| SimError::Host(cfg.host.clone()))?;
+    tokio::net::TcpListener::bind((ip, cfg.port))
+        .await
+        .map_err(|source| SimError::Bind { addr: addr_text(cfg), source })
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        let (stream, _) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("teacher-sim: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(handle(req, &st).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<SimBody> {

@@ -71,7 +71,7 @@ fn first_sentence(text: &str) -> &str {
 }
 
 fn last_integer(text: &str) -> Option<&str> {
-    text.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).last()
+    text.split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty())
 }
 
 /// Generates the completion for `question` (the last user message). `rng` must be seeded from
