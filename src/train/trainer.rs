@@ -151,7 +151,11 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
     };
     let (total_steps, planned, plan_skipped) = plan(cfg, &splits.train, enc);
     if planned.samples == 0 {
-        return Err(DataError::NothingToTrain { path: cfg.data.clone(), report: planned.summary() }.into());
+        let mut report = planned.summary();
+        if let Some(first) = plan_skipped.first() {
+            report.push_str(&format!("; first problem: {} {}", first.location, first.reason));
+        }
+        return Err(DataError::NothingToTrain { path: cfg.data.clone(), report }.into());
     }
     let sched = Schedule {
         kind: cfg.schedule,
