@@ -12,7 +12,11 @@ use crate::config;
 use crate::inspect::{self, InspectConfig};
 use crate::problems::{self, ProblemKind, ProblemsConfig};
 use crate::teacher_sim::{self, Faults, Shape, SimConfig};
+use crate::train::data::Overlong;
+use crate::train::finetune::{self, FinetuneConfig};
+use crate::train::model::LoraConfig;
 use crate::train::model::gguf;
+use crate::train::schedule::ScheduleKind;
 use crate::train::score::{self, ScoreConfig};
 use crate::verify::{self, VerifyConfig};
 
@@ -44,6 +48,8 @@ pub enum Command {
     Collect(Box<CollectArgs>),
     /// Mean per-token loss and perplexity of a corpus's assistant tokens under a model.
     Score(ScoreArgs),
+    /// Fine-tune a student (full or LoRA) on an SFT corpus: checkpoints, metrics.jsonl, loss.png, final/.
+    Finetune(Box<FinetuneArgs>),
     /// Convert a llama/qwen2 GGUF file into a Hugging Face model directory.
     Convert(ConvertArgs),
 }
@@ -415,6 +421,162 @@ impl InspectArgs {
     }
 }
 
+/// Arguments of `distill finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// The student: a Hugging Face model directory (tokenizer and chat template included).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The corpus: SFT examples (a file, or a directory of train-*/validation-* shards).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: checkpoint-N/, metrics.jsonl, loss.png, final/ (and adapter/ with LoRA).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Validation records, when not the corpus's validation-* files.
+    #[arg(long, value_name = "PATH")]
+    pub eval_data: Option<PathBuf>,
+    /// Train LoRA adapters of this rank instead of all weights.
+    #[arg(long, value_name = "R")]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha (default: 2 × rank).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA dropout.
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Projections given adapters (comma-separated; default all seven).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub lora_targets: Vec<String>,
+    /// Stop after N optimizer steps (the schedule spans them).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// Passes over the corpus.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: u64,
+    /// Peak learning rate (default 4e-5, or 2e-4 with LoRA).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Decay after warmup: cosine, linear or constant.
+    #[arg(long, value_parser = parse_schedule, default_value = "cosine")]
+    pub schedule: ScheduleKind,
+    #[arg(long, default_value_t = 0.03)]
+    pub warmup_ratio: f64,
+    /// Where the decay ends, as a share of the peak learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clipping (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f64,
+    /// Longest sample in tokens; longer ones are dropped (or cut with --truncate), and counted.
+    #[arg(long, default_value_t = 2048)]
+    pub max_seq_len: usize,
+    /// Cut over-long samples to --max-seq-len instead of dropping them.
+    #[arg(long)]
+    pub truncate: bool,
+    /// One sample per sequence instead of packing several (attention stays inside each either way).
+    #[arg(long)]
+    pub no_packing: bool,
+    /// Tokens per optimizer step (gradient accumulation over sequences).
+    #[arg(long, default_value_t = 4096)]
+    pub tokens_per_step: usize,
+    /// At most this many samples per optimizer step (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub samples_per_step: usize,
+    /// Records held for shuffling.
+    #[arg(long, default_value_t = 4096)]
+    pub shuffle_buffer: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Validation loss every N steps (and at the end; 0: only at the end).
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: u64,
+    /// At most N validation samples (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub eval_max_samples: usize,
+    /// A checkpoint every N steps (and at the end; 0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: u64,
+    /// Checkpoints kept (newest; 0: all).
+    #[arg(long, default_value_t = 2)]
+    pub keep_last: usize,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, or cuda (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
+    match s {
+        "cosine" => Ok(ScheduleKind::Cosine),
+        "linear" => Ok(ScheduleKind::Linear),
+        "constant" => Ok(ScheduleKind::Constant),
+        _ => Err(format!("unknown schedule `{s}`: use cosine, linear or constant")),
+    }
+}
+
+impl FinetuneArgs {
+    fn resolve(self) -> FinetuneConfig {
+        let lora = self.lora_rank.map(|rank| LoraConfig {
+            rank,
+            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+            dropout: self.lora_dropout,
+            targets: if self.lora_targets.is_empty() { LoraConfig::default().targets } else { self.lora_targets },
+            seed: self.seed,
+        });
+        let lr = self.lr.unwrap_or(if lora.is_some() { finetune::LORA_LR } else { finetune::FULL_LR });
+        FinetuneConfig {
+            model: self.model,
+            data: self.data,
+            out: self.out,
+            eval_data: self.eval_data,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            lr,
+            schedule: self.schedule,
+            warmup_ratio: self.warmup_ratio,
+            min_lr_ratio: self.min_lr_ratio,
+            max_grad_norm: self.max_grad_norm,
+            optim: crate::train::optim::AdamWConfig {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            },
+            loader: crate::train::data::DataConfig {
+                max_seq_len: self.max_seq_len,
+                overlong: if self.truncate { Overlong::Truncate } else { Overlong::Drop },
+                packing: !self.no_packing,
+                tokens_per_step: self.tokens_per_step,
+                samples_per_step: self.samples_per_step,
+                shuffle_buffer: self.shuffle_buffer,
+                seed: self.seed,
+            },
+            lora,
+            device: self.device,
+            eval_every: self.eval_every,
+            eval_max_samples: self.eval_max_samples,
+            save_every: self.save_every,
+            keep_last: self.keep_last,
+            resume: self.resume,
+            progress: !self.no_progress,
+        }
+    }
+}
+
 /// How a command that ran to its end went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -483,6 +645,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let report = collect::run(cfg.clone()).with_context(|| format!("collect --out {}", cfg.out.display()))?;
             eprint!("{}", report.summary.to_text());
             Ok(if report.had_failures() { Outcome::Rejected } else { Outcome::Ok })
+        }
+        Command::Finetune(args) => {
+            let cfg = args.resolve();
+            if cli.show_config {
+                return show("finetune", &cfg);
+            }
+            let report = finetune::run(&cfg).with_context(|| format!("finetune --out {}", cfg.out.display()))?;
+            eprintln!("{}", report.summary());
+            Ok(Outcome::Ok)
         }
         Command::Score(args) => {
             let cfg = args.resolve();

@@ -2,12 +2,81 @@
 
 use std::path::PathBuf;
 
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use super::data::DataConfig;
-use super::model::LoraConfig;
+use super::data::{DataConfig, Encode, Encoded};
+use super::model::{LoraConfig, Model, ModelError};
 use super::optim::AdamWConfig;
 use super::schedule::ScheduleKind;
+use super::student::Student;
+use super::tokenize::{ChatTokenizer, TokenizeError};
+use super::trainer::{self, Report, TrainError};
+
+/// Errors of `distill finetune`.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    #[error("model {path}: {source}")]
+    Model { path: PathBuf, source: ModelError },
+    #[error("tokenizer of {path}: {source}")]
+    Tokenize { path: PathBuf, source: TokenizeError },
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("device `{0}`: {1}")]
+    Device(String, String),
+}
+
+/// The chat template and assistant-only mask of the student's tokenizer, as the trainer's
+/// [`Encode`] seam.
+pub struct ChatEncoder(pub ChatTokenizer);
+
+impl Encode for ChatEncoder {
+    fn encode(&self, record: &Map<String, Value>) -> Result<Encoded, String> {
+        let msgs = record
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or("the record has no `messages` list (SFT examples carry one)")?;
+        let e = self.0.encode_chat(msgs, record.get("tools")).map_err(|e| e.to_string())?;
+        let targets = e.assistant_mask.iter().map(|&m| m == 1).collect();
+        Ok(Encoded { ids: e.ids, targets })
+    }
+}
+
+/// Loads the student and its tokenizer and trains it as `cfg` says.
+pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
+    let (device, dtype) = match cfg.device.as_str() {
+        "cpu" => (Device::Cpu, DType::F32),
+        "cuda" => (
+            Device::new_cuda(0).map_err(|e| {
+                FinetuneError::Device(
+                    cfg.device.clone(),
+                    format!("{e}; build with --features cuda on a machine with CUDA"),
+                )
+            })?,
+            DType::BF16,
+        ),
+        other => return Err(FinetuneError::Device(other.to_string(), "use cpu or cuda".into())),
+    };
+    let tok_err = |source| FinetuneError::Tokenize { path: cfg.model.clone(), source };
+    let tokenizer = ChatTokenizer::from_dir(&cfg.model).map_err(tok_err)?;
+    tokenizer.check_eos().map_err(tok_err)?;
+    let model_err = |source| FinetuneError::Model { path: cfg.model.clone(), source };
+    let mut model = Model::load(&cfg.model, &device, dtype).map_err(model_err)?;
+    if let Some(l) = &cfg.lora {
+        model.add_lora(l).map_err(model_err)?;
+    }
+    let mut student = Student { model, base: cfg.model.clone(), seed: cfg.loader.seed, save_dtype: dtype };
+    let report = trainer::train(cfg, &mut student, &ChatEncoder(tokenizer))?;
+    if cfg.lora.is_some() {
+        let dir = cfg.out.join("adapter");
+        student
+            .model
+            .save_adapter(&dir, &cfg.model.to_string_lossy())
+            .map_err(|source| FinetuneError::Model { path: dir, source })?;
+    }
+    Ok(report)
+}
 
 /// The default peak learning rate of full fine-tuning (open-r1's distillation recipes).
 pub const FULL_LR: f64 = 4e-5;

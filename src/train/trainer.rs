@@ -230,9 +230,10 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
     note(
         &bar,
         format!(
-            "finetune: {} trainable parameters, {} steps planned; train data: {}",
+            "finetune: {} trainable parameters, {} steps planned; {}: {}",
             opt.num_params(),
             total_steps,
+            if cfg.max_steps.is_some() { "train data read for those steps" } else { "train data, one epoch" },
             planned.summary()
         ),
     );

@@ -1,0 +1,190 @@
+//! `distill finetune` end to end: a small random Qwen2 with the fixture Qwen tokenizer and chat
+//! template, trained full and LoRA for a few steps; outputs, `--show-config`, refusing to mix runs,
+//! `--resume`, and `distill score` of the exported model equal to the trainer's eval loss.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use distill::train::model::{Config, Model};
+use serde_json::{Value, json};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The tiny Qwen2 fixture with its vocabulary widened to the fixture tokenizer's, saved with
+/// that tokenizer's files (as tests/score.rs builds it).
+fn model_dir() -> tempfile::TempDir {
+    let tok_dir = fixtures().join("chat/qwen-small");
+    let tok = tokenizers::Tokenizer::from_file(tok_dir.join("tokenizer.json")).unwrap();
+    let vocab = tok.get_vocab_size(true);
+    let base = fixtures().join("model/qwen2-tiny");
+    let mut cfg_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    cfg_json["vocab_size"] = json!(vocab);
+    cfg_json["eos_token_id"] = json!(tok.token_to_id("<|im_end|>").unwrap());
+    let cfg = Config::from_json(&cfg_json).unwrap();
+    let st = candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
+    let get = |name: &str| -> distill::train::model::Result<Tensor> {
+        if name == "model.embed_tokens.weight" {
+            return Ok(Tensor::randn(0f32, 0.5, (vocab, 32), &Device::Cpu)?);
+        }
+        Ok(st[name].clone())
+    };
+    let mut model = Model::from_tensors(cfg, get, &Device::Cpu, DType::F32).unwrap();
+    model.source_dir = Some(tok_dir);
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), DType::F32).unwrap();
+    dir
+}
+
+fn corpus(dir: &Path) -> PathBuf {
+    let data = dir.join("corpus/data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, n, off) in [("train-00000.jsonl", 24u32, 0u32), ("validation-00000.jsonl", 4, 50)] {
+        let mut lines = String::new();
+        for i in off..off + n {
+            let (a, b) = (i % 10, (i * 3) % 10);
+            let rec = json!({"id": format!("ex{i}"), "prompt_id": format!("p{i}"), "task": "math", "messages": [
+                {"role": "user", "content": format!("What is {a} + {b}?")},
+                {"role": "assistant", "content": format!("<think>\n{a} plus {b} is {}.\n</think>\n\nThe answer is {}.", a + b, a + b)}]});
+            lines.push_str(&format!("{rec}\n"));
+        }
+        std::fs::write(data.join(name), lines).unwrap();
+    }
+    dir.join("corpus")
+}
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+    err
+}
+
+fn metrics(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn full_fine_tuning_writes_everything_and_the_export_scores_the_reported_loss() {
+    let model = model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let data = corpus(work.path());
+    let out = work.path().join("run");
+    let (m, d, o) = (model.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let common = [
+        "--max-seq-len",
+        "256",
+        "--tokens-per-step",
+        "256",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "3",
+        "--no-progress",
+        "--lr",
+        "1e-2",
+    ];
+    let mut args = vec!["finetune", "--model", m, "--data", d, "--out", o, "--max-steps", "6"];
+    args.extend(common);
+    let err = ok(&distill(&args));
+    assert!(err.contains("samples used") && err.contains("final model"), "{err}");
+    for f in [
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/generation_config.json",
+        "loss.png",
+        "checkpoint-3/trainer_state.json",
+        "checkpoint-6/model/model.safetensors",
+        "checkpoint-6/optimizer.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let recs = metrics(&out);
+    assert_eq!(recs.len(), 6);
+    let first = recs[0]["loss"].as_f64().unwrap();
+    let last = recs[5]["loss"].as_f64().unwrap();
+    assert!(last < first, "loss {first} -> {last}");
+    let eval = recs[5]["eval_loss"].as_f64().unwrap();
+
+    // The exported model scores the validation split at the loss the trainer reported.
+    let valid = data.join("data/validation-00000.jsonl");
+    let s = distill(&["score", "--model", out.join("final").to_str().unwrap(), valid.to_str().unwrap(), "--json"]);
+    ok(&s);
+    let v: Value = serde_json::from_slice(&s.stdout).unwrap();
+    let scored = v["loss"].as_f64().unwrap();
+    assert!((scored - eval).abs() < 1e-4, "score {scored} vs trainer eval loss {eval}");
+
+    // The same --out again is refused; --resume continues from step 6.
+    let again = distill(&args);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let mut more = vec!["finetune", "--model", m, "--data", d, "--out", o, "--max-steps", "8", "--resume"];
+    more.extend(common);
+    let err = ok(&distill(&more));
+    assert!(err.contains("resumed from step 6"), "{err}");
+    assert_eq!(metrics(&out).len(), 8);
+}
+
+#[test]
+fn lora_writes_a_peft_adapter_and_a_merged_final_model() {
+    let model = model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let data = corpus(work.path());
+    let out = work.path().join("lora");
+    let args = [
+        "finetune",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lora-rank",
+        "4",
+        "--max-steps",
+        "4",
+        "--max-seq-len",
+        "256",
+        "--tokens-per-step",
+        "256",
+        "--no-progress",
+    ];
+    let show = distill(&[&args[..], &["--show-config"]].concat());
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("[finetune]") && text.contains("lr = 0.0002") && text.contains("rank = 4"), "{text}");
+    ok(&distill(&args));
+    assert!(out.join("adapter/adapter_config.json").is_file());
+    assert!(out.join("checkpoint-4/model/adapter_model.safetensors").is_file());
+    let merged = Model::load(&out.join("final"), &Device::Cpu, DType::F32).unwrap();
+    assert!(merged.lora_config().is_none());
+}
+
+#[test]
+fn a_model_without_tokenizer_is_refused_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let data = corpus(work.path());
+    let out = distill(&[
+        "finetune",
+        "--model",
+        fixtures().join("model/qwen2-tiny").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        work.path().join("x").to_str().unwrap(),
+        "--no-progress",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokenizer.json"), "{err}");
+}
