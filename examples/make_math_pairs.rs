@@ -35,11 +35,11 @@ fn family(r: &mut Rng) -> (String, String, String) {
     match r.next() % 12 {
         0 => {
             let n = r.int(1, 3_000_000);
-            let eq = if n >= 1000 && r.next() % 2 == 0 {
+            let eq = if n >= 1000 && r.next().is_multiple_of(2) {
                 let s = n.to_string();
                 let mut out = String::new();
                 for (i, c) in s.chars().enumerate() {
-                    if i > 0 && (s.len() - i) % 3 == 0 {
+                    if i > 0 && (s.len() - i).is_multiple_of(3) {
                         out.push(',');
                     }
                     out.push(c);
@@ -107,7 +107,7 @@ fn response(r: &mut Rng, pred: &str) -> String {
     while s.len() < target {
         s.push_str(r.pick(SENTENCES));
         s.push(' ');
-        if r.next() % 7 == 0 {
+        if r.next().is_multiple_of(7) {
             s.push_str("\n\n");
         }
     }
@@ -135,7 +135,7 @@ fn main() {
     let mut w = std::io::BufWriter::new(file);
     for i in 0..count {
         let (gold, good, bad) = family(&mut r);
-        let pred = if r.next() % 3 == 0 { bad } else { good };
+        let pred = if r.next().is_multiple_of(3) { bad } else { good };
         let content = response(&mut r, &pred);
         let rec = serde_json::json!({"id": format!("bench-{i}"), "task": "math", "answer": gold, "content": content});
         if writeln!(w, "{rec}").is_err() {

@@ -199,6 +199,9 @@ pub fn apply_verdict(record: &mut Map<String, Value>, v: &Verdict) {
     record.insert("verdict".into(), Value::Object(obj));
 }
 
+/// One judged record: its verdict, its serialised line, and the value when the sink needs it.
+type Judged = (Verdict, Vec<u8>, Option<Value>);
+
 /// Runs `verify`: reads, judges in parallel chunks, writes in input order.
 pub fn run(cfg: &VerifyConfig, verifiers: &Verifiers) -> Result<Summary, VerifyError> {
     let mut summary = Summary::default();
@@ -207,7 +210,7 @@ pub fn run(cfg: &VerifyConfig, verifiers: &Verifiers) -> Result<Summary, VerifyE
     let chunk = cfg.chunk.max(1);
     let mut batch: Vec<store::RawRecord> = Vec::with_capacity(chunk);
     let flush = |batch: &mut Vec<store::RawRecord>, sink: &mut Sink, summary: &mut Summary| {
-        let results: Vec<Result<(Verdict, Vec<u8>, Option<Value>), VerifyError>> = batch
+        let results: Vec<Result<Judged, VerifyError>> = batch
             .par_drain(..)
             .map(|rec| {
                 let loc = rec.loc.to_string();

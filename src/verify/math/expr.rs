@@ -147,7 +147,7 @@ impl Rat {
             return None;
         }
         if self.is_negative() {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 return None;
             }
             return self.neg().root(n).map(|r| r.neg());
@@ -547,20 +547,14 @@ fn exact_func(f: &Fun, args: &[Node]) -> Result<Rat, ExactError> {
                 return Err(NotRational);
             }
         }
-        Fun::Cos | Fun::Cosh | Fun::Sec => {
-            if exact(one(0)?)?.is_zero() {
+        Fun::Cos | Fun::Cosh | Fun::Sec
+            if exact(one(0)?)?.is_zero() => {
                 Rat::one()
-            } else {
-                return Err(NotRational);
             }
-        }
-        Fun::Ln => {
-            if exact(one(0)?)? == Rat::one() {
+        Fun::Ln
+            if exact(one(0)?)? == Rat::one() => {
                 Rat::zero()
-            } else {
-                return Err(NotRational);
             }
-        }
         Fun::Log => {
             // log_b(x) is rational when x = b^k for a small integer k (or 1/b^k).
             let b = exact(one(0)?)?;

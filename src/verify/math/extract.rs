@@ -205,11 +205,10 @@ pub fn extract_response(response: &str) -> Option<String> {
     if let Some(b) = boxed_or_final(region) {
         return Some(b);
     }
-    if let Some(rest) = after_last(region, &["answer:", "answer is"]) {
-        if let Some(a) = clean_phrase(rest) {
+    if let Some(rest) = after_last(region, &["answer:", "answer is"])
+        && let Some(a) = clean_phrase(rest) {
             return Some(a);
         }
-    }
     None
 }
 

@@ -367,11 +367,10 @@ impl Lexer<'_> {
         if !first.is_ascii_alphabetic() {
             self.pos += 1;
             match first {
-                '\\' => {
-                    if self.envs.last() == Some(&true) {
+                '\\'
+                    if self.envs.last() == Some(&true) => {
                         self.out.push(Tok::RowSep)
                     }
-                }
                 '{' => self.out.push(Tok::SetOpen),
                 '}' => self.out.push(Tok::SetClose),
                 '%' => self.out.push(Tok::Percent),
