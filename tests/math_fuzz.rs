@@ -158,6 +158,58 @@ fn random_inputs_never_panic_or_hang() {
     eprintln!("slowest case: {slowest:?}");
 }
 
+const SEEDS: &[&str] = &[
+    "\\frac{3}{4}",
+    "2\\sqrt{2}",
+    "\\left( 3, \\frac{\\pi}{2} \\right)",
+    "[-1, -\\tfrac12) \\cup (0, 1)",
+    "y = 2x + 1",
+    "-2 \\le x \\le 7",
+    "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}",
+    "\\{1 \\pm \\sqrt{5}, -2\\}",
+    "x^2/4 + y^2/3 = 1",
+    "\\text{(C)}",
+    "28\\%",
+    "1,000.99",
+    "\\sin^2(x) + \\log_2 8 - 5!",
+    "p=5,q=2;p=7,q=2",
+    "1 \\leq |z| \\leq \\frac{3}{2}",
+];
+
+/// Valid answers with random edits (insert, delete, replace a piece): reaches deep into the
+/// parser and the comparison, where random soups mostly stop early.
+#[test]
+fn mutated_answers_never_panic_or_hang() {
+    let mut rng = Rng(0xfeed_0042_1337_beef);
+    for _ in 0..20_000 {
+        let mut s: Vec<char> = SEEDS[rng.below(SEEDS.len())].chars().collect();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(s.len() + 1);
+            match rng.below(3) {
+                0 => {
+                    let piece: Vec<char> = PIECES[rng.below(PIECES.len())].chars().collect();
+                    s.splice(at..at, piece);
+                }
+                1 if at < s.len() => {
+                    s.remove(at);
+                }
+                _ if at < s.len() => s[at] = PIECES[rng.below(PIECES.len())].chars().next().unwrap_or('x'),
+                _ => {}
+            }
+        }
+        let m: String = s.into_iter().collect();
+        let other = SEEDS[rng.below(SEEDS.len())];
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(|| {
+            let _ = compare_answer_strings(other, &m);
+            let _ = compare_answer_strings(&m, &m);
+            let _ = verify_response(&m, &format!("\\boxed{{{m}}}"));
+        });
+        assert!(r.is_ok(), "panic on {m:?} vs {other:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "slow on {m:?}");
+    }
+}
+
 #[test]
 fn adversarial_inputs_are_bounded() {
     let cases = [

@@ -547,14 +547,8 @@ fn exact_func(f: &Fun, args: &[Node]) -> Result<Rat, ExactError> {
                 return Err(NotRational);
             }
         }
-        Fun::Cos | Fun::Cosh | Fun::Sec
-            if exact(one(0)?)?.is_zero() => {
-                Rat::one()
-            }
-        Fun::Ln
-            if exact(one(0)?)? == Rat::one() => {
-                Rat::zero()
-            }
+        Fun::Cos | Fun::Cosh | Fun::Sec if exact(one(0)?)?.is_zero() => Rat::one(),
+        Fun::Ln if exact(one(0)?)? == Rat::one() => Rat::zero(),
         Fun::Log => {
             // log_b(x) is rational when x = b^k for a small integer k (or 1/b^k).
             let b = exact(one(0)?)?;

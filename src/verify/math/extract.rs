@@ -162,7 +162,15 @@ fn after_last<'a>(text: &'a str, needles: &[&str]) -> Option<&'a str> {
 
 /// Cuts a phrase at its sentence end and unwraps math delimiters.
 fn clean_phrase(s: &str) -> Option<String> {
-    let s = s.trim_start_matches([':', ' ', '\n', '\t']);
+    // Markdown emphasis around the answer ("**Answer:** 5", "is **5**").
+    let owned;
+    let s = if s.contains("**") || s.contains("__") {
+        owned = s.replace("**", "").replace("__", "");
+        owned.as_str()
+    } else {
+        s
+    };
+    let s = s.trim_start_matches([':', ' ', '\n', '\t', '#', '*']);
     let s = s.trim_start();
     // Up to the end of the line.
     let line = s.split('\n').next().unwrap_or("");
@@ -206,9 +214,10 @@ pub fn extract_response(response: &str) -> Option<String> {
         return Some(b);
     }
     if let Some(rest) = after_last(region, &["answer:", "answer is"])
-        && let Some(a) = clean_phrase(rest) {
-            return Some(a);
-        }
+        && let Some(a) = clean_phrase(rest)
+    {
+        return Some(a);
+    }
     None
 }
 
@@ -390,6 +399,8 @@ mod tests {
             ("<think>maybe \\boxed{3}</think> I don't know", None),
             ("Final Answer: The final answer is $28 \\%$. I hope it is correct.", Some("28 \\%")),
             ("The answer: 12 apples.", Some("12")),
+            ("**Answer:** 5", Some("5")),
+            ("So the answer is **-3/4**.", Some("-3/4")),
             ("no answer here", None),
             ("\\boxed{1} and \\boxed{2}", Some("1, 2")),
             ("\\boxed{1} no no no no no \\boxed{2}", Some("2")),

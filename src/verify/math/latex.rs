@@ -367,10 +367,7 @@ impl Lexer<'_> {
         if !first.is_ascii_alphabetic() {
             self.pos += 1;
             match first {
-                '\\'
-                    if self.envs.last() == Some(&true) => {
-                        self.out.push(Tok::RowSep)
-                    }
+                '\\' if self.envs.last() == Some(&true) => self.out.push(Tok::RowSep),
                 '{' => self.out.push(Tok::SetOpen),
                 '}' => self.out.push(Tok::SetClose),
                 '%' => self.out.push(Tok::Percent),

@@ -56,7 +56,37 @@ fn compact(s: &str) -> String {
 }
 
 /// Compares two extracted answers (already without surrounding prose).
+/// The letter of a multiple-choice answer: `B`, `(B)`, `\text{(B)}`, `\textbf{(B)} 12`,
+/// `B) 12`; `None` for anything else.
+fn choice_letter(s: &str, gold: bool) -> Option<char> {
+    let mut t = s.trim().to_string();
+    for pat in ["\\textbf", "\\text", "\\mathrm", "\\mathbf", "\\left", "\\right", "{", "}", "$", "\\"] {
+        t = t.replace(pat, "");
+    }
+    let t = t.trim();
+    let mut it = t.chars();
+    let first = it.next()?;
+    let (letter, rest) = if first == '(' {
+        let l = it.next()?;
+        if it.next()? != ')' {
+            return None;
+        }
+        (l, it.as_str())
+    } else {
+        (first, it.as_str())
+    };
+    if !('A'..='E').contains(&letter.to_ascii_uppercase()) || (first != '(' && !letter.is_ascii_uppercase()) {
+        return None;
+    }
+    let rest = rest.trim_start_matches([')', '.', ':']);
+    // A gold answer must be the letter alone; a prediction may go on with the option's text.
+    if rest.trim().is_empty() || (!gold && rest.starts_with(' ')) { Some(letter.to_ascii_uppercase()) } else { None }
+}
+
 pub fn compare_extracted(gold: &str, pred: &str) -> Tri {
+    if let (Some(g), Some(p)) = (choice_letter(gold, true), choice_letter(pred, false)) {
+        return if g == p { Tri::True } else { Tri::False };
+    }
     let same_text = !compact(gold).is_empty() && compact(gold) == compact(pred);
     let (g, p) = (latex::parse(gold), latex::parse(pred));
     let tri = match (&g, &p) {
@@ -144,6 +174,10 @@ mod tests {
             ("3/4", "so \\boxed{0.8}", false, "not_equal"),
             ("x=2", "The final answer is $2$.", true, "equal"),
             ("(B)", "The answer is \\boxed{B}", true, "equal"),
+            ("B", "\\boxed{\\textbf{(B)}\\ 12}", true, "equal"),
+            ("(C)", "\\boxed{(C) 12}", true, "equal"),
+            ("(C)", "\\boxed{(B) 12}", false, "not_equal"),
+            ("C", "**Answer:** C", true, "equal"),
             ("\\$5", "costs \\boxed{\\$5.00}", true, "equal"),
             ("42", "no idea", false, "no_answer"),
             ("13", "\\boxed{\\text{13}}", true, "equal"),
