@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim bench-train
+bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -38,3 +38,7 @@ bench-optim:
 # Training step on a 0.5B shape (full and LoRA, 512/1024 tokens): distill vs PyTorch/transformers.
 bench-train:
     bash benches/train_bench.sh
+
+# LoRA r16 step at 1,024 and 2,048 tokens (long chain-of-thought), distill vs PyTorch+PEFT.
+bench-lora-long:
+    bash benches/lora_long_bench.sh

@@ -380,3 +380,41 @@ fn saved_checkpoint_loads_in_transformers() {
     assert!(d <= 1e-4, "transformers' logits differ by {d}");
     println!("transformers loads the saved checkpoint: logits max diff {d:.2e}");
 }
+
+/// Optional: the adapter directory loads in PEFT (`PeftModel.from_pretrained`) with the same
+/// logits as ours. Needs DISTILL_PYTHON with torch, transformers and peft; skips otherwise.
+#[test]
+fn saved_adapter_loads_in_peft() {
+    let Ok(python) = std::env::var("DISTILL_PYTHON") else {
+        println!("skipped: set DISTILL_PYTHON to a python with torch, transformers and peft to run this check");
+        return;
+    };
+    let probe = std::process::Command::new(&python).args(["-c", "import peft"]).status().unwrap();
+    if !probe.success() {
+        println!("skipped: {python} has no peft");
+        return;
+    }
+    let r = Reference::load("qwen2-tiny");
+    let mut model = load("qwen2-tiny", DType::F32);
+    model.add_lora(&LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, ..LoraConfig::default() }).unwrap();
+    randomise_lora_b(&model);
+    let dir = tempfile::tempdir().unwrap();
+    model.save_adapter(dir.path(), "qwen2-tiny").unwrap();
+    let ids = r.get("packed_input_ids").to_dtype(DType::U32).unwrap();
+    let n = ids.dim(1).unwrap();
+    let ours = model.forward(&ids, &SeqLayout::padded(&[n], n).unwrap()).unwrap();
+    let ids_list: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+    let script = format!(
+        "import torch, json, transformers, peft\nb = transformers.AutoModelForCausalLM.from_pretrained('{}', dtype=torch.float32)\nm = peft.PeftModel.from_pretrained(b, '{}')\nm.eval()\nprint(json.dumps(m(torch.tensor([{:?}])).logits.flatten().tolist()))",
+        fixtures().join("qwen2-tiny").display(),
+        dir.path().display(),
+        ids_list
+    );
+    let out = std::process::Command::new(&python).arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<f32> =
+        serde_json::from_slice(out.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+    let d = max_abs_diff(&ours, &Tensor::from_vec(theirs, ours.shape(), &Device::Cpu).unwrap());
+    assert!(d <= 1e-4, "PEFT's logits differ by {d}");
+    println!("PEFT loads the saved adapter: logits max diff {d:.2e}");
+}

@@ -85,7 +85,8 @@ impl LoraAdapter {
         } else {
             x.clone()
         };
-        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?.affine(self.scale, 0.0)
+        // Scale the small (N, r) intermediate, not the (N, out) result: one activation less.
+        x.matmul(&self.a.t()?)?.affine(self.scale, 0.0)?.matmul(&self.b.t()?)
     }
 
     /// `scale · B A`, the update merged into the base weight.

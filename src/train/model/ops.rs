@@ -227,7 +227,6 @@ impl CustomOp2 for ChunkedCe {
     }
 }
 
-
 /// Scaled dot-product attention `softmax(q k^T * scale + mask) v` on `(B, H, T, D)` inputs,
 /// with the mask (`allowed`, `(B, T, T)`: causal, padding, packed segments) inside the op.
 /// Memory-lean: the `H x T x T` probabilities are computed one batch row at a time and never
