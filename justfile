@@ -42,3 +42,7 @@ bench-train:
 # LoRA r16 step at 1,024 and 2,048 tokens (long chain-of-thought), distill vs PyTorch+PEFT.
 bench-lora-long:
     bash benches/lora_long_bench.sh
+
+# LoRA fine-tuning of SmolLM2-135M-Instruct (from its GGUF): distill vs transformers + PEFT.
+bench-smollm2:
+    bash benches/smollm2_lora_bench.sh

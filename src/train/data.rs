@@ -489,8 +489,7 @@ impl<'a> Loader<'a> {
         let mut samples: Vec<Sample> = Vec::new();
         let mut tokens = 0usize;
         let mut end = self.pos.index;
-        loop {
-            let Some((s, after)) = self.next_sample() else { break };
+        while let Some((s, after)) = self.next_sample() {
             let full_tokens = !samples.is_empty() && tokens + s.ids.len() > self.cfg.tokens_per_step.max(1);
             let full_samples = self.cfg.samples_per_step > 0 && samples.len() >= self.cfg.samples_per_step;
             if full_tokens || full_samples {

