@@ -511,9 +511,6 @@ pub struct FinetuneArgs {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
-    /// cpu, or cuda (needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -566,7 +563,6 @@ impl FinetuneArgs {
                 seed: self.seed,
             },
             lora,
-            device: self.device,
             eval_every: self.eval_every,
             eval_max_samples: self.eval_max_samples,
             save_every: self.save_every,

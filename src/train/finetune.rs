@@ -23,8 +23,6 @@ pub enum FinetuneError {
     Tokenize { path: PathBuf, source: TokenizeError },
     #[error(transparent)]
     Train(#[from] TrainError),
-    #[error("device `{0}`: {1}")]
-    Device(String, String),
 }
 
 /// The chat template and assistant-only mask of the student's tokenizer, as the trainer's
@@ -45,19 +43,9 @@ impl Encode for ChatEncoder {
 
 /// Loads the student and its tokenizer and trains it as `cfg` says.
 pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
-    let (device, dtype) = match cfg.device.as_str() {
-        "cpu" => (Device::Cpu, DType::F32),
-        "cuda" => (
-            Device::new_cuda(0).map_err(|e| {
-                FinetuneError::Device(
-                    cfg.device.clone(),
-                    format!("{e}; build with --features cuda on a machine with CUDA"),
-                )
-            })?,
-            DType::BF16,
-        ),
-        other => return Err(FinetuneError::Device(other.to_string(), "use cpu or cuda".into())),
-    };
+    // CPU, f32: the project declares no GPU build (the optimiser's tensor path for other
+    // devices and dtypes is there for when it does).
+    let (device, dtype) = (Device::Cpu, DType::F32);
     let tok_err = |source| FinetuneError::Tokenize { path: cfg.model.clone(), source };
     let tokenizer = ChatTokenizer::from_dir(&cfg.model).map_err(tok_err)?;
     tokenizer.check_eos().map_err(tok_err)?;
@@ -112,9 +100,6 @@ pub struct FinetuneConfig {
     /// LoRA adapters (rank, alpha, dropout, targets, seed); absent: full fine-tuning. The final
     /// model (`final/`) has them merged; `adapter/` holds them in PEFT's layout.
     pub lora: Option<LoraConfig>,
-    /// `cpu` (f32), or `cuda` (GPU 0, bf16 weights with f32 optimizer state; needs a build with
-    /// the `cuda` feature).
-    pub device: String,
     /// Validation loss every this many steps (and at the end; 0: only at the end).
     pub eval_every: u64,
     /// At most this many validation samples (0: all).
@@ -146,7 +131,6 @@ impl Default for FinetuneConfig {
             optim: AdamWConfig::default(),
             loader: DataConfig::default(),
             lora: None,
-            device: "cpu".into(),
             eval_every: 50,
             eval_max_samples: 0,
             save_every: 100,
