@@ -7,14 +7,10 @@
 
 use std::io::Write;
 
-struct Rng(u64);
+struct Rng(distill::rng::SplitMix);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn int(&mut self, lo: i64, hi: i64) -> i64 {
         lo + (self.next() % (hi - lo + 1) as u64) as i64
@@ -127,7 +123,7 @@ fn main() {
         eprintln!("usage: make_math_pairs --count N [--seed S] --out FILE.jsonl");
         std::process::exit(2);
     };
-    let mut r = Rng(seed);
+    let mut r = Rng(distill::rng::SplitMix(seed));
     let file = std::fs::File::create(&out).unwrap_or_else(|e| {
         eprintln!("{out}: {e}");
         std::process::exit(2)

@@ -7,22 +7,8 @@
 use std::path::PathBuf;
 
 use distill::record::{Message, Params, Sample, Task, Teacher, Usage, Verdict};
+use distill::rng::SplitMix as Rng;
 use distill::store;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 const STEPS: [&str; 8] = [
     "Let me start by writing down what is given.",
@@ -96,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             teacher: Teacher { model: "synthetic-r1".into(), endpoint: "http://127.0.0.1:0/v1".into() },
             params: Params { temperature: 0.6, top_p: 0.95, max_tokens: Some(4096), seed: Some(seed) },
             latency_ms: 100 + rng.below(900),
-            request_sha256: format!("{:016x}", rng.next()),
+            request_sha256: format!("{:016x}", rng.next_u64()),
             verdict: Some(Verdict {
                 pass: Some(pass),
                 extracted: (!truncated).then(|| answer.to_string()),

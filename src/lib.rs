@@ -9,6 +9,7 @@ pub mod config;
 pub mod inspect;
 pub mod problems;
 pub mod record;
+pub mod rng;
 pub mod store;
 pub mod teacher_sim;
 pub mod train;

@@ -103,19 +103,6 @@ fn validate(rec: RawRecord) -> Result<(), StoreError> {
     }
 }
 
-/// SplitMix64: a small deterministic generator for reservoir sampling.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 type TokBatch = Vec<[Option<String>; 3]>;
 
 fn count_tokens(tok: &tokenizers::Tokenizer, batch: &mut TokBatch, dists: &mut [Dist; 3]) {
@@ -151,7 +138,7 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
     };
     let mut report = Report { tokens: tokenizer.as_ref().map(|_| Default::default()), ..Report::default() };
     let mut rejects = RejectsWriter::new(cfg.rejects.clone());
-    let mut rng = SplitMix(cfg.seed ^ 0x5EED);
+    let mut rng = crate::rng::SplitMix(cfg.seed ^ 0x5EED);
     let mut tok_batch: TokBatch = Vec::new();
     for item in store::open(&cfg.path)? {
         let rec = match item {
@@ -195,7 +182,7 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
                 if report.shown.len() < cfg.sample {
                     true
                 } else {
-                    let j = rng.next() % seen;
+                    let j = rng.below(seen);
                     if (j as usize) < cfg.sample {
                         report.shown.swap_remove(j as usize);
                         true
