@@ -556,3 +556,18 @@ fn distill_verify_judges_code_records() {
     let summary = String::from_utf8_lossy(&o.stdout);
     assert!(summary.contains("pass      3") && summary.contains("fail      2"), "{summary}");
 }
+
+#[test]
+fn problems_generator_references_pass_and_wrong_variants_fail() {
+    use distill::problems::{self, ProblemKind};
+    let Some(v) = verifier() else { return };
+    for i in 0..10 {
+        let p = problems::problem(ProblemKind::Code, 7, i);
+        let tests = p.tests.clone().expect("code problems have tests");
+        let solved = problems::solve(&p.prompt).expect("the generator solves its own problems");
+        let (r, _) = judge(&v, &tests, &solved.answer);
+        assert!(r.pass, "{} reference:\n{}\n{r:?}", p.id, solved.answer);
+        let (r, _) = judge(&v, &tests, &solved.wrong);
+        assert!(!r.pass, "{} wrong variant passed:\n{}\n{r:?}", p.id, solved.wrong);
+    }
+}

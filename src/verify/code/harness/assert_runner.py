@@ -10,12 +10,13 @@
 # stdout is `DISTILL-RESULT <token> <json>`, written only by this process after the tests.
 #
 # argv: assert_runner.py TEST_FILE ENTRY_POINT EARLY_EXIT(0|1); fd 3 -> candidate, fd 4 <- candidate.
-import ast
+# Only C-level modules are imported (start-up time is most of a run's cost).
+import _ast
+import _io
+import _pickle
+import _struct
 import builtins
-import json
 import os
-import pickle
-import struct
 import sys
 
 _TOKEN = sys.stdin.readline().strip()
@@ -24,11 +25,11 @@ _R = os.fdopen(4, "rb")
 _SAFE = {("builtins", n) for n in ("complex", "set", "frozenset", "bytearray", "slice", "range")}
 
 
-class _Safe(pickle.Unpickler):
+class _Safe(_pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _SAFE:
             return getattr(builtins, name)
-        raise pickle.UnpicklingError("the candidate returned an object of class %s.%s; only plain data is accepted" % (module, name))
+        raise _pickle.UnpicklingError("the candidate returned an object of class %s.%s; only plain data is accepted" % (module, name))
 
 
 class CandidateDied(BaseException):
@@ -39,18 +40,17 @@ def _recv():
     head = _R.read(4)
     if len(head) < 4:
         raise CandidateDied("the candidate process exited")
-    (n,) = struct.unpack(">I", head)
+    (n,) = _struct.unpack(">I", head)
     data = _R.read(n)
     if len(data) < n:
         raise CandidateDied("the candidate process exited")
-    import io
-    return _Safe(io.BytesIO(data)).load()
+    return _Safe(_io.BytesIO(data)).load()
 
 
 def _send(obj):
-    data = pickle.dumps(obj, protocol=4)
+    data = _pickle.dumps(obj, protocol=4)
     try:
-        _W.write(struct.pack(">I", len(data)) + data)
+        _W.write(_struct.pack(">I", len(data)) + data)
         _W.flush()
     except (BrokenPipeError, OSError):
         raise CandidateDied("the candidate process exited")
@@ -82,9 +82,24 @@ def _proxy(name):
     return call
 
 
+def _json_str(s):
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif o < 0x20 or 0xD800 <= o <= 0xDFFF:
+            out.append("\\u%04x" % o)
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
 def _result(status, passed, total, detail=""):
     sys.stdout.flush()
-    line = json.dumps({"status": status, "passed": passed, "total": total, "detail": detail[-2000:]})
+    line = '{"status": %s, "passed": %d, "total": %d, "detail": %s}' % (
+        _json_str(status), passed, total, _json_str(detail[-2000:]))
     os.write(1, ("\nDISTILL-RESULT %s %s\n" % (_TOKEN, line)).encode())
     os._exit(0)
 
@@ -106,18 +121,18 @@ def main():
     test_file, entry, early = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     with open(test_file, "rb") as f:
         test_src = f.read().decode("utf-8", "replace")
-    tree = ast.parse(test_src, "test.py")
+    tree = compile(test_src, "test.py", "exec", _ast.PyCF_ONLY_AST)
     units = []  # (is_test, code, label)
     calls_check = False
     for node in tree.body:
         is_check_call = (
-            isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Name) and node.value.func.id == "check"
+            isinstance(node, _ast.Expr) and isinstance(node.value, _ast.Call)
+            and isinstance(node.value.func, _ast.Name) and node.value.func.id == "check"
         )
         calls_check = calls_check or is_check_call
-        code = compile(ast.Module(body=[node], type_ignores=[]), "test.py", "exec")
-        units.append((isinstance(node, ast.Assert) or is_check_call, code, "line %d" % node.lineno))
-    defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+        code = compile(_ast.Module(body=[node], type_ignores=[]), "test.py", "exec")
+        units.append((isinstance(node, _ast.Assert) or is_check_call, code, "line %d" % node.lineno))
+    defines_check = any(isinstance(n, _ast.FunctionDef) and n.name == "check" for n in tree.body)
     auto_check = bool(entry) and defines_check and not calls_check
     total = sum(1 for u in units if u[0]) + (1 if auto_check else 0)
 

@@ -1,12 +1,11 @@
 # Candidate side of `assert` tests (runs as the candidate uid): loads the program, then
 # answers calls from the trusted runner (fd 3 in, fd 4 out) with plain data. Nothing here
 # is trusted; see assert_runner.py.
+import _pickle
+import _struct
 import builtins
 import os
-import pickle
-import struct
 import sys
-import traceback
 
 _R = os.fdopen(3, "rb")
 _W = os.fdopen(4, "wb")
@@ -15,10 +14,10 @@ _PLAIN = (int, float, complex, str, bytes, bool, type(None))
 
 def _send(obj):
     try:
-        data = pickle.dumps(obj, protocol=4)
+        data = _pickle.dumps(obj, protocol=4)
     except Exception as e:
-        data = pickle.dumps(("raise", "TypeError", "value cannot be sent to the tests: %s" % e), protocol=4)
-    _W.write(struct.pack(">I", len(data)) + data)
+        data = _pickle.dumps(("raise", "TypeError", "value cannot be sent to the tests: %s" % e), protocol=4)
+    _W.write(_struct.pack(">I", len(data)) + data)
     _W.flush()
 
 
@@ -34,8 +33,10 @@ def _plain(v, depth=0):
     return False
 
 
-def _tb():
-    return "".join(traceback.format_exc(limit=-3))[-3000:]
+def _tb(limit=-3):
+    import traceback
+
+    return "".join(traceback.format_exc(limit=limit))[-3000:]
 
 
 def main():
@@ -44,7 +45,7 @@ def main():
     try:
         code = compile(src, "solution.py", "exec")
     except (SyntaxError, ValueError):
-        _send(("load_error", "compile_error", "".join(traceback.format_exc(limit=0))[-3000:]))
+        _send(("load_error", "compile_error", _tb(0)))
         return
     ns = {"__name__": "solution", "__builtins__": builtins}
     try:
@@ -69,8 +70,8 @@ def main():
         head = _R.read(4)
         if len(head) < 4:
             return
-        (n,) = struct.unpack(">I", head)
-        req = pickle.loads(_R.read(n))
+        (n,) = _struct.unpack(">I", head)
+        req = _pickle.loads(_R.read(n))
         _, name, args, kwargs = req
         try:
             fn = ns[name]
