@@ -46,3 +46,7 @@ bench-lora-long:
 # LoRA fine-tuning of SmolLM2-135M-Instruct (from its GGUF): distill vs transformers + PEFT.
 bench-smollm2:
     bash benches/smollm2_lora_bench.sh
+
+# Code verifier: programs/s and per-run sandbox overhead vs human-eval-style execution and bare python3.
+bench-code N="200" WORKERS="2":
+    bash benches/code_verify_bench.sh {{N}} {{WORKERS}}
