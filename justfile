@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long
+bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code
 
 bench-inspect:
     bash benches/inspect_bench.sh
