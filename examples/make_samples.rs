@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prompt: prompt.clone(),
             answer: Some((a + b).to_string()),
             tests: None,
-            source: Some(if p % 3 == 0 { "gen-hard".into() } else { "gen-add".into() }),
+            source: Some(if p.is_multiple_of(3) { "gen-hard".into() } else { "gen-add".into() }),
             meta: None,
             messages: vec![Message::new("user", prompt)],
             reasoning,

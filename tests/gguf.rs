@@ -70,7 +70,7 @@ fn smollm2_gguf_matches_transformers_and_converts() {
     assert_eq!(enc.ids, ids, "token ids");
     let end = tok.check_eos().unwrap();
     assert_eq!(tok.tokenizer.id_to_token(end).as_deref(), Some("<|im_end|>"));
-    assert!(enc.assistant_mask.iter().any(|&m| m == 1));
+    assert!(enc.assistant_mask.contains(&1));
 
     let model = Model::load(&gguf, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(model.cfg.num_hidden_layers, 30);

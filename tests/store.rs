@@ -14,7 +14,7 @@ fn sample(i: usize) -> Value {
         "id": format!("p{i:04}/0"),
         "prompt_id": format!("p{i:04}"),
         "sample": 0,
-        "task": if i % 3 == 0 { "code" } else { "math" },
+        "task": if i.is_multiple_of(3) { "code" } else { "math" },
         "prompt": format!("What is {i} + {i}?"),
         "answer": (2 * i).to_string(),
         "messages": [{"role": "user", "content": format!("What is {i} + {i}?")}],
@@ -26,7 +26,7 @@ fn sample(i: usize) -> Value {
         "params": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 1024},
         "latency_ms": 5,
         "request_sha256": format!("{i:064x}"),
-        "unknown_field": {"nested": [1, 2, 3], "flag": i % 2 == 0},
+        "unknown_field": {"nested": [1, 2, 3], "flag": i.is_multiple_of(2)},
         "ünïcode": "日本語 ✓",
     })
 }

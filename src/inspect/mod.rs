@@ -208,10 +208,10 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
             }
             Err(e) => return Err(e.into()),
         }
-        if let (Some(tok), Some(d)) = (tokenizer.as_ref(), report.tokens.as_mut()) {
-            if tok_batch.len() >= 512 {
-                count_tokens(tok, &mut tok_batch, d);
-            }
+        if let (Some(tok), Some(d)) = (tokenizer.as_ref(), report.tokens.as_mut())
+            && tok_batch.len() >= 512
+        {
+            count_tokens(tok, &mut tok_batch, d);
         }
     }
     if let (Some(tok), Some(d)) = (tokenizer.as_ref(), report.tokens.as_mut()) {
@@ -221,10 +221,10 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
         report.rejects_path = Some(rejects.path().to_path_buf());
     }
     rejects.finish()?;
-    if let Some(id) = &cfg.id {
-        if report.shown.is_empty() {
-            return Err(InspectError::IdNotFound { id: id.clone(), path: cfg.path.clone() });
-        }
+    if let Some(id) = &cfg.id
+        && report.shown.is_empty()
+    {
+        return Err(InspectError::IdNotFound { id: id.clone(), path: cfg.path.clone() });
     }
     Ok(report)
 }

@@ -52,10 +52,10 @@ pub fn render(m: &Map<String, Value>, max_chars: usize) -> String {
         let label = if m.contains_key("content") || m.contains_key("messages") { "ANSWER" } else { "GOLD ANSWER" };
         let _ = write!(out, "{label} ({} chars)\n{}", a.chars().count(), indent(&elide(a, max_chars)));
     }
-    if m.contains_key("content") {
-        if let Some(gold) = m.get("answer").and_then(Value::as_str) {
-            let _ = writeln!(out, "GOLD ANSWER: {gold}");
-        }
+    if m.contains_key("content")
+        && let Some(gold) = m.get("answer").and_then(Value::as_str)
+    {
+        let _ = writeln!(out, "GOLD ANSWER: {gold}");
     }
     if let Some(v) = m.get("verdict") {
         let _ = writeln!(out, "VERDICT: {v}");

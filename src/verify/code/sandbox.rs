@@ -920,9 +920,9 @@ fn pump(child: &mut std::process::Child, pid: libc::pid_t, input: &[u8], limits:
                             if written >= input.len() {
                                 stdin = None;
                             }
-                        } else if n < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR {
-                            stdin = None;
-                        } else if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                        } else if (n < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR)
+                            || pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+                        {
                             stdin = None;
                         }
                     }
