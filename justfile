@@ -50,3 +50,8 @@ bench-smollm2:
 # Code verifier: programs/s and per-run sandbox overhead vs human-eval-style execution and bare python3.
 bench-code N="200" WORKERS="2":
     bash benches/code_verify_bench.sh {{N}} {{WORKERS}}
+
+# A build with the CUDA backend (toolkit assembled from PyPI wheels when no system one; CAP = compute capability).
+build-cuda DIR="$HOME/.cache/distill/cuda13" CAP="90":
+    test -x {{DIR}}/bin/nvcc || bash scripts/cuda-toolkit.sh {{DIR}} {{CAP}}
+    . {{DIR}}/env.sh && cargo build --release --features cuda

@@ -3,10 +3,11 @@
 //! the time of each, tokens/s and peak RSS. `benches/train_bench.sh` runs PyTorch beside it.
 //!
 //! Usage: cargo run --release --example bench_train -- [--tokens 512] [--layers 24] [--lora 16] [--steps 2]
+//!        [--device cpu|cuda]   (cuda: a build with `--features cuda`)
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use distill::train::data::{self, DataConfig, Sample};
 use distill::train::model::{Config, LoraConfig, Model};
 use distill::train::optim::{self, AdamW, AdamWConfig};
@@ -36,7 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true, "hidden_act": "silu",
         "use_sliding_window": false
     }))?;
-    let dev = Device::Cpu;
+    let device_name = args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map_or("cpu", |s| s);
+    let dev = distill::train::finetune::parse_device(device_name)?;
     let mut seed = 1u64;
     let t_build = Instant::now();
     let mut model = Model::from_tensors(
@@ -73,17 +75,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(loss);
         let mut grads = opt.new_grads();
         opt.accumulate(&mut grads, g)?;
+        dev.synchronize()?;
         let t_bwd = t0.elapsed().as_secs_f64() - t_fwd;
         let t1 = Instant::now();
         let norm = opt.grad_norm(&grads, 1.0 / n_targets)?;
         opt.step(&grads, 1e-5, optim::clip_factor(norm, Some(1.0)) / n_targets)?;
+        dev.synchronize()?;
         let t_opt = t1.elapsed().as_secs_f64();
         rows.push((t_fwd, t_bwd, t_opt));
     }
     let (f, b, o) = *rows.last().unwrap_or(&(0.0, 0.0, 0.0));
     let total = f + b + o;
     println!(
-        "distill {} r={rank} {tokens} tokens, {layers} layers, {:.1}M trainable: {total:.2} s/step (forward {f:.2}, backward {b:.2}, optimizer {o:.3} = {:.1}%), {:.1} tok/s, peak RSS {:.0} MB",
+        "distill {} r={rank} {tokens} tokens, {layers} layers, {device_name}, {:.1}M trainable: {total:.2} s/step (forward {f:.2}, backward {b:.2}, optimizer {o:.3} = {:.1}%), {:.1} tok/s, peak RSS {:.0} MB",
         if rank > 0 { "LoRA" } else { "full" },
         opt.num_params() as f64 / 1e6,
         100.0 * o / total,

@@ -514,6 +514,9 @@ pub struct FinetuneArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Where to train: cpu, or cuda / cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
 }
 
 fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
@@ -569,6 +572,7 @@ impl FinetuneArgs {
             keep_last: self.keep_last,
             resume: self.resume,
             progress: !self.no_progress,
+            device: self.device,
         }
     }
 }

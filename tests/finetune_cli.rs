@@ -188,3 +188,50 @@ fn a_model_without_tokenizer_is_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+/// `--device cuda` (a build with `--features cuda`, on a machine with a GPU): the same run as on
+/// the CPU gives the same losses step by step, full and LoRA, and the exported model scores the
+/// loss the trainer reported; a resumed GPU run continues where it stopped.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_training_follows_the_cpu_run() {
+    if Device::new_cuda(0).is_err() {
+        println!("skipped: no CUDA device could be opened");
+        return;
+    }
+    let model = model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let data = corpus(work.path());
+    let (m, d) = (model.path().to_str().unwrap(), data.to_str().unwrap());
+    for lora in [false, true] {
+        let mut losses = Vec::new();
+        for device in ["cpu", "cuda"] {
+            let out = work.path().join(format!("run-{device}-{lora}"));
+            let o = out.to_str().unwrap();
+            let mut args = vec!["finetune", "--model", m, "--data", d, "--out", o, "--max-steps", "8"];
+            args.extend(["--max-seq-len", "256", "--tokens-per-step", "256", "--eval-every", "4", "--save-every", "4"]);
+            args.extend(["--no-progress", "--lr", "1e-2", "--device", device]);
+            if lora {
+                args.extend(["--lora-rank", "4", "--lora-dropout", "0"]);
+            }
+            ok(&distill(&args));
+            let recs = metrics(&out);
+            assert_eq!(recs.len(), 8);
+            let eval = recs[7]["eval_loss"].as_f64().unwrap();
+            let valid = data.join("data/validation-00000.jsonl");
+            let s =
+                distill(&["score", "--model", out.join("final").to_str().unwrap(), valid.to_str().unwrap(), "--json"]);
+            ok(&s);
+            let scored: Value = serde_json::from_slice(&s.stdout).unwrap();
+            let scored = scored["loss"].as_f64().unwrap();
+            assert!((scored - eval).abs() < 1e-4, "{device}: score {scored} vs trainer eval loss {eval}");
+            losses.push(recs.iter().map(|r| r["loss"].as_f64().unwrap()).collect::<Vec<_>>());
+        }
+        let worst = losses[0].iter().zip(&losses[1]).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+        println!(
+            "lora={lora}: cpu {:?}\n          gpu {:?}\n          worst relative difference {worst:.2e}",
+            losses[0], losses[1]
+        );
+        assert!(worst < 1e-3, "lora={lora}: GPU losses differ from the CPU's by {worst} (relative)");
+    }
+}

@@ -418,3 +418,102 @@ fn saved_adapter_loads_in_peft() {
     assert!(d <= 1e-4, "PEFT's logits differ by {d}");
     println!("PEFT loads the saved adapter: logits max diff {d:.2e}");
 }
+
+/// The same checks on the GPU (a build with `--features cuda`, on a machine with one): logits,
+/// loss and gradients against transformers, every Var gets a gradient, LoRA keeps base weights
+/// gradient-free, and one AdamW step (the optimiser's tensor path) equals the CPU's fused one.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_matches_transformers_and_the_cpu() {
+    use distill::train::optim::{AdamW, AdamWConfig};
+    let Ok(gpu) = Device::new_cuda(0) else {
+        println!("skipped: no CUDA device could be opened");
+        return;
+    };
+    for name in ["qwen2-tiny", "llama-tiny"] {
+        let r = Reference::load(name);
+        let (targets, weights) = r.targets();
+        let ids = r.ids().to_device(&gpu).unwrap();
+        let cpu = load(name, DType::F32);
+        let model = Model::load(&fixtures().join(name), &gpu, DType::F32).unwrap();
+        let logits = model.forward(&ids, &r.layout()).unwrap().to_device(&Device::Cpu).unwrap();
+        let reference = r.get("logits");
+        let mut d = 0f64;
+        for (b, row) in r.mask().iter().enumerate() {
+            let n = row.iter().filter(|&&x| x == 1).count();
+            d = d.max(max_abs_diff(&logits.i((b, 0..n)).unwrap(), &reference.i((b, 0..n)).unwrap()));
+        }
+        assert!(d <= 1e-4, "{name} on the GPU: logits differ by {d}");
+        let loss = model.loss(&ids, &r.layout(), &targets, &weights, false).unwrap().loss;
+        let want = r.get("loss").to_vec1::<f32>().unwrap()[0] as f64;
+        let got = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        assert!((got - want).abs() <= 1e-5, "{name} on the GPU: loss {got} vs {want}");
+        let grads = model.backward(&loss).unwrap();
+        let vars: HashMap<String, Var> = model.trainable_vars().into_iter().collect();
+        for (n, v) in &vars {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: {n} has no gradient on the GPU"));
+            assert!(max_abs(g) > 0.0, "{name}: {n} has an all-zero gradient on the GPU");
+        }
+        let mut checked = 0;
+        for (k, reference) in &r.t {
+            let Some(pname) = k.strip_prefix("grad.") else { continue };
+            let g = grads.get(vars[pname].as_tensor()).unwrap().to_device(&Device::Cpu).unwrap();
+            let rel = max_abs_diff(&g, reference) / max_abs(reference).max(1e-12);
+            assert!(rel <= 1e-3, "{name} on the GPU: gradient of {pname} off by {rel} (relative)");
+            checked += 1;
+        }
+
+        // One AdamW step on each device from the same gradients.
+        let cpu_loss = loss_of(&cpu, &r);
+        let cpu_grads = cpu.backward(&cpu_loss).unwrap();
+        let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+        let step_on = |m: &Model, store| {
+            let mut opt = AdamW::new(m.trainable_vars(), cfg).unwrap();
+            let mut g = opt.new_grads();
+            opt.accumulate(&mut g, store).unwrap();
+            opt.step(&g, 1e-3, 1.0).unwrap();
+        };
+        step_on(&cpu, cpu_grads);
+        step_on(&model, grads);
+        let cpu_vars: HashMap<String, Var> = cpu.trainable_vars().into_iter().collect();
+        let mut worst = 0f64;
+        for (n, v) in &vars {
+            worst = worst.max(max_abs_diff(&v.as_tensor().to_device(&Device::Cpu).unwrap(), cpu_vars[n].as_tensor()));
+        }
+        assert!(worst <= 1e-5, "{name}: weights after one AdamW step differ by {worst} between GPU and CPU");
+        println!(
+            "{name} on the GPU: logits {d:.2e}, loss {got} vs {want}, {checked} gradients, AdamW step {worst:.2e}"
+        );
+    }
+
+    // LoRA on the GPU: only adapters get gradients, and the result equals the CPU's.
+    let r = Reference::load("qwen2-tiny");
+    let (targets, weights) = r.targets();
+    let lcfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, ..LoraConfig::default() };
+    let mut cpu = load("qwen2-tiny", DType::F32);
+    cpu.add_lora(&lcfg).unwrap();
+    randomise_lora_b(&cpu);
+    let mut model = Model::load(&fixtures().join("qwen2-tiny"), &gpu, DType::F32).unwrap();
+    model.add_lora(&lcfg).unwrap();
+    let cpu_vars: HashMap<String, Var> = cpu.trainable_vars().into_iter().collect();
+    for (n, v) in model.trainable_vars() {
+        v.set(&cpu_vars[&n].as_tensor().to_device(&gpu).unwrap()).unwrap();
+    }
+    let ids = r.ids().to_device(&gpu).unwrap();
+    let loss = model.loss(&ids, &r.layout(), &targets, &weights, true).unwrap().loss;
+    let cpu_loss = cpu.loss(&r.ids(), &r.layout(), &targets, &weights, true).unwrap().loss;
+    let (a, b) = (loss.to_scalar::<f32>().unwrap(), cpu_loss.to_scalar::<f32>().unwrap());
+    assert!((a - b).abs() <= 1e-5, "LoRA loss on the GPU {a} vs CPU {b}");
+    let grads = model.backward(&loss).unwrap();
+    let cpu_grads = cpu.backward(&cpu_loss).unwrap();
+    for (n, t) in model.base_weights() {
+        assert!(grads.get(&t).is_none(), "a gradient was computed for frozen {n} on the GPU");
+    }
+    for (n, v) in model.trainable_vars() {
+        let g = grads.get(v.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap();
+        let c = cpu_grads.get(cpu_vars[&n].as_tensor()).unwrap();
+        let rel = max_abs_diff(&g, c) / max_abs(c).max(1e-12);
+        assert!(rel <= 1e-3, "LoRA gradient of {n}: GPU vs CPU off by {rel}");
+    }
+    println!("LoRA on the GPU: loss {a} vs CPU {b}, adapter gradients within 1e-3");
+}

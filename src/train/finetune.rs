@@ -23,6 +23,31 @@ pub enum FinetuneError {
     Tokenize { path: PathBuf, source: TokenizeError },
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error("--device {0}")]
+    Device(String),
+}
+
+/// The device a `--device` value names: `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device, FinetuneError> {
+    let bad = |why: &str| FinetuneError::Device(format!("{name}: {why}"));
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        _ if name == "cuda" || name.starts_with("cuda:") => {
+            let ordinal = match name.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| bad("the GPU number after `cuda:` is not a number"))?,
+                None => 0,
+            };
+            if !cfg!(feature = "cuda") {
+                return Err(bad(
+                    "this binary was built without CUDA; rebuild with `cargo build --release --features cuda` \
+                     (needs the CUDA toolkit) or use --device cpu",
+                ));
+            }
+            Device::new_cuda(ordinal)
+                .map_err(|e| bad(&format!("cannot open the GPU ({e}); check the driver and CUDA libraries")))
+        }
+        _ => Err(bad("expected cpu, cuda or cuda:N")),
+    }
 }
 
 /// The chat template and assistant-only mask of the student's tokenizer, as the trainer's
@@ -43,9 +68,9 @@ impl Encode for ChatEncoder {
 
 /// Loads the student and its tokenizer and trains it as `cfg` says.
 pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
-    // CPU, f32: the project declares no GPU build (the optimiser's tensor path for other
-    // devices and dtypes is there for when it does).
-    let (device, dtype) = (Device::Cpu, DType::F32);
+    // f32 weights on either device: the CPU path uses the fused optimiser, a GPU the
+    // optimiser's tensor path.
+    let (device, dtype) = (parse_device(&cfg.device)?, DType::F32);
     let tok_err = |source| FinetuneError::Tokenize { path: cfg.model.clone(), source };
     let tokenizer = ChatTokenizer::from_dir(&cfg.model).map_err(tok_err)?;
     tokenizer.check_eos().map_err(tok_err)?;
@@ -112,6 +137,8 @@ pub struct FinetuneConfig {
     pub resume: bool,
     /// Show the progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+    pub device: String,
 }
 
 impl Default for FinetuneConfig {
@@ -137,6 +164,7 @@ impl Default for FinetuneConfig {
             keep_last: 2,
             resume: false,
             progress: true,
+            device: "cpu".into(),
         }
     }
 }
@@ -158,5 +186,18 @@ mod tests {
         assert_eq!(partial.loader.tokens_per_step, DataConfig::default().tokens_per_step);
         assert_eq!(partial.lora.as_ref().map(|l| (l.rank, l.alpha)), Some((8, 32.0)));
         assert!(toml::from_str::<FinetuneConfig>("learning_rate = 1.0").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn device_names() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        for bad in ["gpu", "cuda:x", "cuda:-1", "CPU"] {
+            let e = parse_device(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with(&format!("--device {bad}: ")), "{bad}: {e}");
+        }
+        if !cfg!(feature = "cuda") {
+            let e = parse_device("cuda").err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("--features cuda"), "{e}");
+        }
     }
 }

@@ -43,6 +43,32 @@ fn to_storage(t: &Tensor) -> Result<(CpuStorage, Shape)> {
     Ok((out, shape))
 }
 
+/// The CUDA side of the ops: each op's forward is the same tensor code, run on the GPU. A
+/// storage view is copied into a fresh tensor and the result's storage handed back, as on CPU.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::{BackendDevice, BackendStorage};
+    use candle_core::op::BackpropOp;
+    use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
+
+    pub fn to_tensor(s: &CudaStorage, l: &Layout) -> Result<Tensor> {
+        // SAFETY: every element of the fresh buffer is written by the strided copy below.
+        let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
+        s.copy_strided_src(&mut dst, 0, l)?;
+        Ok(Tensor::from_storage(Storage::Cuda(dst), l.shape().clone(), BackpropOp::none(), false))
+    }
+
+    pub fn to_storage(t: &Tensor) -> Result<(CudaStorage, Shape)> {
+        let shape = t.shape().clone();
+        let (storage, layout) = t.storage_and_layout();
+        let Storage::Cuda(cs) = &*storage else { candle_core::bail!("custom op result is not on the GPU") };
+        // SAFETY: as above, the copy writes every element.
+        let mut dst = unsafe { cs.device().alloc_uninit(&shape, cs.dtype())? };
+        cs.copy_strided_src(&mut dst, 0, layout)?;
+        Ok((dst, shape))
+    }
+}
+
 /// `x @ w^T (+ b)` with a frozen `w`/`b`: backward returns only `dx = dy @ w`.
 pub struct FrozenLinear {
     pub w: Tensor,
@@ -71,6 +97,10 @@ impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::to_storage(&self.fwd(&gpu::to_tensor(s, l)?)?)
+    }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         to_storage(&self.fwd(&to_tensor(s, l)?)?)
     }
@@ -94,6 +124,10 @@ pub fn const_mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
 impl CustomOp1 for ConstMul {
     fn name(&self) -> &'static str {
         "const-mul"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::to_storage(&gpu::to_tensor(s, l)?.broadcast_mul(&self.c)?)
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         to_storage(&to_tensor(s, l)?.broadcast_mul(&self.c)?)
@@ -122,6 +156,12 @@ fn rotate_half(x: &Tensor, sign_first: f64) -> Result<Tensor> {
     }
 }
 
+impl Rope {
+    fn fwd(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.cos)?.add(&rotate_half(x, -1.0)?.broadcast_mul(&self.sin)?)
+    }
+}
+
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Rope { cos: cos.clone(), sin: sin.clone() })
 }
@@ -130,10 +170,12 @@ impl CustomOp1 for Rope {
     fn name(&self) -> &'static str {
         "rope-rotate-half"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::to_storage(&self.fwd(&gpu::to_tensor(s, l)?)?)
+    }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = to_tensor(s, l)?;
-        let y = x.broadcast_mul(&self.cos)?.add(&rotate_half(&x, -1.0)?.broadcast_mul(&self.sin)?)?;
-        to_storage(&y)
+        to_storage(&self.fwd(&to_tensor(s, l)?)?)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let gs = g.broadcast_mul(&self.sin)?;
@@ -189,6 +231,16 @@ pub fn chunked_ce(h: &Tensor, w: &Tensor, op: ChunkedCe) -> Result<Tensor> {
 impl CustomOp2 for ChunkedCe {
     fn name(&self) -> &'static str {
         "chunked-cross-entropy"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::to_storage(&self.fwd(&gpu::to_tensor(s1, l1)?, &gpu::to_tensor(s2, l2)?)?)
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?)?)
@@ -284,6 +336,18 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?, &to_tensor(s3, l3)?)?)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::to_storage(&self.fwd(&gpu::to_tensor(s1, l1)?, &gpu::to_tensor(s2, l2)?, &gpu::to_tensor(s3, l3)?)?)
     }
     fn bwd(
         &self,
