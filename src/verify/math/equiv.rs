@@ -582,6 +582,11 @@ fn scalar_eq(g: &Node, p: &Node) -> Tri {
         let (Some(a), Some(c)) = (eval(g, &pt), eval(p, &pt)) else {
             return Tri::Unknown("undefined value".into());
         };
+        // A written ±∞ against a finite number is decided; an overflow is not (compare_values).
+        let finite = |z: Complex64| z.re.is_finite() && z.im.is_finite();
+        if (written_infinity(g) && finite(c)) || (written_infinity(p) && finite(a)) {
+            return Tri::False;
+        }
         return compare_values(a, c, tol);
     }
     let pts = points(&vars);
@@ -598,6 +603,15 @@ fn scalar_eq(g: &Node, p: &Node) -> Tri {
         valid += 1;
     }
     if valid >= 3 { Tri::True } else { Tri::Unknown("too few points where both sides are defined".into()) }
+}
+
+/// `∞`, `+∞` or `-∞` as written (not a value that overflowed).
+fn written_infinity(n: &Node) -> bool {
+    match n {
+        Node::Inf => true,
+        Node::Neg(x) => written_infinity(x),
+        _ => false,
+    }
 }
 
 fn compare_values(a: Complex64, c: Complex64, tol: f64) -> Tri {
@@ -672,6 +686,8 @@ mod tests {
         for (g, p, want) in cases {
             let got = judge(g, p);
             assert_eq!(got.is_true(), *want, "{g} vs {p}: {got:?}");
+            // A "not equal" expectation is a decided one, not an undecided verdict.
+            assert!(*want || matches!(got, Tri::False), "{g} vs {p}: expected not equal, got {got:?}");
         }
     }
 
@@ -775,6 +791,11 @@ mod tests {
             ("-793 < a < 10", "(-793, 10)", true),
             ("(1, +\\infty)", "(1, \\infty)", true),
             ("x > 1", "(1, \\infty)", true),
+            ("(-8,\\infty)", "(-\\infty,-8)", false),
+            ("(-\\infty, 3]", "(-\\infty, 3]", true),
+            ("[2, \\infty)", "[2, 100)", false),
+            ("\\infty", "5", false),
+            ("-\\infty", "\\infty", false),
             ("(\\frac{3}{5},\\frac{8}{3}]", "(0.6,2.6667]", true),
             ("[-1, -\\frac{1}{2}) \\cup (0, 1)", "(0, 1) \\cup [-1, -\\tfrac12)", true),
             ("(0,1) \\cup (2,3)", "(0,1) \\cup (2,4)", false),
