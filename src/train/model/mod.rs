@@ -6,6 +6,7 @@
 //! targets and weights. Out: logits, a loss, gradients of exactly the trainable `Var`s, and
 //! checkpoints/adapters on disk.
 
+pub mod attn_cpu;
 pub mod config;
 pub mod decoder;
 pub mod gguf;

@@ -8,6 +8,10 @@
 
 use std::sync::Arc;
 
+use candle_core::backend::BackendStorage;
+
+use super::attn_cpu;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 
 /// Copies a contiguous CPU storage view into a fresh tensor.
@@ -298,6 +302,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Arc<Vec<u8>>, sca
 
 const MASKED: f64 = -1e30;
 
+/// `(B, H, T, D)` of an attention input.
+fn dims(shape: &Shape) -> Result<attn_cpu::Dims> {
+    let (batch, heads, seq, head_dim) = shape.dims4()?;
+    Ok(attn_cpu::Dims { batch, heads, seq, head_dim })
+}
+
+fn q_shape(d: attn_cpu::Dims) -> (usize, usize, usize, usize) {
+    (d.batch, d.heads, d.seq, d.head_dim)
+}
+
+/// The elements of a tensor, in order.
+fn flat<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
 impl Attention {
     /// Additive mask of batch row `b`: `(1, T, T)`, 0 where allowed.
     fn bias(&self, b: usize, t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
@@ -335,7 +354,33 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?, &to_tensor(s3, l3)?)?)
+        let d = dims(l1.shape())?;
+        let view = |s: &CpuStorage, l: &Layout| -> Result<(usize, usize)> {
+            l.contiguous_offsets().filter(|_| l.shape() == l1.shape() && s.dtype() == s1.dtype()).ok_or_else(|| {
+                candle_core::Error::Msg("attention: q, k and v must be contiguous with one shape and dtype".into())
+            })
+        };
+        let ((a1, e1), (a2, e2), (a3, e3)) = (view(s1, l1)?, view(s2, l2)?, view(s3, l3)?);
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(attn_cpu::forward(
+                &s1.as_slice::<f32>()?[a1..e1],
+                &s2.as_slice::<f32>()?[a2..e2],
+                &s3.as_slice::<f32>()?[a3..e3],
+                &self.allowed,
+                d,
+                self.scale as f32,
+            )),
+            DType::F64 => CpuStorage::F64(attn_cpu::forward(
+                &s1.as_slice::<f64>()?[a1..e1],
+                &s2.as_slice::<f64>()?[a2..e2],
+                &s3.as_slice::<f64>()?[a3..e3],
+                &self.allowed,
+                d,
+                self.scale,
+            )),
+            _ => return to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?, &to_tensor(s3, l3)?)?),
+        };
+        Ok((out, l1.shape().clone()))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -357,6 +402,24 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64) {
+            let d = dims(q.shape())?;
+            let (dq, dk, dv) = match q.dtype() {
+                DType::F32 => {
+                    let [q, k, v, o, g] = [q, k, v, _res, grad].map(flat::<f32>);
+                    let (dq, dk, dv) = attn_cpu::backward(&q?, &k?, &v?, &o?, &g?, &self.allowed, d, self.scale as f32);
+                    let t = |x: Vec<f32>| Tensor::from_vec(x, q_shape(d), &Device::Cpu);
+                    (t(dq)?, t(dk)?, t(dv)?)
+                }
+                _ => {
+                    let [q, k, v, o, g] = [q, k, v, _res, grad].map(flat::<f64>);
+                    let (dq, dk, dv) = attn_cpu::backward(&q?, &k?, &v?, &o?, &g?, &self.allowed, d, self.scale);
+                    let t = |x: Vec<f64>| Tensor::from_vec(x, q_shape(d), &Device::Cpu);
+                    (t(dq)?, t(dk)?, t(dv)?)
+                }
+            };
+            return Ok((Some(dq), Some(dk), Some(dv)));
+        }
         let b = q.dim(0)?;
         let (mut dq, mut dk, mut dv) = (Vec::with_capacity(b), Vec::with_capacity(b), Vec::with_capacity(b));
         for i in 0..b {
