@@ -26,6 +26,10 @@ fn peak_rss_mb() -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    // As `distill finetune` does (DISTILL_BENCH_DEFAULT_MALLOC=1 measures without it).
+    if std::env::var_os("DISTILL_BENCH_DEFAULT_MALLOC").is_none() {
+        distill::train::keep_freed_memory();
+    }
     let arg = |k: &str, d: usize| {
         args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d)
     };

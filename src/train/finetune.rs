@@ -68,6 +68,7 @@ impl Encode for ChatEncoder {
 
 /// Loads the student and its tokenizer and trains it as `cfg` says.
 pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
+    super::keep_freed_memory();
     // f32 weights on either device: the CPU path uses the fused optimiser, a GPU the
     // optimiser's tensor path.
     let (device, dtype) = (parse_device(&cfg.device)?, DType::F32);

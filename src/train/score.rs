@@ -101,6 +101,7 @@ pub fn score_example(model: &Model, tok: &ChatTokenizer, messages: &[Value]) -> 
 
 /// Scores every record; one bad record is reported (stderr, with its location) and skipped.
 pub fn run(cfg: &ScoreConfig) -> Result<ScoreReport, ScoreError> {
+    super::keep_freed_memory();
     let dtype = super::model::io::parse_dtype(&cfg.dtype)
         .ok_or_else(|| ScoreError::Config(format!("dtype `{}`: use float32 or bfloat16", cfg.dtype)))?;
     let mut model = Model::load(&cfg.model, &Device::Cpu, dtype)?;
