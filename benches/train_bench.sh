@@ -6,11 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 layers="${1:-24}"; steps="${2:-2}"
-venv="${DISTILL_VENV_DIR:-$HOME/.cache/distill}/venv-train"
-cargo build --release --quiet --example bench_train
-if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft
-bin="${CARGO_TARGET_DIR:-target}/release/examples/bench_train"
+. benches/venv_train.sh
 for tokens in 512 1024; do
   for rank in 0 16; do
     "$bin" --tokens "$tokens" --layers "$layers" --lora "$rank" --steps "$steps"

@@ -517,6 +517,10 @@ pub struct FinetuneArgs {
     /// Where to train: cpu, or cuda / cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
+    /// Per-layer activation checkpointing: keep only layer inputs, recompute each layer in
+    /// backward (much less memory for long traces, about a third more compute).
+    #[arg(long)]
+    pub checkpoint_layers: bool,
 }
 
 fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
@@ -573,6 +577,7 @@ impl FinetuneArgs {
             resume: self.resume,
             progress: !self.no_progress,
             device: self.device,
+            checkpoint_layers: self.checkpoint_layers,
         }
     }
 }

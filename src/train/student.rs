@@ -68,6 +68,14 @@ impl Trainable for Student {
         self.model.backward(loss).map_err(|e| e.to_string())
     }
 
+    fn loss_and_grads(&self, seq: &Sequence) -> Result<(f64, GradStore), String> {
+        let (lengths, targets, weights) = Self::inputs(seq);
+        let t = seq.len();
+        let layout = SeqLayout::packed(&[lengths], t).map_err(|e| e.to_string())?;
+        let ids = Tensor::from_slice(&seq.ids, (1, t), &self.model.device).map_err(|e| e.to_string())?;
+        self.model.loss_and_grads(&ids, &layout, &targets, &weights, true).map_err(|e| e.to_string())
+    }
+
     fn save_checkpoint(&self, dir: &Path) -> Result<(), String> {
         if self.model.lora_config().is_some() {
             self.model.save_adapter(dir, &self.base.to_string_lossy()).map_err(|e| e.to_string())

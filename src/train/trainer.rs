@@ -40,6 +40,14 @@ pub trait Trainable {
     fn backward(&self, loss: &Tensor) -> Result<GradStore, String> {
         loss.backward().map_err(|e| e.to_string())
     }
+    /// The summed loss of a training sequence (as [`Trainable::loss_sum`], dropout on) and its
+    /// gradients, in one call so that a model may recompute activations instead of keeping
+    /// them (per-layer checkpointing).
+    fn loss_and_grads(&self, seq: &Sequence) -> Result<(f64, GradStore), String> {
+        let loss = self.loss_sum(seq, true)?;
+        let l = loss.to_dtype(candle_core::DType::F64).and_then(|t| t.to_scalar::<f64>()).map_err(|e| e.to_string())?;
+        Ok((l, self.backward(&loss)?))
+    }
     /// Writes what a checkpoint needs to be loaded by other tools: the model in Hugging Face
     /// layout, or the PEFT adapter.
     fn save_checkpoint(&self, dir: &Path) -> Result<(), String>;
@@ -273,8 +281,7 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
         model.begin_step(state.step);
         let model_err = |msg: String| TrainError::Model { step: state.step + 1, msg };
         for seq in &step.sequences {
-            let loss = model.loss_sum(seq, true).map_err(model_err)?;
-            let l = loss.to_scalar::<f32>().map_err(|e| model_err(e.to_string()))? as f64;
+            let (l, g) = model.loss_and_grads(seq).map_err(model_err)?;
             if !l.is_finite() {
                 return Err(TrainError::NonFinite {
                     step: state.step + 1,
@@ -285,7 +292,6 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
                 });
             }
             loss_sum += l;
-            let g = model.backward(&loss).map_err(model_err)?;
             opt.accumulate(&mut grads, g)?;
         }
         let n = n_targets.max(1) as f64;

@@ -56,6 +56,13 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+    /// The generator's position, to replay its draws with [`Rng::set_state`].
+    pub fn state(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn set_state(&self, state: u64) {
+        self.0.store(state, Ordering::Relaxed)
+    }
     /// Uniform in [0, 1).
     pub fn uniform(&self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -130,8 +130,29 @@ pub struct Model {
     lora: Option<LoraConfig>,
     /// Rows of the cross-entropy computed at once (default: about 32M logits per chunk).
     pub ce_chunk_rows: Option<usize>,
+    /// Per-layer activation checkpointing in [`Model::loss_and_grads`]: keep only each layer's
+    /// input during the forward pass and recompute the layer in backward.
+    pub checkpoint_layers: bool,
     /// Directory the model came from (tokenizer files are copied from it on save).
     pub source_dir: Option<PathBuf>,
+}
+
+/// What the cross-entropy of a batch needs: the rows carrying loss and the op over them.
+struct LossSetup {
+    idx: Tensor,
+    op: ops::ChunkedCe,
+    weight_sum: f64,
+}
+
+/// The dropout generators' positions of a layer's adapters (to replay its masks).
+fn dropout_states(layer: &Layer) -> Vec<u64> {
+    layer.linears().iter().filter_map(|l| l.lora.as_ref().map(|a| a.rng.state())).collect()
+}
+
+fn restore_dropout(layer: &Layer, states: &[u64]) {
+    for (a, &s) in layer.linears().iter().filter_map(|l| l.lora.as_ref()).zip(states) {
+        a.rng.set_state(s);
+    }
 }
 
 /// Makes an empty-ish `GradStore` (candle offers no public constructor): it holds only the
@@ -210,6 +231,7 @@ impl Model {
             vars,
             lora: None,
             ce_chunk_rows: None,
+            checkpoint_layers: false,
             source_dir: None,
         })
     }
@@ -395,17 +417,25 @@ impl Model {
         Ok(ids)
     }
 
-    /// Final hidden states `(B*T, hidden)` (after the last norm). `train` enables LoRA dropout.
-    pub fn hidden_states(&self, ids: &Tensor, layout: &SeqLayout, train: bool) -> Result<Tensor> {
-        let ids = self.check_ids(ids, layout)?;
+    fn ctx(&self, layout: &SeqLayout, train: bool) -> Result<decoder::Ctx> {
         let (cos, sin) = self.rotary(layout)?;
-        let ctx =
-            decoder::Ctx { batch: layout.batch, seq: layout.seq, cos, sin, allowed: Arc::new(layout.allowed()), train };
+        Ok(decoder::Ctx { batch: layout.batch, seq: layout.seq, cos, sin, allowed: Arc::new(layout.allowed()), train })
+    }
+
+    /// The output of the last layer `(B*T, hidden)`, before the final norm.
+    fn layer_stack(&self, ids: &Tensor, layout: &SeqLayout, train: bool) -> Result<Tensor> {
+        let ids = self.check_ids(ids, layout)?;
+        let ctx = self.ctx(layout, train)?;
         let mut x = self.embed_tokens.tensor.index_select(&ids.flatten_all()?, 0)?;
         for layer in &self.layers {
             x = layer.forward(&x, &self.cfg, &ctx)?;
         }
-        Ok(self.norm.forward(&x)?)
+        Ok(x)
+    }
+
+    /// Final hidden states `(B*T, hidden)` (after the last norm). `train` enables LoRA dropout.
+    pub fn hidden_states(&self, ids: &Tensor, layout: &SeqLayout, train: bool) -> Result<Tensor> {
+        Ok(self.norm.forward(&self.layer_stack(ids, layout, train)?)?)
     }
 
     fn head(&self) -> &Weight {
@@ -421,17 +451,8 @@ impl Model {
         Ok(logits.reshape((layout.batch, layout.seq, self.cfg.vocab_size))?)
     }
 
-    /// Weighted mean cross-entropy of predicting `targets[i]` at position `i` (flattened
-    /// `B*T`; the caller shifts), weight `weights[i]` (0 = no loss). Logits are computed in
-    /// chunks and never held whole.
-    pub fn loss(
-        &self,
-        ids: &Tensor,
-        layout: &SeqLayout,
-        targets: &[u32],
-        weights: &[f32],
-        train: bool,
-    ) -> Result<LossOutput> {
+    /// The rows that carry loss, their targets and weights, checked against the vocabulary.
+    fn loss_setup(&self, layout: &SeqLayout, targets: &[u32], weights: &[f32]) -> Result<LossSetup> {
         let n = layout.batch * layout.seq;
         if targets.len() != n || weights.len() != n {
             return Err(ModelError::Input(format!(
@@ -453,9 +474,8 @@ impl Model {
             )));
         }
         let sel_weights: Vec<f64> = rows.iter().map(|&i| weights[i as usize] as f64).collect();
-        let h = self.hidden_states(ids, layout, train)?;
-        let idx = Tensor::from_vec(rows.clone(), rows.len(), &self.device)?;
-        let h = h.index_select(&idx, 0)?;
+        let n_sel = rows.len();
+        let idx = Tensor::from_vec(rows, n_sel, &self.device)?;
         let head = self.head();
         let chunk_rows = self.ce_chunk_rows.unwrap_or_else(|| (32 << 20) / self.cfg.vocab_size.max(1)).max(1);
         let op = ops::ChunkedCe {
@@ -464,8 +484,104 @@ impl Model {
             chunk_rows,
             need_dw: head.trainable,
         };
-        let sum = ops::chunked_ce(&h, &head.tensor, op)?;
+        Ok(LossSetup { idx, op, weight_sum })
+    }
+
+    /// `Σ w·CE` of the final hidden states `h` (before the last norm), `(B*T, hidden)`.
+    fn summed_ce(&self, h: &Tensor, setup: LossSetup) -> Result<Tensor> {
+        let h = self.norm.forward(h)?.index_select(&setup.idx, 0)?;
+        Ok(ops::chunked_ce(&h, &self.head().tensor, setup.op)?)
+    }
+
+    /// Weighted mean cross-entropy of predicting `targets[i]` at position `i` (flattened
+    /// `B*T`; the caller shifts), weight `weights[i]` (0 = no loss). Logits are computed in
+    /// chunks and never held whole.
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        layout: &SeqLayout,
+        targets: &[u32],
+        weights: &[f32],
+        train: bool,
+    ) -> Result<LossOutput> {
+        let setup = self.loss_setup(layout, targets, weights)?;
+        let weight_sum = setup.weight_sum;
+        let sum = self.summed_ce(&self.layer_stack(ids, layout, train)?, setup)?;
         Ok(LossOutput { loss: sum.affine(1.0 / weight_sum, 0.0)?, weight_sum })
+    }
+
+    /// The summed loss `Σ w·CE` (as [`Model::loss`] times its weight sum) and the gradients of
+    /// the trainable Vars, in one pass: with [`Model::checkpoint_layers`] only the layer inputs
+    /// are kept during the forward pass and each layer is recomputed (with the same dropout
+    /// masks) when its gradient is needed; otherwise a plain forward and backward.
+    pub fn loss_and_grads(
+        &self,
+        ids: &Tensor,
+        layout: &SeqLayout,
+        targets: &[u32],
+        weights: &[f32],
+        train: bool,
+    ) -> Result<(f64, GradStore)> {
+        let setup = self.loss_setup(layout, targets, weights)?;
+        if !self.checkpoint_layers {
+            let sum = self.summed_ce(&self.layer_stack(ids, layout, train)?, setup)?;
+            let value = sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            return Ok((value, self.backward(&sum)?));
+        }
+        let ids = self.check_ids(ids, layout)?;
+        let ctx = self.ctx(layout, train)?;
+        let x0 = self.embed_tokens.tensor.index_select(&ids.flatten_all()?, 0)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut rng_states = Vec::with_capacity(self.layers.len());
+        let mut x = x0.detach();
+        for layer in &self.layers {
+            rng_states.push(dropout_states(layer));
+            inputs.push(x.clone());
+            x = layer.forward(&x, &self.cfg, &ctx)?.detach();
+        }
+        let end_states: Vec<_> = self.layers.iter().map(dropout_states).collect();
+        let mut keep = fresh_grad_store(&self.device)?;
+        let hv = Var::from_tensor(&x)?;
+        drop(x);
+        let sum = self.summed_ce(hv.as_tensor(), setup)?;
+        let value = sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut g = self.take_grads(sum.backward()?, &mut keep, hv.as_tensor())?;
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            restore_dropout(layer, &rng_states[i]);
+            let xv = Var::from_tensor(&inputs[i])?;
+            inputs.truncate(i);
+            let y = layer.forward(xv.as_tensor(), &self.cfg, &ctx)?;
+            let root = y.mul(&g)?.sum_all()?;
+            g = self.take_grads(root.backward()?, &mut keep, xv.as_tensor())?;
+        }
+        for (layer, states) in self.layers.iter().zip(&end_states) {
+            restore_dropout(layer, states);
+        }
+        if self.embed_tokens.trainable {
+            let root = x0.mul(&g)?.sum_all()?;
+            let all = root.backward()?;
+            self.take_grads(all, &mut keep, &root)?;
+        }
+        Ok((value, keep))
+    }
+
+    /// Moves the trainable Vars' gradients from `all` into `keep` (adding to what is there)
+    /// and returns the (detached) gradient of `input`, or zeros when nothing reached it.
+    fn take_grads(&self, mut all: GradStore, keep: &mut GradStore, input: &Tensor) -> Result<Tensor> {
+        for (_, v) in &self.vars {
+            if let Some(g) = all.remove(v.as_tensor()) {
+                let g = g.detach();
+                let sum = match keep.remove(v.as_tensor()) {
+                    Some(acc) => acc.add(&g)?,
+                    None => g,
+                };
+                keep.insert(v.as_tensor(), sum);
+            }
+        }
+        Ok(match all.remove(input) {
+            Some(g) => g.detach(),
+            None => input.zeros_like()?,
+        })
     }
 
     /// Backpropagates `loss` and keeps only the gradients of the trainable `Var`s.
