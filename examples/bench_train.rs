@@ -3,8 +3,9 @@
 //! the time of each, tokens/s and peak RSS. `benches/train_bench.sh` runs PyTorch beside it.
 //!
 //! Usage: cargo run --release --example bench_train -- [--tokens 512] [--layers 24] [--lora 16] [--steps 2]
-//!        [--device cpu|cuda]   (cuda: a build with `--features cuda`) [--checkpoint] (per-layer
-//!        activation checkpointing; forward and backward are then reported together)
+//!        [--device cpu|cuda]   (cuda: a build with `--features cuda`) [--checkpoint [N]] (per-layer
+//!        activation checkpointing of N layers, default all; forward and backward are then reported
+//!        together)
 
 use std::time::Instant;
 
@@ -63,8 +64,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if rank > 0 {
         model.add_lora(&LoraConfig { rank, alpha: 2.0 * rank as f64, dropout: 0.0, ..LoraConfig::default() })?;
     }
+    // --checkpoint [N]: N layers (default all) recomputed in backward.
     let checkpoint = args.iter().any(|a| a == "--checkpoint");
-    model.checkpoint_layers = checkpoint;
+    model.checkpoint_layers = if checkpoint { arg("--checkpoint", usize::MAX) } else { 0 };
+    let model_ckpt = model.checkpoint_layers;
     let student = Student { model, base: "random".into(), seed: 0, save_dtype: DType::F32 };
     eprintln!("built in {:.1} s", t_build.elapsed().as_secs_f64());
     let ids: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919) % 151_000 + 10).collect();
@@ -100,7 +103,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "distill {}{} r={rank} {tokens} tokens, {layers} layers, {device_name}, {:.1}M trainable: {total:.2} s/step (forward {f:.2}, backward {b:.2}, optimizer {o:.3} = {:.1}%), {:.1} tok/s, peak RSS {:.0} MB",
         if rank > 0 { "LoRA" } else { "full" },
-        if checkpoint { " (checkpointed layers)" } else { "" },
+        match model_ckpt {
+            0 => String::new(),
+            usize::MAX => " (all layers checkpointed)".to_string(),
+            n => format!(" ({n} layers checkpointed)"),
+        },
         opt.num_params() as f64 / 1e6,
         100.0 * o / total,
         tokens as f64 / total,

@@ -424,15 +424,19 @@ impl InspectArgs {
 /// Arguments of `distill finetune`.
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
+    /// Settings from a recipe's [finetune] table (other tables are ignored); flags given on the
+    /// command line override its keys. `--show-config` prints such a table.
+    #[arg(long, value_name = "FILE.toml")]
+    pub recipe: Option<PathBuf>,
     /// The student: a Hugging Face model directory (tokenizer and chat template included).
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "recipe")]
+    pub model: Option<PathBuf>,
     /// The corpus: SFT examples (a file, or a directory of train-*/validation-* shards).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "recipe")]
+    pub data: Option<PathBuf>,
     /// Output directory: checkpoint-N/, metrics.jsonl, loss.png, final/ (and adapter/ with LoRA).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "recipe")]
+    pub out: Option<PathBuf>,
     /// Validation records, when not the corpus's validation-* files.
     #[arg(long, value_name = "PATH")]
     pub eval_data: Option<PathBuf>,
@@ -517,10 +521,14 @@ pub struct FinetuneArgs {
     /// Where to train: cpu, or cuda / cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
-    /// Per-layer activation checkpointing: keep only layer inputs, recompute each layer in
-    /// backward (much less memory for long traces, about a third more compute).
-    #[arg(long)]
-    pub checkpoint_layers: bool,
+    /// Per-layer activation checkpointing: N layers (or all, the flag alone) keep only their
+    /// input and are recomputed in backward — much less memory for long traces, more compute.
+    #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all",
+          value_parser = finetune::layer_count::parse)]
+    pub checkpoint_layers: Option<usize>,
+    /// The ids of the flags given on the command line (filled in after parsing).
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
@@ -533,6 +541,81 @@ fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
 }
 
 impl FinetuneArgs {
+    /// The settings: the recipe's [finetune] table (when `--recipe`) with the flags given on the
+    /// command line laid over it, or the flags alone.
+    fn resolve_all(self) -> anyhow::Result<FinetuneConfig> {
+        let given = self.given.clone();
+        let given = |id: &str| given.iter().any(|g| g == id);
+        let Some(path) = self.recipe.clone() else { return Ok(self.resolve()) };
+        let lora_flags = ["lora_alpha", "lora_dropout", "lora_targets"];
+        let flags = self.resolve();
+        let (mut r, keys) = config::load_table::<FinetuneConfig>(&path, "finetune")?;
+        macro_rules! take {
+            ($($id:literal => $($f:ident).+;)*) => {
+                $(if given($id) { r.$($f).+ = flags.$($f).+.clone(); })*
+            };
+        }
+        take! {
+            "model" => model; "data" => data; "out" => out; "eval_data" => eval_data; "epochs" => epochs;
+            "max_steps" => max_steps; "schedule" => schedule; "warmup_ratio" => warmup_ratio;
+            "min_lr_ratio" => min_lr_ratio; "max_grad_norm" => max_grad_norm; "weight_decay" => optim.weight_decay;
+            "beta1" => optim.beta1; "beta2" => optim.beta2; "eps" => optim.eps; "max_seq_len" => loader.max_seq_len;
+            "truncate" => loader.overlong; "no_packing" => loader.packing; "tokens_per_step" => loader.tokens_per_step;
+            "samples_per_step" => loader.samples_per_step; "shuffle_buffer" => loader.shuffle_buffer;
+            "eval_every" => eval_every; "eval_max_samples" => eval_max_samples; "save_every" => save_every;
+            "keep_last" => keep_last; "resume" => resume; "no_progress" => progress; "device" => device;
+            "checkpoint_layers" => checkpoint_layers; "lr" => lr;
+        }
+        if given("seed") {
+            r.loader.seed = flags.loader.seed;
+        }
+        if let (true, Some(fl)) = (given("lora_rank"), &flags.lora) {
+            let recipe_had_lora = r.lora.is_some();
+            let l = r.lora.get_or_insert_with(|| LoraConfig { seed: r.loader.seed, ..LoraConfig::default() });
+            l.rank = fl.rank;
+            if !recipe_had_lora {
+                l.alpha = fl.alpha;
+            }
+        }
+        if let Some(flag) = lora_flags.iter().find(|f| given(f)) {
+            let (Some(l), Some(fl)) = (r.lora.as_mut(), flags.lora.as_ref()) else {
+                anyhow::bail!(
+                    "--{} needs LoRA: give --lora-rank or a [finetune.lora] table in {}",
+                    flag.replace('_', "-"),
+                    path.display()
+                );
+            };
+            if given("lora_alpha") {
+                l.alpha = fl.alpha;
+            }
+            if given("lora_dropout") {
+                l.dropout = fl.dropout;
+            }
+            if given("lora_targets") {
+                l.targets = fl.targets.clone();
+            }
+        }
+        if given("seed")
+            && let Some(l) = r.lora.as_mut()
+        {
+            l.seed = flags.loader.seed;
+        }
+        if !given("lr") && !keys.contains_key("lr") {
+            r.lr = if r.lora.is_some() { finetune::LORA_LR } else { finetune::FULL_LR };
+        }
+        for (what, p, flag) in
+            [("the student", &r.model, "model"), ("the corpus", &r.data, "data"), ("the output", &r.out, "out")]
+        {
+            if p.as_os_str().is_empty() {
+                anyhow::bail!(
+                    "finetune needs {what}: give --{flag} or `{flag} = ...` in the [finetune] table of {}",
+                    path.display()
+                );
+            }
+        }
+        Ok(r)
+    }
+
     fn resolve(self) -> FinetuneConfig {
         let lora = self.lora_rank.map(|rank| LoraConfig {
             rank,
@@ -543,9 +626,9 @@ impl FinetuneArgs {
         });
         let lr = self.lr.unwrap_or(if lora.is_some() { finetune::LORA_LR } else { finetune::FULL_LR });
         FinetuneConfig {
-            model: self.model,
-            data: self.data,
-            out: self.out,
+            model: self.model.unwrap_or_default(),
+            data: self.data.unwrap_or_default(),
+            out: self.out.unwrap_or_default(),
             eval_data: self.eval_data,
             epochs: self.epochs,
             max_steps: self.max_steps,
@@ -577,7 +660,7 @@ impl FinetuneArgs {
             resume: self.resume,
             progress: !self.no_progress,
             device: self.device,
-            checkpoint_layers: self.checkpoint_layers,
+            checkpoint_layers: self.checkpoint_layers.unwrap_or(0),
         }
     }
 }
@@ -592,7 +675,19 @@ pub enum Outcome {
 
 /// Parses the command line, runs the command and maps the result to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Which flags were typed (a recipe's values give way only to those).
+    if let (Command::Finetune(args), Some(sub)) = (&mut cli.command, matches.subcommand_matches("finetune")) {
+        args.given = sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Rejected) => ExitCode::from(1),
@@ -652,7 +747,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(if report.had_failures() { Outcome::Rejected } else { Outcome::Ok })
         }
         Command::Finetune(args) => {
-            let cfg = args.resolve();
+            let cfg = args.resolve_all()?;
             if cli.show_config {
                 return show("finetune", &cfg);
             }

@@ -235,3 +235,88 @@ fn gpu_training_follows_the_cpu_run() {
         assert!(worst < 1e-3, "lora={lora}: GPU losses differ from the CPU's by {worst} (relative)");
     }
 }
+
+/// `--recipe FILE`: the [finetune] table is used, flags typed on the command line override its
+/// keys, `--show-config` prints a table that reads back as the same settings, and mistakes in
+/// the file are one line naming the file, line and key.
+#[test]
+fn recipe_table_with_flag_overrides() {
+    let model = model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let data = corpus(work.path());
+    let out = work.path().join("run");
+    let recipe = work.path().join("recipe.toml");
+    let esc = |p: &Path| p.to_str().unwrap().replace('\\', "\\\\");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[collect]\nmodel = \"teacher\"\n\n[finetune]\nmodel = \"{}\"\ndata = \"{}\"\nout = \"{}\"\nmax_steps = 2\nlr = 0.01\n\
+             eval_every = 1\nsave_every = 0\nprogress = false\n\n[finetune.loader]\nmax_seq_len = 256\ntokens_per_step = 256\n",
+            esc(model.path()),
+            esc(&data),
+            esc(&out)
+        ),
+    )
+    .unwrap();
+    let r = recipe.to_str().unwrap();
+    let shown = |args: &[&str]| -> toml::Table {
+        let o = distill(&[&["finetune", "--recipe", r], args, &["--show-config"]].concat());
+        ok(&o);
+        let t: toml::Table = String::from_utf8_lossy(&o.stdout).parse().unwrap();
+        t["finetune"].as_table().unwrap().clone()
+    };
+    let base = shown(&[]);
+    assert_eq!(base["lr"].as_float(), Some(0.01));
+    assert_eq!(base["max_steps"].as_integer(), Some(2));
+    assert_eq!(base["loader"]["max_seq_len"].as_integer(), Some(256));
+    assert_eq!(base["epochs"].as_integer(), Some(3), "keys the table leaves out take the defaults");
+    let over = shown(&["--max-steps", "5", "--seed", "7"]);
+    assert_eq!(over["max_steps"].as_integer(), Some(5), "a typed flag overrides the recipe");
+    assert_eq!(over["lr"].as_float(), Some(0.01), "defaults of untyped flags do not");
+    assert_eq!(over["loader"]["seed"].as_integer(), Some(7));
+
+    // What --show-config prints is itself a recipe for the same settings.
+    let printed = work.path().join("printed.toml");
+    let o = distill(&["finetune", "--recipe", r, "--lora-rank", "4", "--show-config"]);
+    ok(&o);
+    std::fs::write(&printed, &o.stdout).unwrap();
+    let again = distill(&["finetune", "--recipe", printed.to_str().unwrap(), "--show-config"]);
+    ok(&again);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&o.stdout));
+    let lora: toml::Table = String::from_utf8_lossy(&o.stdout).parse().unwrap();
+    assert_eq!(lora["finetune"]["lora"]["rank"].as_integer(), Some(4));
+    assert_eq!(lora["finetune"]["lr"].as_float(), Some(0.01), "the recipe's lr stays with LoRA");
+
+    // A LoRA table without lr gets LoRA's default learning rate.
+    let lora_recipe = work.path().join("lora.toml");
+    std::fs::write(&lora_recipe, "[finetune]\nmodel = \"m\"\ndata = \"d\"\nout = \"o\"\n[finetune.lora]\nrank = 8\n")
+        .unwrap();
+    let o = distill(&["finetune", "--recipe", lora_recipe.to_str().unwrap(), "--show-config"]);
+    ok(&o);
+    let t: toml::Table = String::from_utf8_lossy(&o.stdout).parse().unwrap();
+    assert_eq!(t["finetune"]["lr"].as_float(), Some(2e-4));
+    assert_eq!(t["finetune"]["lora"]["alpha"].as_float(), Some(32.0));
+
+    // It trains from the recipe alone.
+    ok(&distill(&["finetune", "--recipe", r]));
+    assert_eq!(metrics(&out).len(), 2);
+
+    // Mistakes: one line naming the file, the line and what to fix.
+    let bad = work.path().join("bad.toml");
+    for (text, want) in [
+        ("[finetune]\nmodel = \"m\"\nlearning_rate = 0.1\n", ":3: [finetune]: unknown field `learning_rate`"),
+        ("[finetune]\nmodel = \"m\"\nepochs = \"many\"\n", "[finetune]: invalid type"),
+        ("[finetune\nmodel = 1\n", "not TOML at line 1"),
+        ("[collect]\nmodel = \"m\"\n", "has no [finetune] table"),
+        ("[finetune]\ndata = \"d\"\nout = \"o\"\n", "give --model or `model = ...`"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let o = distill(&["finetune", "--recipe", bad.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(want) && err.contains("bad.toml"), "{text:?}: {err}");
+    }
+    let o = distill(&["finetune", "--recipe", bad.to_str().unwrap(), "--lora-alpha", "3"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lora-alpha needs LoRA"));
+}

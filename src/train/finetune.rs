@@ -93,6 +93,42 @@ pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
     Ok(report)
 }
 
+/// A number of layers in TOML: an integer, or `"all"` (`usize::MAX`).
+pub mod layer_count {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+        match i64::try_from(*n) {
+            Ok(v) if *n != usize::MAX => s.serialize_i64(v),
+            _ => s.serialize_str("all"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Count(u64),
+            Word(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Count(n) => usize::try_from(n).map_err(serde::de::Error::custom),
+            Repr::Word(w) if w == "all" => Ok(usize::MAX),
+            Repr::Word(w) => {
+                Err(serde::de::Error::custom(format!("expected a number of layers or \"all\", not \"{w}\"")))
+            }
+        }
+    }
+
+    /// The command line's form: a number or `all`.
+    pub fn parse(s: &str) -> Result<usize, String> {
+        if s == "all" {
+            return Ok(usize::MAX);
+        }
+        s.parse().map_err(|_| format!("expected a number of layers or `all`, not `{s}`"))
+    }
+}
+
 /// The default peak learning rate of full fine-tuning (open-r1's distillation recipes).
 pub const FULL_LR: f64 = 4e-5;
 /// The default peak learning rate with LoRA adapters.
@@ -141,10 +177,11 @@ pub struct FinetuneConfig {
     pub progress: bool,
     /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
     pub device: String,
-    /// Per-layer activation checkpointing: keep only each layer's input in the forward pass
-    /// and recompute the layer during backward (less memory for long sequences, ~1/3 more
-    /// compute).
-    pub checkpoint_layers: bool,
+    /// Per-layer activation checkpointing: this many layers (the first ones; `"all"`) keep
+    /// only their input in the forward pass and are recomputed during backward (less memory
+    /// for long sequences, more compute); 0 = off.
+    #[serde(with = "layer_count")]
+    pub checkpoint_layers: usize,
 }
 
 impl Default for FinetuneConfig {
@@ -171,7 +208,7 @@ impl Default for FinetuneConfig {
             resume: false,
             progress: true,
             device: "cpu".into(),
-            checkpoint_layers: false,
+            checkpoint_layers: 0,
         }
     }
 }

@@ -130,9 +130,10 @@ pub struct Model {
     lora: Option<LoraConfig>,
     /// Rows of the cross-entropy computed at once (default: about 32M logits per chunk).
     pub ce_chunk_rows: Option<usize>,
-    /// Per-layer activation checkpointing in [`Model::loss_and_grads`]: keep only each layer's
-    /// input during the forward pass and recompute the layer in backward.
-    pub checkpoint_layers: bool,
+    /// Per-layer activation checkpointing in [`Model::loss_and_grads`]: this many layers (the
+    /// first ones; `usize::MAX` = all) keep only their input during the forward pass and are
+    /// recomputed in backward; the others keep their activations. 0 = off.
+    pub checkpoint_layers: usize,
     /// Directory the model came from (tokenizer files are copied from it on save).
     pub source_dir: Option<PathBuf>,
 }
@@ -231,7 +232,7 @@ impl Model {
             vars,
             lora: None,
             ce_chunk_rows: None,
-            checkpoint_layers: false,
+            checkpoint_layers: 0,
             source_dir: None,
         })
     }
@@ -523,7 +524,7 @@ impl Model {
         train: bool,
     ) -> Result<(f64, GradStore)> {
         let setup = self.loss_setup(layout, targets, weights)?;
-        if !self.checkpoint_layers {
+        if self.checkpoint_layers == 0 {
             let sum = self.summed_ce(&self.layer_stack(ids, layout, train)?, setup)?;
             let value = sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             return Ok((value, self.backward(&sum)?));
@@ -531,13 +532,21 @@ impl Model {
         let ids = self.check_ids(ids, layout)?;
         let ctx = self.ctx(layout, train)?;
         let x0 = self.embed_tokens.tensor.index_select(&ids.flatten_all()?, 0)?;
-        let mut inputs = Vec::with_capacity(self.layers.len());
+        // Per layer: its input (recomputed layers) or its input Var and output with their graph.
+        let mut saved: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(self.layers.len());
         let mut rng_states = Vec::with_capacity(self.layers.len());
         let mut x = x0.detach();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             rng_states.push(dropout_states(layer));
-            inputs.push(x.clone());
-            x = layer.forward(&x, &self.cfg, &ctx)?.detach();
+            if i < self.checkpoint_layers {
+                saved.push((x.clone(), None));
+                x = layer.forward(&x, &self.cfg, &ctx)?.detach();
+            } else {
+                let xv = Var::from_tensor(&x)?.as_tensor().clone();
+                let y = layer.forward(&xv, &self.cfg, &ctx)?;
+                x = y.detach();
+                saved.push((xv, Some(y)));
+            }
         }
         let end_states: Vec<_> = self.layers.iter().map(dropout_states).collect();
         let mut keep = fresh_grad_store(&self.device)?;
@@ -547,12 +556,19 @@ impl Model {
         let value = sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let mut g = self.take_grads(sum.backward()?, &mut keep, hv.as_tensor())?;
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            restore_dropout(layer, &rng_states[i]);
-            let xv = Var::from_tensor(&inputs[i])?;
-            inputs.truncate(i);
-            let y = layer.forward(xv.as_tensor(), &self.cfg, &ctx)?;
+            let Some((input, kept)) = saved.pop() else { break };
+            let (xv, y) = match kept {
+                Some(y) => (input, y),
+                None => {
+                    restore_dropout(layer, &rng_states[i]);
+                    let xv = Var::from_tensor(&input)?.as_tensor().clone();
+                    let y = layer.forward(&xv, &self.cfg, &ctx)?;
+                    (xv, y)
+                }
+            };
             let root = y.mul(&g)?.sum_all()?;
-            g = self.take_grads(root.backward()?, &mut keep, xv.as_tensor())?;
+            drop(y);
+            g = self.take_grads(root.backward()?, &mut keep, &xv)?;
         }
         for (layer, states) in self.layers.iter().zip(&end_states) {
             restore_dropout(layer, states);
