@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One training step of a Qwen2.5-0.5B-shaped model, distill vs PyTorch/transformers, same shapes,
 # same machine, same run: full fine-tuning and LoRA r16 at 512 and 1024 tokens. Prints the split
-# (forward / backward / optimizer), tokens/s and peak RSS of each side. Needs ~14 GB of RAM.
+# (forward / backward / optimizer), tokens/s and peak RSS of each side (distill's full fine-tuning
+# also with every layer checkpointed). Needs ~16 GB of RAM.
 # Usage: bash benches/train_bench.sh [LAYERS] [STEPS]   (LAYERS=24 is the 0.5B shape)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ layers="${1:-24}"; steps="${2:-2}"
 for tokens in 512 1024; do
   for rank in 0 16; do
     "$bin" --tokens "$tokens" --layers "$layers" --lora "$rank" --steps "$steps"
+    if [ "$rank" = 0 ]; then  # full fine-tuning with every layer recomputed: the memory floor
+      "$bin" --tokens "$tokens" --layers "$layers" --lora 0 --steps "$steps" --checkpoint
+    fi
     "$venv/bin/python" benches/train_torch.py "$tokens" "$layers" "$rank" "$steps"
   done
 done

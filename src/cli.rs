@@ -498,6 +498,10 @@ pub struct FinetuneArgs {
     /// Records held for shuffling.
     #[arg(long, default_value_t = 4096)]
     pub shuffle_buffer: usize,
+    /// Sequences per forward pass; above 1 a step's sequences are grouped by length and
+    /// right-padded to the longest (length-grouped padding, mostly with --no-packing).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Validation loss every N steps (and at the end; 0: only at the end).
@@ -561,7 +565,7 @@ impl FinetuneArgs {
             "min_lr_ratio" => min_lr_ratio; "max_grad_norm" => max_grad_norm; "weight_decay" => optim.weight_decay;
             "beta1" => optim.beta1; "beta2" => optim.beta2; "eps" => optim.eps; "max_seq_len" => loader.max_seq_len;
             "truncate" => loader.overlong; "no_packing" => loader.packing; "tokens_per_step" => loader.tokens_per_step;
-            "samples_per_step" => loader.samples_per_step; "shuffle_buffer" => loader.shuffle_buffer;
+            "samples_per_step" => loader.samples_per_step; "shuffle_buffer" => loader.shuffle_buffer; "batch" => loader.batch;
             "eval_every" => eval_every; "eval_max_samples" => eval_max_samples; "save_every" => save_every;
             "keep_last" => keep_last; "resume" => resume; "no_progress" => progress; "device" => device;
             "checkpoint_layers" => checkpoint_layers; "lr" => lr;
@@ -651,6 +655,7 @@ impl FinetuneArgs {
                 samples_per_step: self.samples_per_step,
                 shuffle_buffer: self.shuffle_buffer,
                 seed: self.seed,
+                batch: self.batch,
             },
             lora,
             eval_every: self.eval_every,

@@ -73,6 +73,11 @@ pub struct DataConfig {
     /// Records held for shuffling; 0 or 1 keeps the files' order (files are still shuffled).
     pub shuffle_buffer: usize,
     pub seed: u64,
+    /// Sequences per forward pass: above 1, a step's sequences are grouped by length into
+    /// batches of this many and right-padded to the longest of each (pad positions are
+    /// masked from attention and loss). With packing the sequences are already full, so this
+    /// matters mostly with `packing = false`.
+    pub batch: usize,
 }
 
 impl Default for DataConfig {
@@ -85,6 +90,7 @@ impl Default for DataConfig {
             samples_per_step: 0,
             shuffle_buffer: 4096,
             seed: 42,
+            batch: 1,
         }
     }
 }
@@ -693,4 +699,15 @@ pub(crate) mod tests {
             assert_eq!(ids_of(&rest), ids_of(&all[k + 1..]), "resumed after step {k}");
         }
     }
+}
+
+/// A step's sequences grouped for forward passes: one at a time when `batch <= 1`, else sorted
+/// by length (ties in order) and cut into groups of `batch`, so that padding stays small.
+pub fn length_groups(seqs: &[Sequence], batch: usize) -> Vec<Vec<&Sequence>> {
+    if batch <= 1 {
+        return seqs.iter().map(|s| vec![s]).collect();
+    }
+    let mut order: Vec<&Sequence> = seqs.iter().collect();
+    order.sort_by_key(|s| s.len());
+    order.chunks(batch).map(|c| c.to_vec()).collect()
 }

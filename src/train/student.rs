@@ -68,6 +68,28 @@ impl Trainable for Student {
         self.model.backward(loss).map_err(|e| e.to_string())
     }
 
+    fn loss_and_grads_batch(&self, seqs: &[&Sequence]) -> Result<(f64, GradStore), String> {
+        if let [one] = seqs {
+            return self.loss_and_grads(one);
+        }
+        let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let (mut ids, mut targets, mut weights, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for seq in seqs {
+            let (lengths, tg, w) = Self::inputs(seq);
+            let pad = t - seq.len();
+            ids.extend_from_slice(&seq.ids);
+            ids.extend(std::iter::repeat_n(0u32, pad));
+            targets.extend(tg);
+            targets.extend(std::iter::repeat_n(0u32, pad));
+            weights.extend(w);
+            weights.extend(std::iter::repeat_n(0f32, pad));
+            rows.push(lengths);
+        }
+        let layout = SeqLayout::packed(&rows, t).map_err(|e| e.to_string())?;
+        let ids = Tensor::from_vec(ids, (seqs.len(), t), &self.model.device).map_err(|e| e.to_string())?;
+        self.model.loss_and_grads(&ids, &layout, &targets, &weights, true).map_err(|e| e.to_string())
+    }
+
     fn loss_and_grads(&self, seq: &Sequence) -> Result<(f64, GradStore), String> {
         let (lengths, targets, weights) = Self::inputs(seq);
         let t = seq.len();

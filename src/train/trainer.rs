@@ -48,6 +48,14 @@ pub trait Trainable {
         let l = loss.to_dtype(candle_core::DType::F64).and_then(|t| t.to_scalar::<f64>()).map_err(|e| e.to_string())?;
         Ok((l, self.backward(&loss)?))
     }
+    /// As [`Trainable::loss_and_grads`] for several sequences in one forward pass, right-padded
+    /// to the longest (length-grouped batching). Models that cannot batch take one at a time.
+    fn loss_and_grads_batch(&self, seqs: &[&Sequence]) -> Result<(f64, GradStore), String> {
+        match seqs {
+            [one] => self.loss_and_grads(one),
+            _ => Err(format!("this model takes one sequence per forward pass, not {}", seqs.len())),
+        }
+    }
     /// Writes what a checkpoint needs to be loaded by other tools: the model in Hugging Face
     /// layout, or the PEFT adapter.
     fn save_checkpoint(&self, dir: &Path) -> Result<(), String>;
@@ -280,8 +288,8 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
         let samples = || step.sequences.iter().flat_map(|s| s.sample_ids.clone()).collect::<Vec<_>>().join(", ");
         model.begin_step(state.step);
         let model_err = |msg: String| TrainError::Model { step: state.step + 1, msg };
-        for seq in &step.sequences {
-            let (l, g) = model.loss_and_grads(seq).map_err(model_err)?;
+        for group in data::length_groups(&step.sequences, cfg.loader.batch) {
+            let (l, g) = model.loss_and_grads_batch(&group).map_err(model_err)?;
             if !l.is_finite() {
                 return Err(TrainError::NonFinite {
                     step: state.step + 1,
