@@ -522,6 +522,17 @@ pub fn load_all(files: &[PathBuf], cfg: &DataConfig, encoder: &dyn Encode) -> (V
     (seqs, loader.stats, loader.skipped)
 }
 
+/// A step's sequences grouped for forward passes: one at a time when `batch <= 1`, else sorted
+/// by length (ties in order) and cut into groups of `batch`, so that padding stays small.
+pub fn length_groups(seqs: &[Sequence], batch: usize) -> Vec<Vec<&Sequence>> {
+    if batch <= 1 {
+        return seqs.iter().map(|s| vec![s]).collect();
+    }
+    let mut order: Vec<&Sequence> = seqs.iter().collect();
+    order.sort_by_key(|s| s.len());
+    order.chunks(batch).map(|c| c.to_vec()).collect()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -699,15 +710,4 @@ pub(crate) mod tests {
             assert_eq!(ids_of(&rest), ids_of(&all[k + 1..]), "resumed after step {k}");
         }
     }
-}
-
-/// A step's sequences grouped for forward passes: one at a time when `batch <= 1`, else sorted
-/// by length (ties in order) and cut into groups of `batch`, so that padding stays small.
-pub fn length_groups(seqs: &[Sequence], batch: usize) -> Vec<Vec<&Sequence>> {
-    if batch <= 1 {
-        return seqs.iter().map(|s| vec![s]).collect();
-    }
-    let mut order: Vec<&Sequence> = seqs.iter().collect();
-    order.sort_by_key(|s| s.len());
-    order.chunks(batch).map(|c| c.to_vec()).collect()
 }
