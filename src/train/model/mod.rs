@@ -7,6 +7,7 @@
 //! checkpoints/adapters on disk.
 
 pub mod attn_cpu;
+pub mod ce_cpu;
 pub mod config;
 pub mod decoder;
 pub mod gguf;
@@ -484,6 +485,7 @@ impl Model {
             weights: Arc::new(sel_weights),
             chunk_rows,
             need_dw: head.trainable,
+            saved: Default::default(),
         };
         Ok(LossSetup { idx, op, weight_sum })
     }

@@ -6,11 +6,11 @@
 //! keeps its constants inside the op, so backward returns only the gradient of the tracked
 //! input and nothing else is computed or stored.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 
-use super::attn_cpu;
+use super::{attn_cpu, ce_cpu};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 
@@ -196,6 +196,22 @@ pub struct ChunkedCe {
     pub chunk_rows: usize,
     /// Whether `w` is trainable (otherwise its gradient is neither computed nor stored).
     pub need_dw: bool,
+    /// Every row's log-sum-exp, saved by the CPU forward for the backward.
+    pub saved: CeSaved,
+}
+
+/// What the CPU forward of [`ChunkedCe`] leaves for its backward: the rows' log-sum-exp.
+#[derive(Default)]
+pub struct CeSaved(Mutex<Option<Lse>>);
+
+enum Lse {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op input must be contiguous") };
+    Ok(&v[start..end])
 }
 
 impl ChunkedCe {
@@ -247,10 +263,75 @@ impl CustomOp2 for ChunkedCe {
         gpu::to_storage(&self.fwd(&gpu::to_tensor(s1, l1)?, &gpu::to_tensor(s2, l2)?)?)
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?)?)
+        let (n, dim) = l1.shape().dims2()?;
+        let vocab = l2.shape().dims2()?.0;
+        if n != self.targets.len() || n != self.weights.len() || self.targets.iter().any(|&t| t as usize >= vocab) {
+            candle_core::bail!(
+                "chunked cross-entropy: {n} rows for {} targets (vocabulary {vocab})",
+                self.targets.len()
+            )
+        }
+        let save = |l: Lse| {
+            if let Ok(mut g) = self.saved.0.lock() {
+                *g = Some(l);
+            }
+        };
+        match (s1, s2) {
+            (CpuStorage::F32(h), CpuStorage::F32(w)) => {
+                let (h, w) = (contiguous_slice(h, l1)?, contiguous_slice(w, l2)?);
+                let (total, lse) = ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows);
+                save(Lse::F32(lse));
+                Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+            }
+            (CpuStorage::F64(h), CpuStorage::F64(w)) => {
+                let (h, w) = (contiguous_slice(h, l1)?, contiguous_slice(w, l2)?);
+                let (total, lse) = ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows);
+                save(Lse::F64(lse));
+                Ok((CpuStorage::F64(vec![total]), Shape::from(())))
+            }
+            _ => to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?)?),
+        }
     }
     fn bwd(&self, h: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0];
+        let saved = self.saved.0.lock().ok().and_then(|mut s| s.take());
+        if h.device().is_cpu() {
+            let (n, dim) = h.dims2()?;
+            let vocab = w.dim(0)?;
+            macro_rules! fast {
+                ($t:ty, $lse:expr) => {{
+                    let (hv, wv) = (h.flatten_all()?.to_vec1::<$t>()?, w.flatten_all()?.to_vec1::<$t>()?);
+                    let lse = match $lse {
+                        Some(l) => l,
+                        None => ce_cpu::forward(&hv, &wv, dim, vocab, &self.targets, &self.weights, self.chunk_rows).1,
+                    };
+                    let (dh, dw) = ce_cpu::backward(
+                        &hv,
+                        &wv,
+                        dim,
+                        vocab,
+                        &self.targets,
+                        &self.weights,
+                        &lse,
+                        g,
+                        self.chunk_rows,
+                        self.need_dw,
+                    );
+                    let dw = match dw {
+                        Some(d) => Some(Tensor::from_vec(d, (vocab, dim), w.device())?),
+                        None => None,
+                    };
+                    return Ok((Some(Tensor::from_vec(dh, (n, dim), h.device())?), dw));
+                }};
+            }
+            match (h.dtype(), w.dtype(), saved) {
+                (DType::F32, DType::F32, Some(Lse::F32(l))) => fast!(f32, Some(l)),
+                (DType::F32, DType::F32, _) => fast!(f32, None::<Vec<f32>>),
+                (DType::F64, DType::F64, Some(Lse::F64(l))) => fast!(f64, Some(l)),
+                (DType::F64, DType::F64, _) => fast!(f64, None::<Vec<f64>>),
+                _ => {}
+            }
+        }
         let n = h.dim(0)?;
         let work = DType::F64.max_float(h.dtype());
         let wf = w.to_dtype(work)?;
@@ -433,5 +514,65 @@ impl CustomOp3 for Attention {
             dk.push(ds.t()?.matmul(&q.get(i)?)?);
         }
         Ok((Some(Tensor::stack(&dq, 0)?), Some(Tensor::stack(&dk, 0)?), Some(Tensor::stack(&dv, 0)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut s = seed;
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// The CPU cross-entropy kernels against candle autograd of the plain composition.
+    #[test]
+    fn cpu_chunked_ce_matches_autograd() {
+        let (n, dim, vocab) = (11usize, 6usize, 37usize);
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7 + 3) % vocab as u32).collect();
+        let weights: Vec<f64> = (0..n).map(|i| 0.5 + i as f64 * 0.25).collect();
+        let h = candle_core::Var::from_tensor(&rand(&[n, dim], 5)).unwrap();
+        let w = candle_core::Var::from_tensor(&rand(&[vocab, dim], 6)).unwrap();
+        let logits = h.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        let lse = logits.exp().unwrap().sum_keepdim(1).unwrap().log().unwrap();
+        let idx = Tensor::from_slice(&targets, (n, 1), &Device::Cpu).unwrap();
+        let ce = lse.sub(&logits.gather(&idx, 1).unwrap()).unwrap();
+        let wt = Tensor::from_slice(&weights, (n, 1), &Device::Cpu).unwrap();
+        let want = ce.mul(&wt).unwrap().sum_all().unwrap().affine(1.5, 0.0).unwrap();
+        let wg = want.backward().unwrap();
+        for chunk in [1usize, 4, 11, 50] {
+            for need_dw in [true, false] {
+                let op = ChunkedCe {
+                    targets: Arc::new(targets.clone()),
+                    weights: Arc::new(weights.clone()),
+                    chunk_rows: chunk,
+                    need_dw,
+                    saved: Default::default(),
+                };
+                let got = chunked_ce(h.as_tensor(), w.as_tensor(), op).unwrap().affine(1.5, 0.0).unwrap();
+                let diff = (got.to_scalar::<f64>().unwrap() - want.to_scalar::<f64>().unwrap()).abs();
+                assert!(diff < 1e-12, "loss, chunk {chunk}: {diff}");
+                let g = got.backward().unwrap();
+                let dh = max_diff(g.get(h.as_tensor()).unwrap(), wg.get(h.as_tensor()).unwrap());
+                assert!(dh < 1e-12, "dh, chunk {chunk}: {dh}");
+                match (need_dw, g.get(w.as_tensor())) {
+                    (true, Some(dw)) => assert!(max_diff(dw, wg.get(w.as_tensor()).unwrap()) < 1e-12),
+                    (false, None) => {}
+                    (nd, got) => panic!("need_dw {nd} but dw present: {}", got.is_some()),
+                }
+            }
+        }
     }
 }
