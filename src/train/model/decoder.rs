@@ -140,9 +140,9 @@ impl Layer {
         let residual = &x;
         let xs = self.post_attention_layernorm.forward(&x)?;
         let m = &self.mlp;
-        let gate = m.gate_proj.forward(&xs, ctx.train)?.silu()?;
+        let gate = m.gate_proj.forward(&xs, ctx.train)?;
         let up = m.up_proj.forward(&xs, ctx.train)?;
-        residual.add(&m.down_proj.forward(&gate.mul(&up)?, ctx.train)?)
+        residual.add(&m.down_proj.forward(&ops::swiglu(&gate, &up)?, ctx.train)?)
     }
 
     pub fn linears(&self) -> [&Linear; 7] {

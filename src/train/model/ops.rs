@@ -517,6 +517,120 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// SwiGLU `silu(gate) · up` as one op: it keeps only its two inputs for backward (candle's
+/// composition keeps `silu(gate)` and the product as well, two more `T × intermediate`
+/// activations per layer) and runs each pass in one multithreaded sweep on the CPU.
+pub struct SwiGlu;
+
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !gate.track_op() && !up.track_op() {
+        return gate.silu()?.mul(up);
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// Elements per parallel task.
+const SWIGLU_CHUNK: usize = 1 << 14;
+
+/// The elements of a contiguous CPU tensor's storage view.
+fn cpu_slice<'a, T: candle_core::WithDType>(view: &'a (candle_core::StorageRef<'_>, &Layout)) -> Result<&'a [T]> {
+    let candle_core::Storage::Cpu(cs) = &*view.0 else { candle_core::bail!("expected a CPU tensor") };
+    let Some((s, e)) = view.1.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
+    Ok(&cs.as_slice::<T>()?[s..e])
+}
+
+/// Runs `f` on the elements of three contiguous CPU tensors of element type `T`, in place.
+fn with_cpu_slices<T: candle_core::WithDType, R>(ts: [&Tensor; 3], f: impl FnOnce([&[T]; 3]) -> R) -> Result<R> {
+    let [a, b, c] = ts.map(|t| t.storage_and_layout());
+    Ok(f([cpu_slice(&a)?, cpu_slice(&b)?, cpu_slice(&c)?]))
+}
+
+fn swiglu_fwd<T: num_traits::Float + Send + Sync>(g: &[T], u: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::zero(); g.len()];
+    out.par_chunks_mut(SWIGLU_CHUNK).zip(g.par_chunks(SWIGLU_CHUNK)).zip(u.par_chunks(SWIGLU_CHUNK)).for_each(
+        |((o, g), u)| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (T::one() + (-g).exp()) * u;
+            }
+        },
+    );
+    out
+}
+
+/// `(d gate, d up)` from the output gradient `dy`.
+fn swiglu_bwd<T: num_traits::Float + Send + Sync>(g: &[T], u: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
+    use rayon::prelude::*;
+    let (mut dg, mut du) = (vec![T::zero(); g.len()], vec![T::zero(); g.len()]);
+    dg.par_chunks_mut(SWIGLU_CHUNK)
+        .zip(du.par_chunks_mut(SWIGLU_CHUNK))
+        .zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK)).zip(dy.par_chunks(SWIGLU_CHUNK)))
+        .for_each(|((dg, du), ((g, u), dy))| {
+            for i in 0..g.len() {
+                let s = T::one() / (T::one() + (-g[i]).exp());
+                let silu = g[i] * s;
+                du[i] = dy[i] * silu;
+                // d silu / dx = s · (1 + x · (1 − s))
+                dg[i] = dy[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
+            }
+        });
+    (dg, du)
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((a1, e1)), Some((a2, e2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("swiglu inputs must be contiguous")
+        };
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", l1.shape(), l2.shape())
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(u)) => CpuStorage::F32(swiglu_fwd(&g[a1..e1], &u[a2..e2])),
+            (CpuStorage::F64(g), CpuStorage::F64(u)) => CpuStorage::F64(swiglu_fwd(&g[a1..e1], &u[a2..e2])),
+            _ => return to_storage(&to_tensor(s1, l1)?.silu()?.mul(&to_tensor(s2, l2)?)?),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::to_storage(&gpu::to_tensor(s1, l1)?.silu()?.mul(&gpu::to_tensor(s2, l2)?)?)
+    }
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let shape = gate.shape().clone();
+        if gate.device().is_cpu() && matches!(gate.dtype(), DType::F32 | DType::F64) && up.dtype() == gate.dtype() {
+            let (gate, up, dy) = (gate.contiguous()?, up.contiguous()?, dy.to_dtype(gate.dtype())?.contiguous()?);
+            let (dg, du) = match gate.dtype() {
+                DType::F32 => {
+                    let (dg, du) = with_cpu_slices::<f32, _>([&gate, &up, &dy], |[g, u, d]| swiglu_bwd(g, u, d))?;
+                    (Tensor::from_vec(dg, &shape, &Device::Cpu)?, Tensor::from_vec(du, &shape, &Device::Cpu)?)
+                }
+                _ => {
+                    let (dg, du) = with_cpu_slices::<f64, _>([&gate, &up, &dy], |[g, u, d]| swiglu_bwd(g, u, d))?;
+                    (Tensor::from_vec(dg, &shape, &Device::Cpu)?, Tensor::from_vec(du, &shape, &Device::Cpu)?)
+                }
+            };
+            return Ok((Some(dg), Some(du)));
+        }
+        // Any other device or dtype: the same formulas as tensor operations.
+        let s = candle_nn::ops::sigmoid(gate)?;
+        let silu = gate.mul(&s)?;
+        let du = dy.mul(&silu)?;
+        let dsilu = s.mul(&gate.mul(&s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+        let dg = dy.mul(up)?.mul(&dsilu)?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
