@@ -9,11 +9,11 @@ use std::io::Write as _;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use distill::model::{Config, LoraConfig, Model};
 use distill::train::data::{self, DataConfig, Encode, Encoded};
-use distill::train::finetune::FinetuneConfig;
-use distill::train::model::{Config, LoraConfig, Model};
 use distill::train::student::Student;
 use distill::train::trainer;
+use distill::train::trainer::TrainConfig;
 use serde_json::{Map, Value, json};
 
 const ALPHABET: &str = "\u{0}\u{1}\u{2}0123456789+=:, <>/abcdefghijklmnopqrstuvwxyz";
@@ -143,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         let mut s = random_student(lora)?;
         let (before, n) = trainer::evaluate(&s, &held_out, 0)?;
-        let cfg = FinetuneConfig {
+        let cfg = TrainConfig {
             data: data_dir.clone(),
             out: root.join(tag),
             epochs: 100,
@@ -154,7 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             save_every: 0,
             progress: false,
             loader: loader.clone(),
-            ..FinetuneConfig::default()
+            ..TrainConfig::default()
         };
         let t = std::time::Instant::now();
         let r = trainer::train(&cfg, &mut s, &Chars)?;

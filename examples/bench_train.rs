@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
+use distill::model::{Checkpointing, Config, LoraConfig, Model};
 use distill::train::data::{self, DataConfig, Sample};
-use distill::train::model::{Config, LoraConfig, Model};
 use distill::train::optim::{self, AdamW, AdamWConfig};
 use distill::train::student::Student;
 use distill::train::trainer::Trainable;
@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     // As `distill finetune` does (DISTILL_BENCH_DEFAULT_MALLOC=1 measures without it).
     if std::env::var_os("DISTILL_BENCH_DEFAULT_MALLOC").is_none() {
-        distill::train::keep_freed_memory();
+        distill::model::keep_freed_memory();
     }
     let arg = |k: &str, d: usize| {
         args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d)
@@ -66,7 +66,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // --checkpoint [N]: N layers (default all) recomputed in backward.
     let checkpoint = args.iter().any(|a| a == "--checkpoint");
-    model.checkpoint_layers = if checkpoint { arg("--checkpoint", usize::MAX) } else { 0 };
+    model.checkpoint_layers = match (checkpoint, arg("--checkpoint", 0)) {
+        (false, _) => Checkpointing::Off,
+        (true, 0) => Checkpointing::All,
+        (true, n) => Checkpointing::layers(n),
+    };
     let model_ckpt = model.checkpoint_layers;
     let student = Student { model, base: "random".into(), seed: 0, save_dtype: DType::F32 };
     eprintln!("built in {:.1} s", t_build.elapsed().as_secs_f64());
@@ -104,9 +108,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "distill {}{} r={rank} {tokens} tokens, {layers} layers, {device_name}, {:.1}M trainable: {total:.2} s/step (forward {f:.2}, backward {b:.2}, optimizer {o:.3} = {:.1}%), {:.1} tok/s, peak RSS {:.0} MB",
         if rank > 0 { "LoRA" } else { "full" },
         match model_ckpt {
-            0 => String::new(),
-            usize::MAX => " (all layers checkpointed)".to_string(),
-            n => format!(" ({n} layers checkpointed)"),
+            Checkpointing::Off => String::new(),
+            Checkpointing::All => " (all layers checkpointed)".to_string(),
+            Checkpointing::First(n) => format!(" ({n} layers checkpointed)"),
         },
         opt.num_params() as f64 / 1e6,
         100.0 * o / total,

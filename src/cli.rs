@@ -1,5 +1,7 @@
-//! The command line: clap types only. Each subcommand's arguments are resolved once into
-//! the stage's own config type; clap types never leave this module.
+//! The command line: clap types only. Every flag is an `Option` with no default of its own:
+//! defaults live in the stage config types (`Default`), and [`crate::config::resolve`] lays a
+//! recipe's table, `--set key=value` and the flags actually given over them. clap types never
+//! leave this module.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,34 +9,42 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::collect::{self, CollectConfig, Regenerate};
-use crate::config;
+use crate::collect::{self, CollectConfig};
+use crate::config::{self, ConfigError, Flags, Layers, Resolved, Settings};
+use crate::eval::score::{self, ScoreConfig};
 use crate::inspect::{self, InspectConfig};
-use crate::problems::{self, ProblemKind, ProblemsConfig};
-use crate::teacher_sim::{self, Faults, Shape, SimConfig};
-use crate::train::data::Overlong;
+use crate::model::Checkpointing;
+use crate::model::gguf::{self, ConvertConfig};
+use crate::problems::{self, ProblemsConfig};
+use crate::teacher_sim::{self, Faults, SimConfig};
 use crate::train::finetune::{self, FinetuneConfig};
-use crate::train::model::LoraConfig;
-use crate::train::model::gguf;
-use crate::train::schedule::ScheduleKind;
-use crate::train::score::{self, ScoreConfig};
 use crate::verify::{self, VerifyConfig};
 
 /// R1-style reasoning distillation: collect long chain-of-thought from a teacher, verify and
 /// filter it, build a sharded SFT corpus, fine-tune small students.
 #[derive(Debug, Parser)]
 #[command(name = "distill", version, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 ok, 1 finished but rejected some input, 2 error.")]
+#[command(after_help = "Settings: each command's defaults < the command's table of --recipe FILE < --set KEY=VALUE < \
+    the flags given. --show-config prints the result as a recipe table, with where each value came from.\n\n\
+    Exit codes: 0 ok, 1 finished but rejected some input, 2 error.")]
 pub struct Cli {
-    /// Print the command's resolved configuration (TOML) and exit.
+    /// Print the command's resolved configuration (TOML, a recipe table) and exit.
     #[arg(long, global = true)]
-    pub show_config: bool,
+    show_config: bool,
+    /// Read the command's settings from this recipe's table ([finetune], [collect], …); other
+    /// tables are ignored. Flags given on the command line override its keys.
+    #[arg(long, global = true, value_name = "FILE.toml")]
+    recipe: Option<PathBuf>,
+    /// Override one setting, as `--show-config` names it (`lr=1e-4`, `loader.batch=4`;
+    /// repeatable). Above the recipe, below the typed flags.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Statistics and pretty-printed records of any record file or shard directory.
     Inspect(InspectArgs),
     /// Judge each record's response (math: answer equivalence; code: tests run in a sandbox)
@@ -54,619 +64,538 @@ pub enum Command {
     Convert(ConvertArgs),
 }
 
-/// Arguments of `distill score`.
-#[derive(Debug, Args)]
-pub struct ScoreArgs {
-    /// Model directory (Hugging Face layout) or a .gguf file.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// SFT examples (records with `messages`): a file, a directory of them, or - for stdin.
-    pub path: PathBuf,
-    /// Print {"loss", "tokens", "perplexity", ...} as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Compute in float32 or bfloat16.
-    #[arg(long, default_value = "float32")]
-    pub dtype: String,
-    /// Score at most N records (0: all).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub limit: usize,
+/// A command's flags as the settings keys they set.
+trait StageArgs {
+    type Config: Settings;
+    fn flags(self) -> anyhow::Result<Flags>;
 }
 
-impl ScoreArgs {
-    fn resolve(self) -> ScoreConfig {
-        ScoreConfig { model: self.model, path: self.path, json: self.json, dtype: self.dtype, limit: self.limit }
+/// Arguments of `distill score`.
+#[derive(Debug, Args)]
+struct ScoreArgs {
+    /// Model directory (Hugging Face layout) or a .gguf file.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// SFT examples (records with `messages`): a file, a directory of them, or - for stdin.
+    path: Option<PathBuf>,
+    /// Print {"loss", "tokens", "perplexity", ...} as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Compute in float32 (default) or bfloat16.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Score at most N records (default 0: all).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Where records that cannot be scored go, with file, line and reason (default distill-rejects.jsonl).
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
+}
+
+impl StageArgs for ScoreArgs {
+    type Config = ScoreConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("model", "--model", self.model);
+        f.opt("path", "PATH", self.path);
+        f.switch("json", "--json", self.json, true);
+        f.opt("dtype", "--dtype", self.dtype);
+        f.opt("limit", "--limit", self.limit);
+        f.opt("rejects", "--rejects", self.rejects);
+        Ok(f)
     }
 }
 
 /// Arguments of `distill convert`.
 #[derive(Debug, Args)]
-pub struct ConvertArgs {
+struct ConvertArgs {
     /// A llama- or qwen2-architecture .gguf file.
-    pub gguf: PathBuf,
+    gguf: Option<PathBuf>,
     /// Output model directory.
     #[arg(long)]
-    pub out: PathBuf,
-    /// Weights dtype written: float32, bfloat16 or float16.
-    #[arg(long, default_value = "float32")]
-    pub dtype: String,
+    out: Option<PathBuf>,
+    /// Weights dtype written: float32 (default), bfloat16 or float16.
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
-/// Resolved settings of `distill convert`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConvertConfig {
-    pub gguf: PathBuf,
-    pub out: PathBuf,
-    pub dtype: String,
+impl StageArgs for ConvertArgs {
+    type Config = ConvertConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("gguf", "GGUF", self.gguf);
+        f.opt("out", "--out", self.out);
+        f.opt("dtype", "--dtype", self.dtype);
+        Ok(f)
+    }
 }
 
 /// Arguments of `distill problems`.
 #[derive(Debug, Args)]
-pub struct ProblemsArgs {
-    #[arg(long, value_enum)]
-    pub kind: KindArg,
+struct ProblemsArgs {
+    /// Which problem set: math or code.
+    #[arg(long, value_parser = ["math", "code"])]
+    kind: Option<String>,
+    /// How many problems.
     #[arg(long)]
-    pub count: u64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    count: Option<u64>,
+    /// Seed (default 0): the same seed gives the same problems.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Output file: .jsonl, .jsonl.zst or .parquet.
     #[arg(long)]
-    pub out: PathBuf,
+    out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum KindArg {
-    Math,
-    Code,
-}
-
-impl ProblemsArgs {
-    fn resolve(self) -> ProblemsConfig {
-        let kind = match self.kind {
-            KindArg::Math => ProblemKind::Math,
-            KindArg::Code => ProblemKind::Code,
-        };
-        ProblemsConfig { kind, count: self.count, seed: self.seed, out: self.out }
+impl StageArgs for ProblemsArgs {
+    type Config = ProblemsConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("kind", "--kind", self.kind);
+        f.opt("count", "--count", self.count);
+        f.opt("seed", "--seed", self.seed);
+        f.opt("out", "--out", self.out);
+        Ok(f)
     }
 }
 
 /// Arguments of `distill teacher-sim`.
 #[derive(Debug, Args)]
-pub struct TeacherSimArgs {
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on; 0 picks a free one (the address is printed on stdout's first line).
+struct TeacherSimArgs {
+    /// Address to listen on (default 127.0.0.1).
     #[arg(long)]
-    pub port: u16,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    host: Option<String>,
+    /// Port to listen on; 0 (the default) picks a free one (the address is printed on stdout's first line).
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long)]
+    seed: Option<u64>,
     /// Fault probabilities: wrong, langmix, repeat, truncate, no_close, http429, http500, drop,
     /// slow, nonjson (e.g. wrong=0.3,http429=0.1,drop=0.05).
-    #[arg(long, default_value = "")]
-    pub faults: String,
-    /// Where the reasoning goes: inline <think> in content, or reasoning_content.
-    #[arg(long, value_enum, default_value = "inline")]
-    pub shape: ShapeArg,
+    #[arg(long)]
+    faults: Option<String>,
+    /// Where the reasoning goes: inline <think> in content (default), or reasoning_content.
+    #[arg(long, value_parser = ["inline", "reasoning_content"])]
+    shape: Option<String>,
     /// Delay every response by this many milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub latency_ms: u64,
-    /// Delay of the `slow` fault, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
-    pub slow_ms: u64,
-    /// Retry-After seconds sent with 429 answers.
-    #[arg(long, default_value_t = 1)]
-    pub retry_after: u64,
+    #[arg(long)]
+    latency_ms: Option<u64>,
+    /// Delay of the `slow` fault, in milliseconds (default 3000).
+    #[arg(long)]
+    slow_ms: Option<u64>,
+    /// Retry-After seconds sent with 429 answers (default 1).
+    #[arg(long)]
+    retry_after: Option<u64>,
     /// Worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ShapeArg {
-    Inline,
-    #[value(name = "reasoning_content")]
-    ReasoningContent,
-}
-
-impl TeacherSimArgs {
-    fn resolve(self) -> anyhow::Result<SimConfig> {
-        Ok(SimConfig {
-            host: self.host,
-            port: self.port,
-            seed: self.seed,
-            faults: Faults::parse(&self.faults)?,
-            shape: match self.shape {
-                ShapeArg::Inline => Shape::Inline,
-                ShapeArg::ReasoningContent => Shape::ReasoningContent,
-            },
-            latency_ms: self.latency_ms,
-            slow_ms: self.slow_ms,
-            retry_after_s: self.retry_after,
-            threads: self.threads,
-        })
+impl StageArgs for TeacherSimArgs {
+    type Config = SimConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("host", "--host", self.host);
+        f.opt("port", "--port", self.port);
+        f.opt("seed", "--seed", self.seed);
+        f.opt("faults", "--faults", self.faults.as_deref().map(Faults::parse).transpose()?);
+        f.opt("shape", "--shape", self.shape);
+        f.opt("latency_ms", "--latency-ms", self.latency_ms);
+        f.opt("slow_ms", "--slow-ms", self.slow_ms);
+        f.opt("retry_after_s", "--retry-after", self.retry_after);
+        f.opt("threads", "--threads", self.threads);
+        Ok(f)
     }
 }
 
 /// Arguments of `distill collect`.
 #[derive(Debug, Args)]
-pub struct CollectArgs {
+struct CollectArgs {
     /// Prompt records: a file, a directory of them, or - for stdin.
     #[arg(long)]
-    pub prompts: PathBuf,
+    prompts: Option<PathBuf>,
     /// Teacher base URL (requests go to URL/chat/completions); repeat or comma-separate for several.
-    #[arg(long, required = true, value_delimiter = ',')]
-    pub endpoint: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// The teacher's model name.
     #[arg(long)]
-    pub model: String,
+    model: Option<String>,
     /// Output directory (resumable: a re-run requests only what is missing).
     #[arg(long)]
-    pub out: PathBuf,
-    /// Samples per prompt.
-    #[arg(short = 'n', long = "samples", default_value_t = 1)]
-    pub n: u32,
+    out: Option<PathBuf>,
+    /// Samples per prompt (default 1).
+    #[arg(short = 'n', long = "samples")]
+    n: Option<u32>,
     /// Ask for a prompt's samples in one request with `n` (for servers that support it).
     #[arg(long)]
-    pub server_n: bool,
-    /// Requests in flight at most.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Environment variable holding the API key.
-    #[arg(long, default_value = "OPENAI_API_KEY")]
-    pub api_key_env: String,
+    server_n: bool,
+    /// Requests in flight at most (default 64).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Environment variable holding the API key (default OPENAI_API_KEY).
+    #[arg(long)]
+    api_key_env: Option<String>,
     /// Stream answers (SSE).
     #[arg(long)]
-    pub stream: bool,
-    #[arg(long, default_value_t = 0.6)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f64,
+    stream: bool,
+    /// Sampling temperature (default 0.6, DeepSeek's recommendation for R1).
     #[arg(long)]
-    pub max_tokens: Option<u64>,
-    /// Sample k is requested with seed SEED+k.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    temperature: Option<f64>,
+    /// Nucleus sampling (default 0.95).
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    max_tokens: Option<u64>,
+    /// Sample k is requested with seed SEED+k (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Send no seed.
     #[arg(long)]
-    pub no_seed: bool,
+    no_seed: bool,
     /// Stop sequence (repeatable).
     #[arg(long)]
-    pub stop: Vec<String>,
+    stop: Vec<String>,
     /// System message.
     #[arg(long)]
-    pub system: Option<String>,
-    /// Appended to math prompts after a blank line ("" for none).
-    #[arg(long, default_value = collect::DEFAULT_MATH_INSTRUCTION)]
-    pub math_instruction: String,
+    system: Option<String>,
+    /// Appended to math prompts after a blank line ("" for none; default: reason step by step, \boxed{}).
+    #[arg(long)]
+    math_instruction: Option<String>,
     /// Appended to code prompts after a blank line.
-    #[arg(long, default_value = "")]
-    pub code_instruction: String,
+    #[arg(long)]
+    code_instruction: Option<String>,
     /// Extra request body fields, as a JSON object.
     #[arg(long, value_name = "JSON")]
-    pub extra_body: Option<String>,
-    /// Requests per minute (0: unlimited).
-    #[arg(long, default_value_t = 0)]
-    pub rpm: u64,
-    /// Tokens per minute (0: unlimited).
-    #[arg(long, default_value_t = 0)]
-    pub tpm: u64,
-    #[arg(long, default_value_t = 8)]
-    pub max_retries: u32,
-    /// Per-attempt timeout in seconds (streams: longest gap between events).
-    #[arg(long, default_value_t = 600.0)]
-    pub timeout_s: f64,
-    /// First retry's backoff in milliseconds (doubles each retry, with jitter).
-    #[arg(long, default_value_t = 1000)]
-    pub backoff_base_ms: u64,
-    #[arg(long, default_value_t = 60_000)]
-    pub backoff_max_ms: u64,
+    extra_body: Option<String>,
+    /// Requests per minute (0, the default: unlimited).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute (0, the default: unlimited).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Retries of a failed request (default 8).
+    #[arg(long)]
+    max_retries: Option<u32>,
+    /// Per-attempt timeout in seconds (streams: longest gap between events; default 600).
+    #[arg(long)]
+    timeout_s: Option<f64>,
+    /// First retry's backoff in milliseconds (doubles each retry, with jitter; default 1000).
+    #[arg(long)]
+    backoff_base_ms: Option<u64>,
+    /// Longest backoff in milliseconds (default 60000).
+    #[arg(long)]
+    backoff_max_ms: Option<u64>,
     /// Request existing samples again: `truncated` (finish_reason=length); the new record replaces the old.
-    #[arg(long, value_enum)]
-    pub regenerate: Option<RegenerateArg>,
+    #[arg(long, value_parser = ["truncated"])]
+    regenerate: Option<String>,
     /// USD per million prompt tokens (for the cost in summary.json).
-    #[arg(long, default_value_t = 0.0)]
-    pub price_in: f64,
+    #[arg(long)]
+    price_in: Option<f64>,
     /// USD per million completion tokens.
-    #[arg(long, default_value_t = 0.0)]
-    pub price_out: f64,
+    #[arg(long)]
+    price_out: Option<f64>,
     /// Async runtime worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[arg(long)]
+    threads: Option<usize>,
     /// No progress bar.
     #[arg(long)]
-    pub no_progress: bool,
+    no_progress: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum RegenerateArg {
-    Truncated,
-}
-
-impl CollectArgs {
-    fn resolve(self) -> anyhow::Result<CollectConfig> {
+impl StageArgs for CollectArgs {
+    type Config = CollectConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
         let extra_body = match &self.extra_body {
-            None => Default::default(),
+            None => None,
             Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+                Ok(serde_json::Value::Object(m)) => Some(m),
                 _ => anyhow::bail!("--extra-body must be a JSON object, e.g. '{{\"top_k\": 20}}'"),
             },
         };
-        Ok(CollectConfig {
-            prompts: self.prompts,
-            endpoints: self.endpoint,
-            model: self.model,
-            out: self.out,
-            n: self.n,
-            server_n: self.server_n,
-            concurrency: self.concurrency,
-            api_key_env: self.api_key_env,
-            stream: self.stream,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_tokens: self.max_tokens,
-            seed: (!self.no_seed).then_some(self.seed),
-            stop: self.stop,
-            system: self.system,
-            math_instruction: self.math_instruction,
-            code_instruction: self.code_instruction,
-            extra_body,
-            rpm: self.rpm,
-            tpm: self.tpm,
-            max_retries: self.max_retries,
-            timeout_s: self.timeout_s,
-            backoff_base_ms: self.backoff_base_ms,
-            backoff_max_ms: self.backoff_max_ms,
-            regenerate: self.regenerate.map(|RegenerateArg::Truncated| Regenerate::Truncated),
-            price_in_per_m: self.price_in,
-            price_out_per_m: self.price_out,
-            threads: self.threads,
-            progress: !self.no_progress,
-        })
+        let mut f = Flags::default();
+        f.opt("prompts", "--prompts", self.prompts);
+        f.list("endpoints", "--endpoint", self.endpoint);
+        f.opt("model", "--model", self.model);
+        f.opt("out", "--out", self.out);
+        f.opt("n", "-n", self.n);
+        f.switch("server_n", "--server-n", self.server_n, true);
+        f.opt("concurrency", "--concurrency", self.concurrency);
+        f.opt("api_key_env", "--api-key-env", self.api_key_env);
+        f.switch("stream", "--stream", self.stream, true);
+        f.opt("temperature", "--temperature", self.temperature);
+        f.opt("top_p", "--top-p", self.top_p);
+        f.opt("max_tokens", "--max-tokens", self.max_tokens);
+        f.opt("seed", "--seed", self.seed);
+        f.list("stop", "--stop", self.stop);
+        f.opt("system", "--system", self.system);
+        f.opt("math_instruction", "--math-instruction", self.math_instruction);
+        f.opt("code_instruction", "--code-instruction", self.code_instruction);
+        f.opt("extra_body", "--extra-body", extra_body);
+        f.opt("rpm", "--rpm", self.rpm);
+        f.opt("tpm", "--tpm", self.tpm);
+        f.opt("max_retries", "--max-retries", self.max_retries);
+        f.opt("timeout_s", "--timeout-s", self.timeout_s);
+        f.opt("backoff_base_ms", "--backoff-base-ms", self.backoff_base_ms);
+        f.opt("backoff_max_ms", "--backoff-max-ms", self.backoff_max_ms);
+        f.opt("regenerate", "--regenerate", self.regenerate);
+        f.opt("price_in_per_m", "--price-in", self.price_in);
+        f.opt("price_out_per_m", "--price-out", self.price_out);
+        f.opt("threads", "--threads", self.threads);
+        f.switch("progress", "--no-progress", self.no_progress, false);
+        Ok(f)
     }
 }
 
 /// Arguments of `distill verify`.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// A .jsonl, .jsonl.zst or .parquet file, a directory of them, or - for stdin.
-    #[arg(default_value = "-")]
-    pub path: PathBuf,
+struct VerifyArgs {
+    /// A .jsonl, .jsonl.zst or .parquet file, a directory of them, or - for stdin (the default).
+    path: Option<PathBuf>,
     /// Write the records with their verdicts here (.jsonl, .jsonl.zst, .parquet) instead of
     /// stdout (JSONL).
     #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
+    out: Option<PathBuf>,
     /// Print pass/fail/undecided counts at the end (to stderr when records go to stdout).
     #[arg(long)]
-    pub summary: bool,
-    /// Records judged per parallel chunk.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub chunk: usize,
+    summary: bool,
+    /// Records judged per parallel chunk (default 4096).
+    #[arg(long, value_name = "N")]
+    chunk: Option<usize>,
     /// Code: programs run at once (default: number of cores).
     #[arg(long, value_name = "N")]
-    pub code_workers: Option<usize>,
-    /// Code: wall-clock seconds per run when a record's tests set no timeout_s.
+    code_workers: Option<usize>,
+    /// Code: wall-clock seconds per run when a record's tests set no timeout_s (default 5).
     #[arg(long, value_name = "SECONDS")]
-    pub code_timeout: Option<f64>,
+    code_timeout: Option<f64>,
     /// Code: sandbox isolation (auto = strongest available, with a warning when weak).
     #[arg(long, value_name = "LEVEL", value_parser = ["auto", "namespaces", "uid", "rlimits"])]
-    pub code_isolation: Option<String>,
+    code_isolation: Option<String>,
     /// Code: run every test instead of stopping at the first failure.
     #[arg(long)]
-    pub all_tests: bool,
+    all_tests: bool,
+    /// Where unreadable records go, with file, line and reason (default: OUT.rejects.jsonl
+    /// beside --out, else distill-rejects.jsonl).
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
 }
 
-impl VerifyArgs {
-    fn resolve(self) -> VerifyConfig {
-        let mut code = verify::code::CodeConfig::default();
-        if let Some(n) = self.code_workers {
-            code.workers = n;
-        }
-        if let Some(t) = self.code_timeout {
-            code.timeout_s = t;
-        }
-        code.isolation = match self.code_isolation.as_deref() {
-            Some("namespaces") => verify::code::IsolationChoice::Namespaces,
-            Some("uid") => verify::code::IsolationChoice::Uid,
-            Some("rlimits") => verify::code::IsolationChoice::Rlimits,
-            _ => verify::code::IsolationChoice::Auto,
-        };
-        code.early_exit = !self.all_tests;
-        VerifyConfig { input: self.path, out: self.out, summary: self.summary, chunk: self.chunk, code }
+impl StageArgs for VerifyArgs {
+    type Config = VerifyConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("input", "PATH", self.path);
+        f.opt("out", "--out", self.out);
+        f.switch("summary", "--summary", self.summary, true);
+        f.opt("chunk", "--chunk", self.chunk);
+        f.opt("code.workers", "--code-workers", self.code_workers);
+        f.opt("code.timeout_s", "--code-timeout", self.code_timeout);
+        f.opt("code.isolation", "--code-isolation", self.code_isolation);
+        f.switch("code.early_exit", "--all-tests", self.all_tests, false);
+        f.opt("rejects", "--rejects", self.rejects);
+        Ok(f)
     }
 }
 
 /// Arguments of `distill inspect`.
 #[derive(Debug, Args)]
-pub struct InspectArgs {
+struct InspectArgs {
     /// A .jsonl, .jsonl.zst or .parquet file, a directory of them, or - for stdin.
-    pub path: PathBuf,
+    path: Option<PathBuf>,
     /// Print statistics as JSON (top-level "records" count).
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Pretty-print N records chosen at random (deterministic with --seed).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub sample: usize,
+    #[arg(long, value_name = "N")]
+    sample: Option<usize>,
     /// Pretty-print the record with this id.
     #[arg(long, value_name = "ID")]
-    pub id: Option<String>,
+    id: Option<String>,
     /// Also report lengths in tokens of this Hugging Face tokenizer.json.
     #[arg(long, value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
+    tokenizer: Option<PathBuf>,
     /// Continue past invalid records; write them with the reason to --rejects (exit code 1).
     #[arg(long)]
-    pub skip_invalid: bool,
-    /// Where --skip-invalid writes rejected records.
-    #[arg(long, value_name = "FILE", default_value = "distill-rejects.jsonl")]
-    pub rejects: PathBuf,
+    skip_invalid: bool,
+    /// Where --skip-invalid writes rejected records (default distill-rejects.jsonl).
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
     /// Print whole texts when pretty-printing (long ones are elided by default).
     #[arg(long)]
-    pub full: bool,
-    /// Seed for --sample.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    full: bool,
+    /// Seed for --sample (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
-impl InspectArgs {
-    fn resolve(self) -> InspectConfig {
-        InspectConfig {
-            path: self.path,
-            json: self.json,
-            sample: self.sample,
-            id: self.id,
-            tokenizer: self.tokenizer,
-            skip_invalid: self.skip_invalid,
-            rejects: self.rejects,
-            full: self.full,
-            seed: self.seed,
-        }
+impl StageArgs for InspectArgs {
+    type Config = InspectConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("path", "PATH", self.path);
+        f.switch("json", "--json", self.json, true);
+        f.opt("sample", "--sample", self.sample);
+        f.opt("id", "--id", self.id);
+        f.opt("tokenizer", "--tokenizer", self.tokenizer);
+        f.switch("skip_invalid", "--skip-invalid", self.skip_invalid, true);
+        f.opt("rejects", "--rejects", self.rejects);
+        f.switch("full", "--full", self.full, true);
+        f.opt("seed", "--seed", self.seed);
+        Ok(f)
     }
 }
 
 /// Arguments of `distill finetune`.
 #[derive(Debug, Args)]
-pub struct FinetuneArgs {
-    /// Settings from a recipe's [finetune] table (other tables are ignored); flags given on the
-    /// command line override its keys. `--show-config` prints such a table.
-    #[arg(long, value_name = "FILE.toml")]
-    pub recipe: Option<PathBuf>,
+struct FinetuneArgs {
     /// The student: a Hugging Face model directory (tokenizer and chat template included).
-    #[arg(long, required_unless_present = "recipe")]
-    pub model: Option<PathBuf>,
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// The corpus: SFT examples (a file, or a directory of train-*/validation-* shards).
-    #[arg(long, required_unless_present = "recipe")]
-    pub data: Option<PathBuf>,
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Output directory: checkpoint-N/, metrics.jsonl, loss.png, final/ (and adapter/ with LoRA).
-    #[arg(long, required_unless_present = "recipe")]
-    pub out: Option<PathBuf>,
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Validation records, when not the corpus's validation-* files.
     #[arg(long, value_name = "PATH")]
-    pub eval_data: Option<PathBuf>,
+    eval_data: Option<PathBuf>,
     /// Train LoRA adapters of this rank instead of all weights.
     #[arg(long, value_name = "R")]
-    pub lora_rank: Option<usize>,
+    lora_rank: Option<usize>,
     /// LoRA alpha (default: 2 × rank).
     #[arg(long)]
-    pub lora_alpha: Option<f64>,
-    /// LoRA dropout.
-    #[arg(long, default_value_t = 0.05)]
-    pub lora_dropout: f32,
+    lora_alpha: Option<f64>,
+    /// LoRA dropout (default 0.05).
+    #[arg(long)]
+    lora_dropout: Option<f32>,
     /// Projections given adapters (comma-separated; default all seven).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    pub lora_targets: Vec<String>,
-    /// Stop after N optimizer steps (the schedule spans them).
+    lora_targets: Vec<String>,
+    /// Run exactly N optimizer steps (the schedule spans them; wins over --epochs).
     #[arg(long, value_name = "N")]
-    pub max_steps: Option<u64>,
-    /// Passes over the corpus.
-    #[arg(long, default_value_t = 3)]
-    pub epochs: u64,
+    max_steps: Option<u64>,
+    /// Passes over the corpus (default 3).
+    #[arg(long)]
+    epochs: Option<u64>,
     /// Peak learning rate (default 4e-5, or 2e-4 with LoRA).
     #[arg(long)]
-    pub lr: Option<f64>,
-    /// Decay after warmup: cosine, linear or constant.
-    #[arg(long, value_parser = parse_schedule, default_value = "cosine")]
-    pub schedule: ScheduleKind,
-    #[arg(long, default_value_t = 0.03)]
-    pub warmup_ratio: f64,
-    /// Where the decay ends, as a share of the peak learning rate.
-    #[arg(long, default_value_t = 0.1)]
-    pub min_lr_ratio: f64,
-    /// Global gradient-norm clipping (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub beta1: f64,
-    #[arg(long, default_value_t = 0.999)]
-    pub beta2: f64,
-    #[arg(long, default_value_t = 1e-8)]
-    pub eps: f64,
-    /// Longest sample in tokens; longer ones are dropped (or cut with --truncate), and counted.
-    #[arg(long, default_value_t = 2048)]
-    pub max_seq_len: usize,
+    lr: Option<f64>,
+    /// Decay after warmup: cosine (default), linear or constant.
+    #[arg(long, value_parser = ["cosine", "linear", "constant"])]
+    schedule: Option<String>,
+    /// Warmup as a share of all steps (default 0.03).
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Where the decay ends, as a share of the peak learning rate (default 0.1).
+    #[arg(long)]
+    min_lr_ratio: Option<f64>,
+    /// Global gradient-norm clipping (0: off; default 1.0).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// AdamW weight decay (default 0).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// AdamW beta1 (default 0.9).
+    #[arg(long)]
+    beta1: Option<f64>,
+    /// AdamW beta2 (default 0.999).
+    #[arg(long)]
+    beta2: Option<f64>,
+    /// AdamW epsilon (default 1e-8).
+    #[arg(long)]
+    eps: Option<f64>,
+    /// Longest sample in tokens (default 2048); longer ones are dropped (or cut with --truncate), and counted.
+    #[arg(long)]
+    max_seq_len: Option<usize>,
     /// Cut over-long samples to --max-seq-len instead of dropping them.
     #[arg(long)]
-    pub truncate: bool,
+    truncate: bool,
     /// One sample per sequence instead of packing several (attention stays inside each either way).
     #[arg(long)]
-    pub no_packing: bool,
-    /// Tokens per optimizer step (gradient accumulation over sequences).
-    #[arg(long, default_value_t = 4096)]
-    pub tokens_per_step: usize,
-    /// At most this many samples per optimizer step (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub samples_per_step: usize,
-    /// Records held for shuffling.
-    #[arg(long, default_value_t = 4096)]
-    pub shuffle_buffer: usize,
+    no_packing: bool,
+    /// Tokens per optimizer step (gradient accumulation over sequences; default 4096).
+    #[arg(long)]
+    tokens_per_step: Option<usize>,
+    /// At most this many samples per optimizer step (0, the default: no limit).
+    #[arg(long)]
+    samples_per_step: Option<usize>,
+    /// Records held for shuffling (default 4096).
+    #[arg(long)]
+    shuffle_buffer: Option<usize>,
     /// Sequences per forward pass; above 1 a step's sequences are grouped by length and
     /// right-padded to the longest (length-grouped padding, mostly with --no-packing).
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Validation loss every N steps (and at the end; 0: only at the end).
-    #[arg(long, default_value_t = 50)]
-    pub eval_every: u64,
-    /// At most N validation samples (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub eval_max_samples: usize,
-    /// A checkpoint every N steps (and at the end; 0: only at the end).
-    #[arg(long, default_value_t = 100)]
-    pub save_every: u64,
-    /// Checkpoints kept (newest; 0: all).
-    #[arg(long, default_value_t = 2)]
-    pub keep_last: usize,
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Seed of shuffling, LoRA initialisation and dropout (default 42).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Validation loss every N steps (and at the end; 0: only at the end; default 50).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// At most N validation samples (0, the default: all).
+    #[arg(long)]
+    eval_max_samples: Option<usize>,
+    /// A checkpoint every N steps (and at the end; 0: only at the end; default 100).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Checkpoints kept (newest; 0: all; default 2).
+    #[arg(long)]
+    keep_last: Option<usize>,
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
-    pub resume: bool,
+    resume: bool,
     /// No progress bar.
     #[arg(long)]
-    pub no_progress: bool,
-    /// Where to train: cpu, or cuda / cuda:N (a build with `--features cuda`).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: String,
+    no_progress: bool,
+    /// Where to train: cpu (default), or cuda / cuda:N (a build with `--features cuda`).
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
     /// Per-layer activation checkpointing: N layers (or all, the flag alone) keep only their
     /// input and are recomputed in backward — much less memory for long traces, more compute.
-    #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all",
-          value_parser = finetune::layer_count::parse)]
-    pub checkpoint_layers: Option<usize>,
-    /// The ids of the flags given on the command line (filled in after parsing).
-    #[arg(skip)]
-    pub given: Vec<String>,
+    #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all")]
+    checkpoint_layers: Option<Checkpointing>,
 }
 
-fn parse_schedule(s: &str) -> Result<ScheduleKind, String> {
-    match s {
-        "cosine" => Ok(ScheduleKind::Cosine),
-        "linear" => Ok(ScheduleKind::Linear),
-        "constant" => Ok(ScheduleKind::Constant),
-        _ => Err(format!("unknown schedule `{s}`: use cosine, linear or constant")),
-    }
-}
-
-impl FinetuneArgs {
-    /// The settings: the recipe's [finetune] table (when `--recipe`) with the flags given on the
-    /// command line laid over it, or the flags alone.
-    fn resolve_all(self) -> anyhow::Result<FinetuneConfig> {
-        let given = self.given.clone();
-        let given = |id: &str| given.iter().any(|g| g == id);
-        let Some(path) = self.recipe.clone() else { return Ok(self.resolve()) };
-        let lora_flags = ["lora_alpha", "lora_dropout", "lora_targets"];
-        let flags = self.resolve();
-        let (mut r, keys) = config::load_table::<FinetuneConfig>(&path, "finetune")?;
-        macro_rules! take {
-            ($($id:literal => $($f:ident).+;)*) => {
-                $(if given($id) { r.$($f).+ = flags.$($f).+.clone(); })*
-            };
-        }
-        take! {
-            "model" => model; "data" => data; "out" => out; "eval_data" => eval_data; "epochs" => epochs;
-            "max_steps" => max_steps; "schedule" => schedule; "warmup_ratio" => warmup_ratio;
-            "min_lr_ratio" => min_lr_ratio; "max_grad_norm" => max_grad_norm; "weight_decay" => optim.weight_decay;
-            "beta1" => optim.beta1; "beta2" => optim.beta2; "eps" => optim.eps; "max_seq_len" => loader.max_seq_len;
-            "truncate" => loader.overlong; "no_packing" => loader.packing; "tokens_per_step" => loader.tokens_per_step;
-            "samples_per_step" => loader.samples_per_step; "shuffle_buffer" => loader.shuffle_buffer; "batch" => loader.batch;
-            "eval_every" => eval_every; "eval_max_samples" => eval_max_samples; "save_every" => save_every;
-            "keep_last" => keep_last; "resume" => resume; "no_progress" => progress; "device" => device;
-            "checkpoint_layers" => checkpoint_layers; "lr" => lr;
-        }
-        if given("seed") {
-            r.loader.seed = flags.loader.seed;
-        }
-        if let (true, Some(fl)) = (given("lora_rank"), &flags.lora) {
-            let recipe_had_lora = r.lora.is_some();
-            let l = r.lora.get_or_insert_with(|| LoraConfig { seed: r.loader.seed, ..LoraConfig::default() });
-            l.rank = fl.rank;
-            if !recipe_had_lora {
-                l.alpha = fl.alpha;
-            }
-        }
-        if let Some(flag) = lora_flags.iter().find(|f| given(f)) {
-            let (Some(l), Some(fl)) = (r.lora.as_mut(), flags.lora.as_ref()) else {
-                anyhow::bail!(
-                    "--{} needs LoRA: give --lora-rank or a [finetune.lora] table in {}",
-                    flag.replace('_', "-"),
-                    path.display()
-                );
-            };
-            if given("lora_alpha") {
-                l.alpha = fl.alpha;
-            }
-            if given("lora_dropout") {
-                l.dropout = fl.dropout;
-            }
-            if given("lora_targets") {
-                l.targets = fl.targets.clone();
-            }
-        }
-        if given("seed")
-            && let Some(l) = r.lora.as_mut()
-        {
-            l.seed = flags.loader.seed;
-        }
-        if !given("lr") && !keys.contains_key("lr") {
-            r.lr = if r.lora.is_some() { finetune::LORA_LR } else { finetune::FULL_LR };
-        }
-        for (what, p, flag) in
-            [("the student", &r.model, "model"), ("the corpus", &r.data, "data"), ("the output", &r.out, "out")]
-        {
-            if p.as_os_str().is_empty() {
-                anyhow::bail!(
-                    "finetune needs {what}: give --{flag} or `{flag} = ...` in the [finetune] table of {}",
-                    path.display()
-                );
-            }
-        }
-        Ok(r)
-    }
-
-    fn resolve(self) -> FinetuneConfig {
-        let lora = self.lora_rank.map(|rank| LoraConfig {
-            rank,
-            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
-            dropout: self.lora_dropout,
-            targets: if self.lora_targets.is_empty() { LoraConfig::default().targets } else { self.lora_targets },
-            seed: self.seed,
-        });
-        let lr = self.lr.unwrap_or(if lora.is_some() { finetune::LORA_LR } else { finetune::FULL_LR });
-        FinetuneConfig {
-            model: self.model.unwrap_or_default(),
-            data: self.data.unwrap_or_default(),
-            out: self.out.unwrap_or_default(),
-            eval_data: self.eval_data,
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            lr,
-            schedule: self.schedule,
-            warmup_ratio: self.warmup_ratio,
-            min_lr_ratio: self.min_lr_ratio,
-            max_grad_norm: self.max_grad_norm,
-            optim: crate::train::optim::AdamWConfig {
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: self.weight_decay,
-            },
-            loader: crate::train::data::DataConfig {
-                max_seq_len: self.max_seq_len,
-                overlong: if self.truncate { Overlong::Truncate } else { Overlong::Drop },
-                packing: !self.no_packing,
-                tokens_per_step: self.tokens_per_step,
-                samples_per_step: self.samples_per_step,
-                shuffle_buffer: self.shuffle_buffer,
-                seed: self.seed,
-                batch: self.batch,
-            },
-            lora,
-            eval_every: self.eval_every,
-            eval_max_samples: self.eval_max_samples,
-            save_every: self.save_every,
-            keep_last: self.keep_last,
-            resume: self.resume,
-            progress: !self.no_progress,
-            device: self.device,
-            checkpoint_layers: self.checkpoint_layers.unwrap_or(0),
-        }
+impl StageArgs for FinetuneArgs {
+    type Config = FinetuneConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("model", "--model", self.model);
+        f.opt("data", "--data", self.data);
+        f.opt("out", "--out", self.out);
+        f.opt("eval_data", "--eval-data", self.eval_data);
+        f.opt("lora.rank", "--lora-rank", self.lora_rank);
+        f.opt("lora.alpha", "--lora-alpha", self.lora_alpha);
+        f.opt("lora.dropout", "--lora-dropout", self.lora_dropout);
+        f.list("lora.targets", "--lora-targets", self.lora_targets);
+        f.opt("max_steps", "--max-steps", self.max_steps);
+        f.opt("epochs", "--epochs", self.epochs);
+        f.opt("lr", "--lr", self.lr);
+        f.opt("schedule", "--schedule", self.schedule);
+        f.opt("warmup_ratio", "--warmup-ratio", self.warmup_ratio);
+        f.opt("min_lr_ratio", "--min-lr-ratio", self.min_lr_ratio);
+        f.opt("max_grad_norm", "--max-grad-norm", self.max_grad_norm);
+        f.opt("optim.weight_decay", "--weight-decay", self.weight_decay);
+        f.opt("optim.beta1", "--beta1", self.beta1);
+        f.opt("optim.beta2", "--beta2", self.beta2);
+        f.opt("optim.eps", "--eps", self.eps);
+        f.opt("loader.max_seq_len", "--max-seq-len", self.max_seq_len);
+        f.opt("loader.overlong", "--truncate", self.truncate.then_some("truncate"));
+        f.switch("loader.packing", "--no-packing", self.no_packing, false);
+        f.opt("loader.tokens_per_step", "--tokens-per-step", self.tokens_per_step);
+        f.opt("loader.samples_per_step", "--samples-per-step", self.samples_per_step);
+        f.opt("loader.shuffle_buffer", "--shuffle-buffer", self.shuffle_buffer);
+        f.opt("loader.batch", "--batch", self.batch);
+        f.opt("loader.seed", "--seed", self.seed);
+        f.opt("eval_every", "--eval-every", self.eval_every);
+        f.opt("eval_max_samples", "--eval-max-samples", self.eval_max_samples);
+        f.opt("save_every", "--save-every", self.save_every);
+        f.opt("keep_last", "--keep-last", self.keep_last);
+        f.switch("resume", "--resume", self.resume, true);
+        f.switch("progress", "--no-progress", self.no_progress, false);
+        f.opt("device", "--device", self.device);
+        f.opt("checkpoint_layers", "--checkpoint-layers", self.checkpoint_layers);
+        Ok(f)
     }
 }
 
@@ -680,19 +609,7 @@ pub enum Outcome {
 
 /// Parses the command line, runs the command and maps the result to an exit code.
 pub fn main() -> ExitCode {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
-    // Which flags were typed (a recipe's values give way only to those).
-    if let (Command::Finetune(args), Some(sub)) = (&mut cli.command, matches.subcommand_matches("finetune")) {
-        args.given = sub
-            .ids()
-            .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
-            .map(|id| id.to_string())
-            .collect();
-    }
+    let cli = Cli::parse();
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Rejected) => ExitCode::from(1),
@@ -703,68 +620,139 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn show<T: serde::Serialize>(table: &str, cfg: &T) -> anyhow::Result<Outcome> {
-    emit(&config::to_toml(table, cfg)?)?;
+/// The command's settings from its layers; errors about a missing setting name its flag too.
+fn resolve<A: StageArgs>(args: A, recipe: &Option<PathBuf>, sets: &[String]) -> anyhow::Result<Resolved<A::Config>> {
+    resolve_then(args, recipe, sets, |_| Ok(()))
+}
+
+/// [`resolve`], running `first` on the settings before they are checked.
+fn resolve_then<A: StageArgs>(
+    args: A,
+    recipe: &Option<PathBuf>,
+    sets: &[String],
+    first: impl FnOnce(&Resolved<A::Config>) -> anyhow::Result<()>,
+) -> anyhow::Result<Resolved<A::Config>> {
+    let layers = Layers { recipe: recipe.clone(), sets: sets.to_vec(), flags: args.flags()?.0 };
+    let r = config::resolve_unchecked::<A::Config>(&layers)?;
+    first(&r)?;
+    let invalid = r.value.validate().map_err(|msg| ConfigError::Invalid { table: A::Config::TABLE.into(), msg });
+    invalid.map(|()| r).map_err(|e| match e {
+        ConfigError::Invalid { table, msg } => {
+            let key = msg.split('`').nth(1).unwrap_or("");
+            let flag = flag_spelling(key);
+            let recipe = match recipe {
+                Some(p) => format!(" in the [{table}] table of {}", p.display()),
+                None => format!(" in a recipe's [{table}] table (--recipe FILE)"),
+            };
+            anyhow::anyhow!("{msg} — give {flag} or `{key} = ...`{recipe}")
+        }
+        e => e.into(),
+    })
+}
+
+/// The flag that sets a settings key (`loader.max_seq_len` → `--max-seq-len`).
+fn flag_spelling(key: &str) -> String {
+    match key {
+        "path" | "input" => "PATH".into(),
+        "gguf" => "GGUF".into(),
+        "endpoints" => "--endpoint".into(),
+        "n" => "-n".into(),
+        k => format!("--{}", k.rsplit('.').next().unwrap_or(k).replace('_', "-")),
+    }
+}
+
+fn show<T: Settings>(r: &Resolved<T>) -> anyhow::Result<Outcome> {
+    emit(&r.show()?)?;
     Ok(Outcome::Ok)
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let (recipe, sets) = (&cli.recipe, &cli.sets[..]);
     match cli.command {
         Command::Inspect(args) => {
-            let cfg = args.resolve();
+            let r = resolve(args, recipe, sets)?;
             if cli.show_config {
-                return show("inspect", &cfg);
+                return show(&r);
             }
-            run_inspect(&cfg)
+            run_inspect(&r.value)
         }
         Command::Verify(args) => {
-            let cfg = args.resolve();
+            let r = resolve(args, recipe, sets)?;
             if cli.show_config {
-                return show("verify", &cfg);
+                return show(&r);
             }
-            run_verify(&cfg)
+            run_verify(&r.value)
         }
         Command::Problems(args) => {
-            let cfg = args.resolve();
+            let r = resolve(args, recipe, sets)?;
             if cli.show_config {
-                return show("problems", &cfg);
+                return show(&r);
             }
+            let cfg = r.value;
             let n = problems::generate(&cfg).with_context(|| format!("problems --out {}", cfg.out.display()))?;
-            eprintln!("problems: wrote {n} {:?} problems to {}", cfg.kind, cfg.out.display());
+            eprintln!(
+                "problems: wrote {n} {:?} problems to {}",
+                cfg.kind.unwrap_or(problems::ProblemKind::Math),
+                cfg.out.display()
+            );
             Ok(Outcome::Ok)
         }
         Command::TeacherSim(args) => {
-            let cfg = args.resolve()?;
+            let r = resolve(args, recipe, sets)?;
             if cli.show_config {
-                return show("teacher_sim", &cfg);
+                return show(&r);
             }
-            teacher_sim::serve(cfg)?;
+            teacher_sim::serve(r.value)?;
             Ok(Outcome::Ok)
         }
         Command::Collect(args) => {
-            let cfg = args.resolve()?;
-            if cli.show_config {
-                return show("collect", &cfg);
+            let no_seed = args.no_seed;
+            let mut r = resolve(*args, recipe, sets)?;
+            if no_seed {
+                r.value.seed = None;
             }
+            if cli.show_config {
+                return show(&r);
+            }
+            let cfg = r.value;
             let report = collect::run(cfg.clone()).with_context(|| format!("collect --out {}", cfg.out.display()))?;
             eprint!("{}", report.summary.to_text());
             Ok(if report.had_failures() { Outcome::Rejected } else { Outcome::Ok })
         }
         Command::Finetune(args) => {
-            let cfg = args.resolve_all()?;
+            let lora_flag = [
+                ("--lora-alpha", args.lora_alpha.is_some()),
+                ("--lora-dropout", args.lora_dropout.is_some()),
+                ("--lora-targets", !args.lora_targets.is_empty()),
+            ]
+            .into_iter()
+            .find_map(|(f, given)| given.then_some(f));
+            let rank_flag = args.lora_rank.is_some();
+            let r = resolve_then(*args, recipe, sets, |r| {
+                if let Some(flag) = lora_flag
+                    && !rank_flag
+                    && !r.origins.set_by_file_or_set("lora")
+                {
+                    let where_ = recipe.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default();
+                    anyhow::bail!("{flag} needs LoRA: give --lora-rank or a [finetune.lora] table{where_}");
+                }
+                Ok(())
+            })?;
             if cli.show_config {
-                return show("finetune", &cfg);
+                return show(&r);
             }
-            let report = finetune::run(&cfg).with_context(|| format!("finetune --out {}", cfg.out.display()))?;
+            let cfg = r.value;
+            let report = finetune::run(&cfg).with_context(|| format!("finetune --out {}", cfg.train.out.display()))?;
             eprintln!("{}", report.summary());
-            Ok(Outcome::Ok)
+            Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
         }
         Command::Score(args) => {
-            let cfg = args.resolve();
+            let r = resolve(args, recipe, sets)?;
             if cli.show_config {
-                return show("score", &cfg);
+                return show(&r);
             }
+            let cfg = r.value;
             let report = score::run(&cfg).with_context(|| format!("score --model {}", cfg.model.display()))?;
             if cfg.json {
                 emit(&format!("{}\n", report.to_json()))?;
@@ -774,11 +762,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
         }
         Command::Convert(args) => {
-            let cfg = ConvertConfig { gguf: args.gguf, out: args.out, dtype: args.dtype };
+            let r = resolve(args, recipe, sets)?;
             if cli.show_config {
-                return show("convert", &cfg);
+                return show(&r);
             }
-            let dtype = crate::train::model::io::parse_dtype(&cfg.dtype)
+            let cfg = r.value;
+            let dtype = crate::model::weights::parse_dtype(&cfg.dtype)
                 .with_context(|| format!("--dtype {}: use float32, bfloat16 or float16", cfg.dtype))?;
             let r = gguf::convert(&cfg.gguf, &cfg.out, dtype)
                 .with_context(|| format!("convert {} --out {}", cfg.gguf.display(), cfg.out.display()))?;

@@ -4,9 +4,12 @@
 //! whose documentation says which records go in and which come out.
 
 pub mod cli;
+pub mod client;
 pub mod collect;
 pub mod config;
+pub mod eval;
 pub mod inspect;
+pub mod model;
 pub mod problems;
 pub mod record;
 pub mod rng;

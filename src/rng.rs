@@ -19,8 +19,16 @@ impl SplitMix {
 
 /// One SplitMix64 step: advances `state` and returns the next 64 random bits.
 pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
+    *state = state.wrapping_add(GAMMA);
+    mix(*state)
+}
+
+/// SplitMix64's increment of the state per draw.
+pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function of a state (for generators that advance the state themselves,
+/// e.g. atomically).
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -2,6 +2,9 @@
 //! free port, zero latency): faults, SIGKILL + resume, `--regenerate truncated`, response
 //! shapes and streaming, secrets, bad input.
 
+mod common;
+use common::stderr;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -45,10 +48,6 @@ impl Drop for Sim {
 
 fn distill(args: &[&str], cwd: &Path) -> Output {
     Command::new(BIN).args(args).current_dir(cwd).env("OPENAI_API_KEY", KEY).output().expect("runs distill")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn problems(dir: &Path, kind: &str, count: usize, name: &str) -> PathBuf {

@@ -7,10 +7,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use distill::model::{LoraConfig, Model, SeqLayout};
 use distill::train::data::{self, DataConfig, Encode, Encoded, Sample};
-use distill::train::finetune::FinetuneConfig;
-use distill::train::model::{LoraConfig, Model, SeqLayout};
 use distill::train::student::Student;
+use distill::train::trainer::TrainConfig;
 use distill::train::trainer::{self, Trainable};
 use serde_json::{Map, Value, json};
 
@@ -73,8 +73,8 @@ fn lora(dropout: f32) -> Option<LoraConfig> {
     Some(LoraConfig { rank: 4, alpha: 8.0, dropout, ..LoraConfig::default() })
 }
 
-fn config(dir: &Path, data: PathBuf, out: &str, steps: u64, lr: f64) -> FinetuneConfig {
-    FinetuneConfig {
+fn config(dir: &Path, data: PathBuf, out: &str, steps: u64, lr: f64) -> TrainConfig {
+    TrainConfig {
         data,
         out: dir.join(out),
         epochs: 1000,
@@ -92,7 +92,7 @@ fn config(dir: &Path, data: PathBuf, out: &str, steps: u64, lr: f64) -> Finetune
             seed: 3,
             ..DataConfig::default()
         },
-        ..FinetuneConfig::default()
+        ..TrainConfig::default()
     }
 }
 
@@ -190,7 +190,7 @@ fn stop_and_resume_reproduces_the_uninterrupted_losses_exactly() {
         assert_eq!(first.losses, whole.losses, "{tag}: same seed, same losses");
         std::fs::remove_dir_all(cut.out.join("checkpoint-20")).unwrap();
         let resumed = trainer::train(
-            &FinetuneConfig { resume: true, ..cut.clone() },
+            &TrainConfig { resume: true, ..cut.clone() },
             &mut student("qwen2-tiny", lora.clone()),
             &Words,
         )

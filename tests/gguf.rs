@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use distill::train::model::{Model, SeqLayout};
-use distill::train::score::load_tokenizer;
-use distill::train::tokenize::ChatTokenizer;
+use distill::eval::score::load_tokenizer;
+use distill::model::chat::ChatTokenizer;
+use distill::model::{Model, SeqLayout};
 use serde_json::Value;
 
 fn gguf_path() -> Option<PathBuf> {

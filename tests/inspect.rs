@@ -1,18 +1,12 @@
 //! `distill inspect` as a user runs it: statistics, pretty-printing, and a one-line error
 //! naming the file and line for each kind of bad input.
 
+mod common;
+use common::{distill_in as distill, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-
-fn distill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distill")).args(args).current_dir(cwd).output().expect("runs distill")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn prompt(i: usize) -> String {
     json!({"id": format!("p{i}"), "task": "math", "prompt": format!("What is {i}+1?"), "answer": (i + 1).to_string(), "source": "t"}).to_string()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use distill::train::model::{LoraConfig, Model, SeqLayout};
+use distill::model::{Checkpointing, LoraConfig, Model, SeqLayout};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model")
@@ -246,7 +246,7 @@ fn sharded_save_and_half_precision_load() {
     let dir = tempfile::tempdir().unwrap();
     let tensors: Vec<(String, Tensor)> =
         model.base_weights().into_iter().map(|(n, t)| (n, t.to_dtype(DType::F16).unwrap())).collect();
-    distill::train::model::io::write_sharded(dir.path(), &tensors, 20_000).unwrap();
+    distill::model::weights::write_sharded(dir.path(), &tensors, 20_000).unwrap();
     std::fs::copy(fixtures().join("qwen2-tiny/config.json"), dir.path().join("config.json")).unwrap();
     assert!(dir.path().join("model.safetensors.index.json").is_file());
     let back = Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
@@ -523,7 +523,7 @@ fn gpu_matches_transformers_and_the_cpu() {
 /// untied heads) and LoRA with dropout (the recomputation replays the same masks).
 #[test]
 fn checkpointed_layers_give_the_plain_gradients() {
-    let run = |model: &mut Model, r: &Reference, checkpoint: usize| {
+    let run = |model: &mut Model, r: &Reference, checkpoint: Checkpointing| {
         let (targets, weights) = r.targets();
         model.checkpoint_layers = checkpoint;
         let state = model.layers[0].linears()[0].lora.as_ref().map(|a| a.rng.state());
@@ -542,10 +542,10 @@ fn checkpointed_layers_give_the_plain_gradients() {
             model.add_lora(&LoraConfig { rank: 4, alpha: 8.0, dropout: 0.2, ..LoraConfig::default() }).unwrap();
             randomise_lora_b(&model);
         }
-        let ((plain, plain_g), plain_end) = run(&mut model, &r, 0);
+        let ((plain, plain_g), plain_end) = run(&mut model, &r, Checkpointing::Off);
         let vars = model.trainable_vars();
         // All layers recomputed, and only the first (the second keeps its graph).
-        for n_ckpt in [usize::MAX, 1] {
+        for n_ckpt in [Checkpointing::All, Checkpointing::First(1)] {
             let ((ckpt, ckpt_g), ckpt_end) = run(&mut model, &r, n_ckpt);
             assert_eq!(plain_end, ckpt_end, "{name}: the generator must end where a plain step leaves it");
             assert!((plain - ckpt).abs() <= 1e-9 * plain.abs(), "{name} lora={lora}: loss {plain} vs {ckpt}");

@@ -2,44 +2,15 @@
 //! Qwen2.5 template; the loss is checked against a direct log-softmax over the model's logits
 //! on exactly the assistant tokens (each turn's content and its <|im_end|>).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::fixtures;
+
 use std::process::Command;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
-use distill::train::model::{Config, Model, SeqLayout};
-use distill::train::tokenize::ChatTokenizer;
+use distill::model::chat::ChatTokenizer;
+use distill::model::{Model, SeqLayout};
 use serde_json::{Value, json};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The tiny Qwen2 fixture with its vocabulary widened to the fixture tokenizer's, saved with
-/// that tokenizer's files.
-fn model_dir() -> tempfile::TempDir {
-    let tok_dir = fixtures().join("chat/qwen-small");
-    let tok = tokenizers::Tokenizer::from_file(tok_dir.join("tokenizer.json")).unwrap();
-    let vocab = tok.get_vocab_size(true);
-    let base = fixtures().join("model/qwen2-tiny");
-    let mut cfg_json: Value =
-        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
-    cfg_json["vocab_size"] = json!(vocab);
-    cfg_json["eos_token_id"] = json!(tok.token_to_id("<|im_end|>").unwrap());
-    let cfg = Config::from_json(&cfg_json).unwrap();
-    let st = candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
-    let get = |name: &str| -> distill::train::model::Result<Tensor> {
-        if name == "model.embed_tokens.weight" {
-            let t = Tensor::randn(0f32, 0.5, (vocab, 32), &Device::Cpu)?;
-            return Ok(t);
-        }
-        Ok(st[name].clone())
-    };
-    let mut model = Model::from_tensors(cfg, get, &Device::Cpu, DType::F32).unwrap();
-    model.source_dir = Some(tok_dir);
-    let dir = tempfile::tempdir().unwrap();
-    model.save(dir.path(), DType::F32).unwrap();
-    dir
-}
 
 fn conversations() -> Vec<Value> {
     let e: Value =
@@ -83,7 +54,7 @@ fn direct_loss(model: &Model, tok: &ChatTokenizer, messages: &[Value]) -> (f64, 
 
 #[test]
 fn score_reports_token_weighted_assistant_loss() {
-    let dir = model_dir();
+    let dir = common::chat_model_dir();
     let data = tempfile::tempdir().unwrap();
     let file = data.path().join("sft.jsonl");
     let convs = conversations();

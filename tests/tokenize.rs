@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use distill::train::tokenize::ChatTokenizer;
+use distill::model::chat::ChatTokenizer;
 use serde_json::{Value, json};
 
 fn chat_dir() -> PathBuf {

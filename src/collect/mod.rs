@@ -20,10 +20,7 @@
 //! The API key is read from the environment variable named by `api_key_env`; it goes into the
 //! `Authorization` header only and is scrubbed from any error text.
 
-pub mod client;
-pub mod limiter;
 pub mod resume;
-pub mod retry;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,12 +34,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::client::limiter::{Balancer, TokenBucket};
+use crate::client::retry::{self, Backoff};
+use crate::client::{Client, extract};
 use crate::record::{Message, Params, Prompt, Sample, Task, Teacher, Usage};
-use crate::store::{self, Durability, JsonlWriter, RejectsWriter, StoreError};
-use client::{Client, extract};
-use limiter::{Balancer, TokenBucket};
+use crate::store::{self, Durability, JsonlWriter, Lenient, Rejects, StoreError};
 use resume::{Done, id_key};
-use retry::Backoff;
 
 /// The DeepSeek-R1 recommendation for math prompts.
 pub const DEFAULT_MATH_INSTRUCTION: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
@@ -57,6 +54,7 @@ pub enum Regenerate {
 
 /// Settings of `distill collect`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CollectConfig {
     /// Prompt file, directory, or `-`.
     pub prompts: PathBuf,
@@ -66,110 +64,102 @@ pub struct CollectConfig {
     /// Output directory.
     pub out: PathBuf,
     /// Samples per prompt.
-    #[serde(default = "default_n")]
     pub n: u32,
     /// Ask for a prompt's missing samples in one request with `n` (servers that support it);
     /// otherwise one request per sample. With `n`, per-sample `completion_tokens` are the
     /// response's total split in proportion to text length.
-    #[serde(default)]
     pub server_n: bool,
     /// Requests in flight at most.
-    #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Name of the environment variable holding the API key (never the key itself).
-    #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
-    #[serde(default)]
     pub stream: bool,
-    #[serde(default = "default_temperature")]
     pub temperature: f64,
-    #[serde(default = "default_top_p")]
     pub top_p: f64,
-    #[serde(default)]
     pub max_tokens: Option<u64>,
     /// Sample k is requested with seed `seed + k`; `None` sends no seed.
-    #[serde(default = "default_seed")]
     pub seed: Option<u64>,
-    #[serde(default)]
     pub stop: Vec<String>,
     /// Optional system message.
-    #[serde(default)]
     pub system: Option<String>,
     /// Appended (after a blank line) to math prompts; empty for none.
-    #[serde(default = "default_math_instruction")]
     pub math_instruction: String,
     /// Appended (after a blank line) to code prompts; empty for none.
-    #[serde(default)]
     pub code_instruction: String,
     /// Extra request body fields, passed through as they are.
-    #[serde(default)]
     pub extra_body: BTreeMap<String, Value>,
     /// Requests per minute (0: unlimited).
-    #[serde(default)]
     pub rpm: u64,
     /// Tokens per minute, prompt + completion (0: unlimited).
-    #[serde(default)]
     pub tpm: u64,
-    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Per-attempt timeout (for streams: the longest gap between events).
-    #[serde(default = "default_timeout_s")]
     pub timeout_s: f64,
-    #[serde(default = "default_backoff_base_ms")]
     pub backoff_base_ms: u64,
-    #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
-    #[serde(default)]
     pub regenerate: Option<Regenerate>,
     /// USD per million prompt tokens.
-    #[serde(default)]
     pub price_in_per_m: f64,
     /// USD per million completion tokens.
-    #[serde(default)]
     pub price_out_per_m: f64,
     /// Runtime worker threads (0: one per core).
-    #[serde(default)]
     pub threads: usize,
     /// Show the progress bar (on a terminal).
-    #[serde(default = "default_true")]
     pub progress: bool,
 }
 
-fn default_n() -> u32 {
-    1
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig {
+            prompts: PathBuf::new(),
+            endpoints: Vec::new(),
+            model: String::new(),
+            out: PathBuf::new(),
+            n: 1,
+            server_n: false,
+            concurrency: 64,
+            api_key_env: "OPENAI_API_KEY".into(),
+            stream: false,
+            temperature: 0.6,
+            top_p: 0.95,
+            max_tokens: None,
+            seed: Some(0),
+            stop: Vec::new(),
+            system: None,
+            math_instruction: DEFAULT_MATH_INSTRUCTION.into(),
+            code_instruction: String::new(),
+            extra_body: BTreeMap::new(),
+            rpm: 0,
+            tpm: 0,
+            max_retries: 8,
+            timeout_s: 600.0,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 60_000,
+            regenerate: None,
+            price_in_per_m: 0.0,
+            price_out_per_m: 0.0,
+            threads: 0,
+            progress: true,
+        }
+    }
 }
-fn default_concurrency() -> usize {
-    64
-}
-fn default_api_key_env() -> String {
-    "OPENAI_API_KEY".into()
-}
-fn default_temperature() -> f64 {
-    0.6
-}
-fn default_top_p() -> f64 {
-    0.95
-}
-fn default_seed() -> Option<u64> {
-    Some(0)
-}
-fn default_math_instruction() -> String {
-    DEFAULT_MATH_INSTRUCTION.into()
-}
-fn default_max_retries() -> u32 {
-    8
-}
-fn default_timeout_s() -> f64 {
-    600.0
-}
-fn default_backoff_base_ms() -> u64 {
-    1000
-}
-fn default_backoff_max_ms() -> u64 {
-    60_000
-}
-fn default_true() -> bool {
-    true
+
+impl crate::config::Settings for CollectConfig {
+    const TABLE: &'static str = "collect";
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, missing) in [
+            ("prompts", self.prompts.as_os_str().is_empty()),
+            ("endpoints", self.endpoints.is_empty()),
+            ("model", self.model.is_empty()),
+            ("out", self.out.as_os_str().is_empty()),
+        ] {
+            if missing {
+                return Err(format!("collect needs `{key}`"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Errors that stop `collect` before or outside the request loop. Per-request failures are
@@ -188,6 +178,8 @@ pub enum CollectError {
     Runtime(std::io::Error),
     #[error("the output writer stopped: {0}")]
     Writer(String),
+    #[error("{dir}: another distill collect is writing here ({holder}); wait for it to finish, or give another --out")]
+    Locked { dir: PathBuf, holder: String },
 }
 
 /// A resolved endpoint.
@@ -641,128 +633,69 @@ fn wanted(done: &HashMap<u64, Done>, regen: Option<Regenerate>, id: &str) -> Opt
     }
 }
 
-/// Runs a collection.
+/// What the prompt reader saw.
+struct ReadCounts {
+    read: u64,
+    rejected: u64,
+    /// Samples of the prompts read that earlier runs already hold.
+    already: u64,
+}
+
+/// The request counters at the end of the run.
+struct StatsSnapshot {
+    failures: u64,
+    retries: u64,
+    attempts: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    latencies: Vec<u64>,
+    failures_by_reason: BTreeMap<String, u64>,
+    retries_by_reason: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            failures: self.failures.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            attempts: self.attempts.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            latencies: std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|e| e.into_inner())),
+            failures_by_reason: self.failures_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            retries_by_reason: self.retries_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+/// Where this run writes, and what earlier runs already hold.
+struct Resumed {
+    /// The directory's lock, held until the run ends (the OS drops it with the process).
+    _lock: std::fs::File,
+    part_no: u32,
+    part_path: PathBuf,
+    done: HashMap<u64, Done>,
+    warnings: Vec<String>,
+}
+
+/// Runs a collection: read the prompts, request what is missing, write it, summarise.
 pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
-    if cfg.endpoints.is_empty() {
-        return Err(CollectError::NoEndpoint);
-    }
-    if cfg.n == 0 || cfg.concurrency == 0 {
-        return Err(CollectError::Config("-n and --concurrency must be at least 1".into()));
-    }
-    if !(cfg.timeout_s > 0.0 && cfg.timeout_s.is_finite()) {
-        return Err(CollectError::Config("--timeout-s must be a positive number of seconds".into()));
-    }
-    let endpoints = cfg.endpoints.iter().map(|e| resolve_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
-    let api_key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
+    let endpoints = check(&cfg)?;
     let started = Instant::now();
-
-    std::fs::create_dir_all(&cfg.out).map_err(|e| StoreError::Io { path: cfg.out.clone(), source: e })?;
-    let mut scan = resume::scan(&cfg.out)?;
-    let mut warnings = std::mem::take(&mut scan.warnings);
-    // Duplicates left by a run killed before it compacted.
-    if !scan.stale_parts.is_empty() {
-        resume::compact(&cfg.out, &scan.stale_parts, &scan.done)?;
-    }
-    let part_no = scan.next_part();
-    let part_path = cfg.out.join(resume::part_name(part_no));
-    let done = Arc::new(std::mem::take(&mut scan.done));
-
-    // Pre-pass: how many samples are wanted (not for stdin, which can be read once).
-    let total = if cfg.prompts == Path::new("-") {
-        None
-    } else {
-        let mut n = 0u64;
-        let mut seen = HashSet::new();
-        for rec in store::open(&cfg.prompts)?.flatten() {
-            let Ok(p) = rec.into_parsed::<Prompt>() else { continue };
-            if !seen.insert(id_key(&p.id)) {
-                continue;
-            }
-            for k in 0..cfg.n {
-                if wanted(&done, cfg.regenerate, &Sample::make_id(&p.id, k)).is_some() {
-                    n += 1;
-                }
-            }
-        }
-        Some(n)
-    };
-    let pb = if cfg.progress {
-        let pb = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}",
-        ) {
-            pb.set_style(style);
-        }
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-
+    let resumed = resume_dir(&cfg)?;
+    let done = Arc::new(resumed.done);
+    let pb = progress_bar(cfg.progress, count_wanted(&cfg, &done)?);
     let (out_tx, out_rx) = std::sync::mpsc::channel::<Out>();
     let writer = {
-        let (pp, fp, pb) = (part_path.clone(), cfg.out.join("rejects-requests.jsonl"), pb.clone());
+        let (pp, fp, pb) = (resumed.part_path.clone(), cfg.out.join("rejects-requests.jsonl"), pb.clone());
         std::thread::spawn(move || writer_thread(pp, fp, out_rx, pb))
     };
-
-    // The prompt reader: streams prompts, rejects bad ones, emits jobs.
-    let (job_tx, mut job_rx) = tokio::sync::mpsc::channel::<Job>(cfg.concurrency * 2 + 64);
+    let (job_tx, job_rx) = tokio::sync::mpsc::channel::<Job>(cfg.concurrency * 2 + 64);
     let reader = {
-        let cfg = cfg.clone();
-        let done = done.clone();
-        std::thread::spawn(move || -> Result<(u64, u64, u64), StoreError> {
-            let mut rejects = RejectsWriter::new(cfg.out.join("rejects-prompts.jsonl"));
-            let (mut read, mut already) = (0u64, 0u64);
-            let mut seen = HashSet::new();
-            for item in store::open(&cfg.prompts)? {
-                let rec = match item {
-                    Ok(r) => r,
-                    Err(e) => {
-                        rejects.reject(&e, None)?;
-                        continue;
-                    }
-                };
-                let value = rec.value.clone();
-                let loc = rec.loc.clone();
-                let p = match rec.into_parsed::<Prompt>() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        rejects.reject(&e, Some(&value))?;
-                        continue;
-                    }
-                };
-                if !seen.insert(id_key(&p.id)) {
-                    let e = StoreError::Schema {
-                        loc,
-                        id: store::IdSuffix(Some(p.id.clone())),
-                        msg: "duplicate prompt id; only its first occurrence is collected".into(),
-                    };
-                    rejects.reject(&e, Some(&value))?;
-                    continue;
-                }
-                read += 1;
-                let messages = build_messages(&cfg, &p);
-                let ctx = Arc::new(PromptCtx { prompt: p, messages });
-                let mut ks = Vec::new();
-                for k in 0..cfg.n {
-                    match wanted(&done, cfg.regenerate, &Sample::make_id(&ctx.prompt.id, k)) {
-                        None => already += 1,
-                        Some(supersedes) => ks.push((k, supersedes)),
-                    }
-                }
-                let jobs: Vec<Vec<(u32, bool)>> =
-                    if cfg.server_n && !ks.is_empty() { vec![ks] } else { ks.into_iter().map(|k| vec![k]).collect() };
-                for ks in jobs {
-                    if job_tx.blocking_send(Job { prompt: ctx.clone(), ks }).is_err() {
-                        return Ok((read, rejects.count, already));
-                    }
-                }
-            }
-            let n = rejects.count;
-            rejects.finish()?;
-            Ok((read, n, already))
-        })
+        let (cfg, done) = (cfg.clone(), done.clone());
+        std::thread::spawn(move || read_prompts(&cfg, &done, job_tx))
     };
-
+    let api_key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
     let ctx = Arc::new(Ctx {
         endpoints,
         client: Client::new(api_key, Duration::from_secs_f64(cfg.timeout_s), cfg.concurrency),
@@ -778,7 +711,166 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
         pb: pb.clone(),
         cfg: cfg.clone(),
     });
+    let requested = request_all(&cfg, ctx.clone(), job_rx)?;
+    let counts = reader.join().map_err(|_| CollectError::Writer("the prompt reader panicked".into()))??;
+    let stats = ctx.stats.snapshot();
+    drop(ctx); // closes the writer's channel
+    let written = writer.join().map_err(|_| CollectError::Writer("the writer panicked".into()))??;
+    pb.finish_and_clear();
+    let superseded = supersede(&cfg, done, resumed.part_no, &written)?;
+    let part = (written.written > 0).then(|| resume::part_name(resumed.part_no));
+    let summary = summarise(&cfg, part, counts, requested, &written, superseded, stats, resumed.warnings, started);
+    let text = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    store::write_atomic(&cfg.out.join("summary.json"), &text)?;
+    Ok(Report { summary })
+}
 
+/// Refuses settings the run cannot work with; resolves the endpoints.
+fn check(cfg: &CollectConfig) -> Result<Vec<Endpoint>, CollectError> {
+    if cfg.endpoints.is_empty() {
+        return Err(CollectError::NoEndpoint);
+    }
+    if cfg.n == 0 || cfg.concurrency == 0 {
+        return Err(CollectError::Config("-n and --concurrency must be at least 1".into()));
+    }
+    if !(cfg.timeout_s > 0.0 && cfg.timeout_s.is_finite()) {
+        return Err(CollectError::Config("--timeout-s must be a positive number of seconds".into()));
+    }
+    cfg.endpoints.iter().map(|e| resolve_endpoint(e)).collect()
+}
+
+/// Scans the output directory's parts (compacting duplicates a killed run left) and names
+/// this run's part.
+fn resume_dir(cfg: &CollectConfig) -> Result<Resumed, CollectError> {
+    std::fs::create_dir_all(&cfg.out).map_err(|e| StoreError::Io { path: cfg.out.clone(), source: e })?;
+    let lock = lock_dir(&cfg.out)?;
+    let mut scan = resume::scan(&cfg.out)?;
+    let warnings = std::mem::take(&mut scan.warnings);
+    if !scan.stale_parts.is_empty() {
+        resume::compact(&cfg.out, &scan.stale_parts, &scan.done)?;
+    }
+    let part_no = scan.next_part();
+    Ok(Resumed {
+        _lock: lock,
+        part_no,
+        part_path: cfg.out.join(resume::part_name(part_no)),
+        done: std::mem::take(&mut scan.done),
+        warnings,
+    })
+}
+
+/// Takes the exclusive lock of an output directory (`DIR/.lock`, an OS file lock that dies with
+/// the process, so a killed run never leaves a stale lock); a second collect there is refused.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, CollectError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    let path = dir.join(".lock");
+    let io = |e| CollectError::Store(StoreError::Io { path: path.clone(), source: e });
+    let mut f =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared with the kernel.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "a running process".to_string(),
+            pid => format!("process {pid}"),
+        };
+        return Err(CollectError::Locked { dir: dir.to_path_buf(), holder });
+    }
+    f.set_len(0).map_err(io)?;
+    f.rewind().map_err(io)?;
+    write!(f, "{}", std::process::id()).map_err(io)?;
+    Ok(f)
+}
+
+/// How many samples are wanted, for the progress bar (not for stdin, which can be read once).
+fn count_wanted(cfg: &CollectConfig, done: &HashMap<u64, Done>) -> Result<Option<u64>, CollectError> {
+    if cfg.prompts == Path::new("-") {
+        return Ok(None);
+    }
+    let mut n = 0u64;
+    let mut seen = HashSet::new();
+    for rec in store::open(&cfg.prompts)?.flatten() {
+        let Ok(p) = rec.into_parsed::<Prompt>() else { continue };
+        if !seen.insert(id_key(&p.id)) {
+            continue;
+        }
+        for k in 0..cfg.n {
+            if wanted(done, cfg.regenerate, &Sample::make_id(&p.id, k)).is_some() {
+                n += 1;
+            }
+        }
+    }
+    Ok(Some(n))
+}
+
+fn progress_bar(show: bool, total: Option<u64>) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// Streams the prompts, rejects bad ones (`rejects-prompts.jsonl`), and sends a job per
+/// missing sample (or per prompt, with `server_n`).
+fn read_prompts(
+    cfg: &CollectConfig,
+    done: &HashMap<u64, Done>,
+    job_tx: tokio::sync::mpsc::Sender<Job>,
+) -> Result<ReadCounts, StoreError> {
+    let rejects = Rejects::new("collect", cfg.out.join("rejects-prompts.jsonl"));
+    let mut input = Lenient::open(&cfg.prompts, rejects)?;
+    let (mut read, mut already) = (0u64, 0u64);
+    let mut seen = HashSet::new();
+    while let Some(item) = input.next_record() {
+        let rec = item?;
+        let p = match rec.parse::<Prompt>() {
+            Ok(p) => p,
+            Err(e) => {
+                input.rejects.reject(e, Some(&rec.value))?;
+                continue;
+            }
+        };
+        if !seen.insert(id_key(&p.id)) {
+            input.rejects.reject_record(&rec, "duplicate prompt id; only its first occurrence is collected")?;
+            continue;
+        }
+        read += 1;
+        let messages = build_messages(cfg, &p);
+        let ctx = Arc::new(PromptCtx { prompt: p, messages });
+        let mut ks = Vec::new();
+        for k in 0..cfg.n {
+            match wanted(done, cfg.regenerate, &Sample::make_id(&ctx.prompt.id, k)) {
+                None => already += 1,
+                Some(supersedes) => ks.push((k, supersedes)),
+            }
+        }
+        let jobs: Vec<Vec<(u32, bool)>> =
+            if cfg.server_n && !ks.is_empty() { vec![ks] } else { ks.into_iter().map(|k| vec![k]).collect() };
+        for ks in jobs {
+            if job_tx.blocking_send(Job { prompt: ctx.clone(), ks }).is_err() {
+                let rejected = input.rejects.count();
+                return Ok(ReadCounts { read, rejected, already });
+            }
+        }
+    }
+    let rejected = input.rejects.finish()?;
+    Ok(ReadCounts { read, rejected, already })
+}
+
+/// Runs every job with at most `concurrency` in flight; returns how many samples were requested.
+fn request_all(
+    cfg: &CollectConfig,
+    ctx: Arc<Ctx>,
+    mut job_rx: tokio::sync::mpsc::Receiver<Job>,
+) -> Result<u64, CollectError> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if cfg.threads > 0 {
         rt.worker_threads(cfg.threads);
@@ -818,70 +910,71 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
         requested
     });
     drop(rt);
-    let (prompts_read, prompts_rejected, already) =
-        reader.join().map_err(|_| CollectError::Writer("the prompt reader panicked".into()))??;
-    let stats_snapshot = {
-        let s = &ctx.stats;
-        (
-            s.failures.load(Ordering::Relaxed),
-            s.retries.load(Ordering::Relaxed),
-            s.attempts.load(Ordering::Relaxed),
-            s.prompt_tokens.load(Ordering::Relaxed),
-            s.completion_tokens.load(Ordering::Relaxed),
-            std::mem::take(&mut *s.latencies.lock().unwrap_or_else(|e| e.into_inner())),
-            s.failures_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            s.retries_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        )
-    };
-    drop(ctx); // closes the writer's channel
-    let wres = writer.join().map_err(|_| CollectError::Writer("the writer panicked".into()))??;
-    pb.finish_and_clear();
+    Ok(requested)
+}
 
-    // Supersede: later part wins; rewrite the older parts that held the replaced records.
-    let mut superseded_count = 0;
-    if !wres.superseded.is_empty() {
-        let mut done = Arc::try_unwrap(done).unwrap_or_else(|a| (*a).clone());
-        let mut stale = BTreeSet::new();
-        for key in &wres.superseded {
-            if let Some(d) = done.get_mut(key) {
-                stale.insert(d.part);
-                *d = Done { part: part_no, truncated: false };
-            }
-        }
-        superseded_count = resume::compact(&cfg.out, &stale, &done)?;
+/// The later part wins: rewrites the older parts that held records this run replaced.
+fn supersede(
+    cfg: &CollectConfig,
+    done: Arc<HashMap<u64, Done>>,
+    part_no: u32,
+    written: &WriterResult,
+) -> Result<u64, CollectError> {
+    if written.superseded.is_empty() {
+        return Ok(0);
     }
+    let mut done = Arc::try_unwrap(done).unwrap_or_else(|a| (*a).clone());
+    let mut stale = BTreeSet::new();
+    for key in &written.superseded {
+        if let Some(d) = done.get_mut(key) {
+            stale.insert(d.part);
+            *d = Done { part: part_no, truncated: false };
+        }
+    }
+    Ok(resume::compact(&cfg.out, &stale, &done)?)
+}
 
-    let (failures, retries, attempts, tin, tout, lat, fbr, rbr) = stats_snapshot;
+/// The run's `summary.json`.
+#[allow(clippy::too_many_arguments)]
+fn summarise(
+    cfg: &CollectConfig,
+    part: Option<String>,
+    counts: ReadCounts,
+    requested: u64,
+    written: &WriterResult,
+    superseded: u64,
+    stats: StatsSnapshot,
+    mut warnings: Vec<String>,
+    started: Instant,
+) -> Summary {
     let wall = started.elapsed().as_secs_f64();
     warnings.truncate(20);
-    let summary = Summary {
+    let (tin, tout) = (stats.prompt_tokens, stats.completion_tokens);
+    Summary {
         model: cfg.model.clone(),
         endpoints: cfg.endpoints.clone(),
-        part: (wres.written > 0).then(|| resume::part_name(part_no)),
-        prompts_read,
-        prompts_rejected,
-        samples_wanted: prompts_read * u64::from(cfg.n),
-        samples_already_done: already,
+        part,
+        prompts_read: counts.read,
+        prompts_rejected: counts.rejected,
+        samples_wanted: counts.read * u64::from(cfg.n),
+        samples_already_done: counts.already,
         samples_requested: requested,
-        samples_written: wres.written,
-        samples_superseded: superseded_count,
-        failures,
-        failures_by_reason: fbr,
-        retries,
-        retries_by_reason: rbr,
-        http_attempts: attempts,
+        samples_written: written.written,
+        samples_superseded: superseded,
+        failures: stats.failures,
+        failures_by_reason: stats.failures_by_reason,
+        retries: stats.retries,
+        retries_by_reason: stats.retries_by_reason,
+        http_attempts: stats.attempts,
         prompt_tokens: tin,
         completion_tokens: tout,
         cost_usd: tin as f64 * cfg.price_in_per_m / 1e6 + tout as f64 * cfg.price_out_per_m / 1e6,
-        latency_ms: Latency::of(lat),
+        latency_ms: Latency::of(stats.latencies),
         wall_s: wall,
-        requests_per_s: wres.written as f64 / wall.max(1e-9),
+        requests_per_s: written.written as f64 / wall.max(1e-9),
         completion_tokens_per_s: tout as f64 / wall.max(1e-9),
         warnings,
-    };
-    let text = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-    store::write_atomic(&cfg.out.join("summary.json"), &text)?;
-    Ok(Report { summary })
+    }
 }
 
 #[cfg(test)]

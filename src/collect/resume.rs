@@ -49,7 +49,7 @@ pub struct Scan {
     pub done: HashMap<u64, Done>,
     /// The parts found, in order.
     pub parts: Vec<u32>,
-    /// Parts holding records that a later part superseded.
+    /// Parts to rewrite: holding records that a later part superseded, or torn by a kill.
     pub stale_parts: BTreeSet<u32>,
     /// Warnings (torn tails, unreadable lines) to show the user.
     pub warnings: Vec<String>,
@@ -95,6 +95,11 @@ pub fn scan(dir: &Path) -> Result<Scan, StoreError> {
             let rec = match item {
                 Ok(r) => r,
                 Err(e) => {
+                    // A part whose writer was killed ends in an unfinished zstd frame: distill
+                    // reads past it, standard tools do not. Rewrite it as a closed file.
+                    if e.is_torn_tail() {
+                        s.stale_parts.insert(p);
+                    }
                     s.warnings.push(e.to_string());
                     continue;
                 }

@@ -18,40 +18,56 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::record::{Prompt, Sample, SftExample};
-use crate::store::{self, RawRecord, RejectsWriter, StoreError};
+use crate::store::{self, Lenient, RawRecord, Rejects, StoreError};
 use stats::{Counter, Dist, texts, verdict_key};
 
 /// Settings of `distill inspect`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InspectConfig {
     /// Record file, shard directory, or `-` for standard input.
     pub path: PathBuf,
     /// Print machine-readable statistics.
-    #[serde(default)]
     pub json: bool,
     /// Pretty-print this many records, chosen evenly at random with `seed`.
-    #[serde(default)]
     pub sample: usize,
     /// Pretty-print the record with this id.
-    #[serde(default)]
     pub id: Option<String>,
     /// Also count tokens with this `tokenizer.json`.
-    #[serde(default)]
     pub tokenizer: Option<PathBuf>,
     /// Continue past invalid records, writing them to `rejects`.
-    #[serde(default)]
     pub skip_invalid: bool,
-    #[serde(default = "default_rejects")]
     pub rejects: PathBuf,
     /// Print whole texts instead of eliding long ones.
-    #[serde(default)]
     pub full: bool,
-    #[serde(default)]
     pub seed: u64,
 }
 
-fn default_rejects() -> PathBuf {
-    PathBuf::from("distill-rejects.jsonl")
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            path: PathBuf::new(),
+            json: false,
+            sample: 0,
+            id: None,
+            tokenizer: None,
+            skip_invalid: false,
+            rejects: PathBuf::from("distill-rejects.jsonl"),
+            full: false,
+            seed: 0,
+        }
+    }
+}
+
+impl crate::config::Settings for InspectConfig {
+    const TABLE: &'static str = "inspect";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("inspect needs `path` (a record file, a directory of shards, or - for stdin)".into());
+        }
+        Ok(())
+    }
 }
 
 /// Errors of `inspect`.
@@ -84,17 +100,17 @@ pub struct Report {
 const FIELDS: [&str; 3] = ["prompt", "reasoning", "answer"];
 
 /// Checks a record against the schema of its kind, guessed from its fields.
-fn validate(rec: RawRecord) -> Result<(), StoreError> {
+fn validate(rec: &RawRecord) -> Result<(), StoreError> {
     let m = &rec.value;
     if m.contains_key("messages") && !m.contains_key("prompt") {
-        rec.into_parsed::<SftExample>().map(drop)
+        rec.parse::<SftExample>().map(drop)
     } else if m.contains_key("prompt_id") {
-        rec.into_parsed::<Sample>().map(drop)
+        rec.parse::<Sample>().map(drop)
     } else if m.contains_key("prompt") {
-        rec.into_parsed::<Prompt>().map(drop)
+        rec.parse::<Prompt>().map(drop)
     } else if rec.id().is_none() {
         Err(StoreError::Schema {
-            loc: rec.loc,
+            loc: rec.loc.clone(),
             id: store::IdSuffix(None),
             msg: "missing field `id`: every record needs an id (and a prompt, or messages)".into(),
         })
@@ -137,24 +153,13 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
         None => None,
     };
     let mut report = Report { tokens: tokenizer.as_ref().map(|_| Default::default()), ..Report::default() };
-    let mut rejects = RejectsWriter::new(cfg.rejects.clone());
+    // inspect stops at the first bad record unless asked to skip them.
+    let limit = (!cfg.skip_invalid).then_some(0);
+    let mut input = Lenient::open(&cfg.path, Rejects::new("inspect", cfg.rejects.clone()).with_limit(limit))?;
     let mut rng = crate::rng::SplitMix(cfg.seed ^ 0x5EED);
     let mut tok_batch: TokBatch = Vec::new();
-    for item in store::open(&cfg.path)? {
-        let rec = match item {
-            Ok(rec) => rec,
-            Err(e) if e.is_torn_tail() => {
-                eprintln!("warning: {e}");
-                report.torn_tails.push(e.to_string());
-                continue;
-            }
-            Err(e) if cfg.skip_invalid => {
-                rejects.reject(&e, None)?;
-                report.invalid += 1;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
+    while let Some(item) = input.next_record() {
+        let rec = item?;
         let m = &rec.value;
         let t = texts(m);
         for (i, s) in [t.prompt, t.reasoning, t.answer].iter().enumerate() {
@@ -178,7 +183,7 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
         let keep = match &cfg.id {
             Some(id) => rec.id().as_deref() == Some(id.as_str()),
             None if cfg.sample > 0 => {
-                let seen = report.records + report.invalid + 1;
+                let seen = report.records + input.rejects.count() + 1;
                 if report.shown.len() < cfg.sample {
                     true
                 } else {
@@ -194,19 +199,14 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
             None => false,
         };
         let copy = keep.then(|| rec.value.clone());
-        let original = cfg.skip_invalid.then(|| rec.value.clone());
-        match validate(rec) {
+        match validate(&rec) {
             Ok(()) => {
                 report.records += 1;
                 if let Some(c) = copy {
                     report.shown.push(c);
                 }
             }
-            Err(e) if cfg.skip_invalid => {
-                rejects.reject(&e, original.as_ref())?;
-                report.invalid += 1;
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => input.rejects.reject(e, Some(&rec.value))?,
         }
         if let (Some(tok), Some(d)) = (tokenizer.as_ref(), report.tokens.as_mut())
             && tok_batch.len() >= 512
@@ -217,10 +217,12 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
     if let (Some(tok), Some(d)) = (tokenizer.as_ref(), report.tokens.as_mut()) {
         count_tokens(tok, &mut tok_batch, d);
     }
-    if rejects.count > 0 {
-        report.rejects_path = Some(rejects.path().to_path_buf());
+    report.torn_tails = std::mem::take(&mut input.torn_tails);
+    report.invalid = input.rejects.count();
+    if report.invalid > 0 {
+        report.rejects_path = Some(input.rejects.path().to_path_buf());
     }
-    rejects.finish()?;
+    input.rejects.finish()?;
     if let Some(id) = &cfg.id
         && report.shown.is_empty()
     {
@@ -330,7 +332,7 @@ mod tests {
         ];
         for (v, want) in cases {
             let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc.clone() };
-            let got = validate(rec).err().map(|e| e.to_string());
+            let got = validate(&rec).err().map(|e| e.to_string());
             match want {
                 None => assert!(got.is_none(), "{v}: {got:?}"),
                 Some(w) => {

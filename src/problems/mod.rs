@@ -32,13 +32,38 @@ pub enum ProblemKind {
 
 /// Settings of `distill problems`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProblemsConfig {
-    pub kind: ProblemKind,
+    /// `math` or `code`; required.
+    pub kind: Option<ProblemKind>,
+    /// How many problems; required.
     pub count: u64,
-    #[serde(default)]
     pub seed: u64,
     /// Output file (.jsonl, .jsonl.zst or .parquet).
     pub out: PathBuf,
+}
+
+impl Default for ProblemsConfig {
+    fn default() -> Self {
+        ProblemsConfig { kind: None, count: 0, seed: 0, out: PathBuf::new() }
+    }
+}
+
+impl crate::config::Settings for ProblemsConfig {
+    const TABLE: &'static str = "problems";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.kind.is_none() {
+            return Err("problems needs `kind` (math or code)".into());
+        }
+        if self.count == 0 {
+            return Err("problems needs `count` (at least 1)".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err("problems needs `out` (a .jsonl, .jsonl.zst or .parquet file)".into());
+        }
+        Ok(())
+    }
 }
 
 /// Errors of `problems`.
@@ -135,9 +160,10 @@ pub fn solve(text: &str) -> Option<Solved> {
 
 /// Writes `count` problems to `out`; returns how many were written.
 pub fn generate(cfg: &ProblemsConfig) -> Result<u64, ProblemsError> {
+    let kind = cfg.kind.unwrap_or(ProblemKind::Math);
     let mut sink = store::create(&cfg.out)?;
     for i in 0..cfg.count {
-        let p = problem(cfg.kind, cfg.seed, i);
+        let p = problem(kind, cfg.seed, i);
         let v =
             serde_json::to_value(&p).map_err(|e| ProblemsError::Serialise { id: p.id.clone(), msg: e.to_string() })?;
         sink.write_value(&v)?;

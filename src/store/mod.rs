@@ -11,6 +11,7 @@
 
 mod jsonl;
 mod parquet;
+mod rejects;
 mod shard;
 
 use std::fmt;
@@ -25,6 +26,10 @@ use serde_json::{Map, Value};
 
 pub use jsonl::{Durability, JsonlWriter};
 pub use parquet::ParquetWriter;
+pub use rejects::{Lenient, Rejects};
+
+/// The rejects file of commands that write no output directory, in the working directory.
+pub const DEFAULT_REJECTS: &str = "distill-rejects.jsonl";
 pub use shard::{Manifest, ShardInfo, ShardedWriter};
 
 /// A record file's format, chosen by its extension.

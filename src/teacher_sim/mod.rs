@@ -118,42 +118,42 @@ impl Faults {
 
 /// Settings of `distill teacher-sim`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
-    #[serde(default = "default_host")]
     pub host: String,
     /// 0 picks a free port; the address is printed on the first line of stdout.
     pub port: u16,
-    #[serde(default)]
     pub seed: u64,
-    #[serde(default)]
     pub faults: Faults,
-    #[serde(default = "default_shape")]
     pub shape: Shape,
     /// Delay of every response, in milliseconds.
-    #[serde(default)]
     pub latency_ms: u64,
     /// Delay of the `slow` fault, in milliseconds.
-    #[serde(default = "default_slow_ms")]
     pub slow_ms: u64,
     /// `Retry-After` seconds sent with 429s.
-    #[serde(default = "default_retry_after")]
     pub retry_after_s: u64,
     /// Runtime worker threads (0: one per core).
-    #[serde(default)]
     pub threads: usize,
 }
 
-fn default_host() -> String {
-    "127.0.0.1".into()
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            seed: 0,
+            faults: Faults::default(),
+            shape: Shape::Inline,
+            latency_ms: 0,
+            slow_ms: 3000,
+            retry_after_s: 1,
+            threads: 0,
+        }
+    }
 }
-fn default_shape() -> Shape {
-    Shape::Inline
-}
-fn default_slow_ms() -> u64 {
-    3000
-}
-fn default_retry_after() -> u64 {
-    1
+
+impl crate::config::Settings for SimConfig {
+    const TABLE: &'static str = "teacher_sim";
 }
 
 /// Errors of the simulator.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{self, RawRecord, RecordReader, StoreError};
+use crate::store::{self, RawRecord, RecordReader, Rejects, StoreError};
 
 /// Errors of the data pipeline that stop a run (bad records are counted, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -426,6 +426,8 @@ pub struct Loader<'a> {
     pub stats: DataStats,
     /// Up to 100 skipped records with their reasons (the stats count all of them).
     pub skipped: Vec<Skipped>,
+    /// Where invalid records are rejected (the planning pass sets it: each record once).
+    pub rejects: Option<Rejects>,
 }
 
 impl<'a> Loader<'a> {
@@ -437,7 +439,17 @@ impl<'a> Loader<'a> {
                 break;
             }
         }
-        Loader { files, cfg, encoder, stream, pos, pending: None, stats: DataStats::default(), skipped: Vec::new() }
+        Loader {
+            files,
+            cfg,
+            encoder,
+            stream,
+            pos,
+            pending: None,
+            stats: DataStats::default(),
+            skipped: Vec::new(),
+            rejects: None,
+        }
     }
 
     pub fn position(&self) -> Position {
@@ -465,6 +477,11 @@ impl<'a> Loader<'a> {
                 Err(e) => {
                     self.stats.invalid += 1;
                     self.skip(e.loc().map(|l| l.to_string()).unwrap_or_default(), e.to_string());
+                    if let Some(r) = self.rejects.as_mut()
+                        && let Err(w) = r.reject(e, None)
+                    {
+                        eprintln!("warning: {w}");
+                    }
                 }
                 Ok(rec) => {
                     self.stats.records += 1;
@@ -473,6 +490,11 @@ impl<'a> Loader<'a> {
                         Err(msg) => {
                             self.stats.untokenizable += 1;
                             self.skip(rec.loc.to_string(), format!("(id {id}) {msg}"));
+                            if let Some(r) = self.rejects.as_mut()
+                                && let Err(w) = r.reject_record(&rec, msg)
+                            {
+                                eprintln!("warning: {w}");
+                            }
                         }
                         Ok(enc) => {
                             if let Some(s) = prepare(id, enc, &self.cfg, &mut self.stats) {

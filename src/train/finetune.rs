@@ -6,13 +6,11 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::data::{DataConfig, Encode, Encoded};
-use super::model::{LoraConfig, Model, ModelError};
-use super::optim::AdamWConfig;
-use super::schedule::ScheduleKind;
+use super::data::{Encode, Encoded};
 use super::student::Student;
-use super::tokenize::{ChatTokenizer, TokenizeError};
-use super::trainer::{self, Report, TrainError};
+use super::trainer::{self, Report, TrainConfig, TrainError};
+use crate::model::chat::{ChatTokenizer, TokenizeError};
+use crate::model::{Checkpointing, LoraConfig, Model, ModelError};
 
 /// Errors of `distill finetune`.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +66,7 @@ impl Encode for ChatEncoder {
 
 /// Loads the student and its tokenizer and trains it as `cfg` says.
 pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
-    super::keep_freed_memory();
+    crate::model::keep_freed_memory();
     // f32 weights on either device: the CPU path uses the fused optimiser, a GPU the
     // optimiser's tensor path.
     let (device, dtype) = (parse_device(&cfg.device)?, DType::F32);
@@ -81,10 +79,10 @@ pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
         model.add_lora(l).map_err(model_err)?;
     }
     model.checkpoint_layers = cfg.checkpoint_layers;
-    let mut student = Student { model, base: cfg.model.clone(), seed: cfg.loader.seed, save_dtype: dtype };
-    let report = trainer::train(cfg, &mut student, &ChatEncoder(tokenizer))?;
+    let mut student = Student { model, base: cfg.model.clone(), seed: cfg.train.loader.seed, save_dtype: dtype };
+    let report = trainer::train(&cfg.train, &mut student, &ChatEncoder(tokenizer))?;
     if cfg.lora.is_some() {
-        let dir = cfg.out.join("adapter");
+        let dir = cfg.train.out.join("adapter");
         student
             .model
             .save_adapter(&dir, &cfg.model.to_string_lossy())
@@ -93,123 +91,79 @@ pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
     Ok(report)
 }
 
-/// A number of layers in TOML: an integer, or `"all"` (`usize::MAX`).
-pub mod layer_count {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
-        match i64::try_from(*n) {
-            Ok(v) if *n != usize::MAX => s.serialize_i64(v),
-            _ => s.serialize_str("all"),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Count(u64),
-            Word(String),
-        }
-        match Repr::deserialize(d)? {
-            Repr::Count(n) => usize::try_from(n).map_err(serde::de::Error::custom),
-            Repr::Word(w) if w == "all" => Ok(usize::MAX),
-            Repr::Word(w) => {
-                Err(serde::de::Error::custom(format!("expected a number of layers or \"all\", not \"{w}\"")))
-            }
-        }
-    }
-
-    /// The command line's form: a number or `all`.
-    pub fn parse(s: &str) -> Result<usize, String> {
-        if s == "all" {
-            return Ok(usize::MAX);
-        }
-        s.parse().map_err(|_| format!("expected a number of layers or `all`, not `{s}`"))
-    }
-}
-
 /// The default peak learning rate of full fine-tuning (open-r1's distillation recipes).
-pub const FULL_LR: f64 = 4e-5;
+pub const FULL_LR: f64 = trainer::DEFAULT_LR;
 /// The default peak learning rate with LoRA adapters.
 pub const LORA_LR: f64 = 2e-4;
 
-/// Everything `distill finetune` needs, resolved from flags (and a recipe's `[finetune]` table).
+/// Everything `distill finetune` needs: the student and how it is trained (the recipe's
+/// `[finetune]` table). The training loop's own settings are [`TrainConfig`], kept flat in the
+/// table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct FinetuneConfig {
     /// The student: a Hugging Face model directory.
     pub model: PathBuf,
-    /// The corpus: a file or directory of SFT example shards (`train-*`, `validation-*`).
-    pub data: PathBuf,
-    /// Checkpoints, `metrics.jsonl`, `loss.png` and the final model (`final/`) go here.
-    pub out: PathBuf,
-    /// Validation records, when not the corpus's `validation-*` files.
-    pub eval_data: Option<PathBuf>,
-    pub epochs: u64,
-    /// Stop after this many optimizer steps (also the schedule's length when set).
-    pub max_steps: Option<u64>,
-    /// Peak learning rate.
-    pub lr: f64,
-    pub schedule: ScheduleKind,
-    /// Warmup as a share of all steps (rounded up).
-    pub warmup_ratio: f64,
-    /// The learning rate the decay ends at, as a share of the peak.
-    pub min_lr_ratio: f64,
-    /// Global gradient-norm clipping (0: off).
-    pub max_grad_norm: f64,
-    pub optim: AdamWConfig,
-    pub loader: DataConfig,
+    #[serde(flatten)]
+    pub train: TrainConfig,
     /// LoRA adapters (rank, alpha, dropout, targets, seed); absent: full fine-tuning. The final
-    /// model (`final/`) has them merged; `adapter/` holds them in PEFT's layout.
+    /// model (`final/`) has them merged; `adapter/` holds them in PEFT's layout. Alpha defaults
+    /// to 2 × rank and the seed to `seed`.
     pub lora: Option<LoraConfig>,
-    /// Validation loss every this many steps (and at the end; 0: only at the end).
-    pub eval_every: u64,
-    /// At most this many validation samples (0: all).
-    pub eval_max_samples: usize,
-    /// A checkpoint every this many steps (and at the end; 0: only at the end).
-    pub save_every: u64,
-    /// Checkpoints kept (the newest; 0: all).
-    pub keep_last: usize,
-    /// Continue from the newest checkpoint in `out`.
-    pub resume: bool,
-    /// Show the progress bar (when stderr is a terminal).
-    pub progress: bool,
     /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
     pub device: String,
     /// Per-layer activation checkpointing: this many layers (the first ones; `"all"`) keep
     /// only their input in the forward pass and are recomputed during backward (less memory
     /// for long sequences, more compute); 0 = off.
-    #[serde(with = "layer_count")]
-    pub checkpoint_layers: usize,
+    pub checkpoint_layers: Checkpointing,
 }
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
             model: PathBuf::new(),
-            data: PathBuf::new(),
-            out: PathBuf::new(),
-            eval_data: None,
-            epochs: 3,
-            max_steps: None,
-            lr: FULL_LR,
-            schedule: ScheduleKind::Cosine,
-            warmup_ratio: 0.03,
-            min_lr_ratio: 0.1,
-            max_grad_norm: 1.0,
-            optim: AdamWConfig::default(),
-            loader: DataConfig::default(),
+            train: TrainConfig::default(),
             lora: None,
-            eval_every: 50,
-            eval_max_samples: 0,
-            save_every: 100,
-            keep_last: 2,
-            resume: false,
-            progress: true,
             device: "cpu".into(),
-            checkpoint_layers: 0,
+            checkpoint_layers: Checkpointing::Off,
         }
+    }
+}
+
+impl crate::config::Settings for FinetuneConfig {
+    const TABLE: &'static str = "finetune";
+
+    fn derive(&mut self, origins: &mut crate::config::Origins) {
+        let seed = self.train.loader.seed;
+        if let Some(l) = self.lora.as_mut() {
+            if !origins.is_set("lora.alpha") {
+                l.alpha = 2.0 * l.rank as f64;
+                origins.derived("lora.alpha", "2 x lora.rank");
+            }
+            if !origins.is_set("lora.seed") {
+                l.seed = seed;
+                origins.derived("lora.seed", "loader.seed");
+            }
+        }
+        if !origins.is_set("lr") {
+            self.train.lr = if self.lora.is_some() { LORA_LR } else { FULL_LR };
+            if self.lora.is_some() {
+                origins.derived("lr", "the LoRA default");
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (what, p, key) in [
+            ("the student", &self.model, "model"),
+            ("the corpus", &self.train.data, "data"),
+            ("the output", &self.train.out, "out"),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(format!("finetune needs {what}: set `{key}`"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -219,17 +173,20 @@ mod tests {
 
     #[test]
     fn round_trips_through_toml_and_accepts_a_partial_table() {
-        let cfg = FinetuneConfig { lora: Some(LoraConfig::default()), max_steps: Some(7), ..Default::default() };
+        let mut cfg = FinetuneConfig { lora: Some(LoraConfig::default()), ..Default::default() };
+        cfg.train.max_steps = Some(7);
         let text = toml::to_string(&cfg).unwrap();
         let back: FinetuneConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, cfg);
         let partial: FinetuneConfig =
             toml::from_str("lr = 1e-4\n[loader]\nmax_seq_len = 512\n[lora]\nrank = 8\n").unwrap();
-        assert_eq!(partial.lr, 1e-4);
-        assert_eq!(partial.loader.max_seq_len, 512);
-        assert_eq!(partial.loader.tokens_per_step, DataConfig::default().tokens_per_step);
+        assert_eq!(partial.train.lr, 1e-4);
+        assert_eq!(partial.train.loader.max_seq_len, 512);
+        assert_eq!(partial.train.loader.tokens_per_step, super::super::data::DataConfig::default().tokens_per_step);
         assert_eq!(partial.lora.as_ref().map(|l| (l.rank, l.alpha)), Some((8, 32.0)));
-        assert!(toml::from_str::<FinetuneConfig>("learning_rate = 1.0").is_err(), "unknown keys are refused");
+        let layers = crate::config::Layers { sets: vec!["learning_rate=1.0".into()], ..Default::default() };
+        let e = crate::config::resolve::<FinetuneConfig>(&layers).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("unknown field `learning_rate`"), "unknown keys are refused: {e}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The decoder of [`super::model`] as a [`Trainable`] for the trainer: packed sequences become a
+//! The decoder of [`crate::model`] as a [`Trainable`] for the trainer: packed sequences become a
 //! [`SeqLayout`] (positions restart per sample, attention inside each sample), checkpoints are
 //! the Hugging Face model (full fine-tuning) or the PEFT adapter (LoRA), and the final export
 //! is always a complete model directory (LoRA merged).
@@ -10,8 +10,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::data::Sequence;
-use super::model::{Model, SeqLayout, lora};
 use super::trainer::Trainable;
+use crate::model::{Model, SeqLayout, lora};
 
 /// A student being fine-tuned.
 pub struct Student {

@@ -1,7 +1,7 @@
 //! The training loop: steps of packed sequences, gradient accumulation, clipping, AdamW, the
 //! schedule, validation, metrics, checkpoints and resume.
 //!
-//! In: a [`Trainable`] model, an [`Encode`]r for the corpus records and a [`FinetuneConfig`].
+//! In: a [`Trainable`] model, an [`Encode`]r for the corpus records and a [`TrainConfig`].
 //! Out: under `cfg.out`: `checkpoint-STEP/` (see [`super::checkpoint`]), `metrics.jsonl` (one
 //! line per step: step, epoch, loss, eval_loss on evaluation steps, lr, grad_norm, tokens,
 //! tokens_per_s, wall_s), `loss.png` (redrawn at each evaluation) and `final/`.
@@ -18,12 +18,77 @@ use candle_core::{Tensor, Var};
 use serde_json::{Value, json};
 
 use super::checkpoint::{self, CheckpointError, TrainerState};
-use super::data::{self, DataError, DataStats, Encode, Loader, Position, Sequence, Skipped};
-use super::finetune::FinetuneConfig;
-use super::optim::{self, AdamW, OptimError};
+use super::data::{self, DataError, DataStats, Encode, Loader, Position, Sequence, Skipped, Step};
+use super::optim::{self, AdamW, AdamWConfig, OptimError};
 use super::plot;
-use super::schedule::{self, Schedule};
+use super::schedule::{self, Schedule, ScheduleKind};
 use crate::store::{self, Durability, JsonlWriter, RecordSink as _, StoreError};
+
+/// The default peak learning rate (full fine-tuning, as open-r1's distillation recipes).
+pub const DEFAULT_LR: f64 = 4e-5;
+
+/// The training loop's settings: data, schedule, optimiser, evaluation and checkpoints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The corpus: a file or directory of SFT example shards (`train-*`, `validation-*`).
+    pub data: PathBuf,
+    /// Checkpoints, `metrics.jsonl`, `loss.png` and the final model (`final/`) go here.
+    pub out: PathBuf,
+    /// Validation records, when not the corpus's `validation-*` files.
+    pub eval_data: Option<PathBuf>,
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (also the schedule's length when set).
+    pub max_steps: Option<u64>,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    /// Warmup as a share of all steps (rounded up).
+    pub warmup_ratio: f64,
+    /// The learning rate the decay ends at, as a share of the peak.
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clipping (0: off).
+    pub max_grad_norm: f64,
+    pub optim: AdamWConfig,
+    pub loader: data::DataConfig,
+    /// Validation loss every this many steps (and at the end; 0: only at the end).
+    pub eval_every: u64,
+    /// At most this many validation samples (0: all).
+    pub eval_max_samples: usize,
+    /// A checkpoint every this many steps (and at the end; 0: only at the end).
+    pub save_every: u64,
+    /// Checkpoints kept (the newest; 0: all).
+    pub keep_last: usize,
+    /// Continue from the newest checkpoint in `out`.
+    pub resume: bool,
+    /// Show the progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            eval_data: None,
+            epochs: 3,
+            max_steps: None,
+            lr: DEFAULT_LR,
+            schedule: ScheduleKind::Cosine,
+            warmup_ratio: 0.03,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+            optim: AdamWConfig::default(),
+            loader: data::DataConfig::default(),
+            eval_every: 50,
+            eval_max_samples: 0,
+            save_every: 100,
+            keep_last: 2,
+            resume: false,
+            progress: true,
+        }
+    }
+}
 
 /// A model the trainer can train.
 pub trait Trainable {
@@ -100,6 +165,10 @@ pub struct Report {
     pub train_stats: DataStats,
     pub eval_stats: DataStats,
     pub skipped: Vec<Skipped>,
+    /// Records rejected (invalid or untokenizable), written to `OUT/rejects.jsonl`.
+    pub rejected: u64,
+    /// Why the run ended.
+    pub stop: Stop,
     pub final_dir: PathBuf,
     pub wall_s: f64,
 }
@@ -129,8 +198,9 @@ impl Report {
 
 /// The total number of steps the schedule spans, and the train split's counts from a
 /// dry pass over one epoch (what `--max-seq-len` drops or truncates is reported up front).
-pub fn plan(cfg: &FinetuneConfig, files: &[PathBuf], enc: &dyn Encode) -> (u64, DataStats, Vec<Skipped>) {
+pub fn plan(cfg: &TrainConfig, files: &[PathBuf], enc: &dyn Encode) -> (u64, DataStats, Vec<Skipped>, u64) {
     let mut l = Loader::new(files.to_vec(), cfg.loader.clone(), enc, Position::default());
+    l.rejects = Some(store::Rejects::new("finetune", cfg.out.join("rejects.jsonl")));
     let mut per_epoch = 0u64;
     while l.next_step().is_some() {
         per_epoch += 1;
@@ -139,7 +209,15 @@ pub fn plan(cfg: &FinetuneConfig, files: &[PathBuf], enc: &dyn Encode) -> (u64, 
         }
     }
     let total = cfg.max_steps.unwrap_or(per_epoch * cfg.epochs.max(1));
-    (total, l.stats, l.skipped)
+    let rejected = match l.rejects.take().map(store::Rejects::finish) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("warning: {e}");
+            l.stats.invalid + l.stats.untokenizable
+        }
+        None => 0,
+    };
+    (total, l.stats, l.skipped, rejected)
 }
 
 /// Mean loss over the target tokens of these sequences, and their number.
@@ -157,29 +235,114 @@ pub fn evaluate(model: &dyn Trainable, seqs: &[Sequence], step: u64) -> Result<(
     Ok((if n > 0 { sum / n as f64 } else { f64::NAN }, n))
 }
 
+/// The corpus as the run sees it: train files, the planned number of steps, validation.
+struct Prepared {
+    train_files: Vec<PathBuf>,
+    total_steps: u64,
+    planned: DataStats,
+    skipped: Vec<Skipped>,
+    rejected: u64,
+    eval_seqs: Vec<Sequence>,
+    eval_stats: DataStats,
+}
+
+/// What one optimizer step measured.
+struct StepResult {
+    loss: f64,
+    lr: f64,
+    norm: f64,
+    tokens: u64,
+    seconds: f64,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `max_steps` optimizer steps ran (the corpus cycled as often as needed).
+    MaxSteps,
+    /// `epochs` passes over the corpus ran.
+    Epochs,
+}
+
+/// A training run in progress: the model's variables, the optimiser, the state a checkpoint
+/// holds, and the outputs being written.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    model: &'a mut dyn Trainable,
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    sched: Schedule,
+    state: TrainerState,
+    resumed_from: Option<u64>,
+    resumed_dir: Option<PathBuf>,
+    saved_at: Option<u64>,
+    metrics: JsonlWriter,
+    /// Loss history of the whole run (earlier processes' too), for the plot.
+    history: Vec<(u64, f64)>,
+    eval_history: Vec<(u64, f64)>,
+    /// Losses of the steps run in this process.
+    losses: Vec<(u64, f64)>,
+    evals: Vec<(u64, f64)>,
+    bar: indicatif::ProgressBar,
+    wall_before: f64,
+    started: Instant,
+}
+
 /// Trains `model` as `cfg` says, writing checkpoints, metrics and the final model under `cfg.out`.
-pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) -> Result<Report, TrainError> {
+pub fn train(cfg: &TrainConfig, model: &mut dyn Trainable, enc: &dyn Encode) -> Result<Report, TrainError> {
     let started = Instant::now();
+    let data = prepare(cfg, enc)?;
+    let mut run = Run::start_or_resume(cfg, model, &data)?;
+    run.announce(&data);
+    let mut loader = Loader::new(data.train_files.clone(), cfg.loader.clone(), enc, run.state.position);
+    loader.stats = run.state.data.clone();
+    let stop = loop {
+        if let Some(stop) = run.finished(data.total_steps) {
+            break stop;
+        }
+        let Some(step) = loader.next_step() else {
+            run.state.position = loader.position();
+            continue;
+        };
+        let result = run.step(&step)?;
+        run.advance(&step, &result, &loader);
+        let last = run.finished(data.total_steps).is_some();
+        let eval_loss = run.evaluate_if_due(&data.eval_seqs, last)?;
+        run.log(&step, &result, eval_loss, last, data.total_steps)?;
+        run.save_if_due(last)?;
+    };
+    let (steps, final_dir) = run.finish(stop)?;
+    Ok(Report {
+        steps,
+        resumed_from: run.resumed_from,
+        losses: run.losses,
+        eval_losses: run.evals,
+        tokens_seen: run.state.tokens_seen,
+        train_stats: run.state.data.clone(),
+        eval_stats: data.eval_stats,
+        skipped: loader.skipped,
+        rejected: data.rejected,
+        stop,
+        final_dir,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Finds the splits, plans the steps (rejecting invalid records once) and loads validation.
+fn prepare(cfg: &TrainConfig, enc: &dyn Encode) -> Result<Prepared, TrainError> {
     let splits = data::splits(&cfg.data)?;
     let eval_files = match &cfg.eval_data {
         Some(p) => store::list_inputs(p)?.into_iter().map(|(f, _)| f).collect(),
         None => splits.validation.clone(),
     };
-    let (total_steps, planned, plan_skipped) = plan(cfg, &splits.train, enc);
+    let (total_steps, planned, skipped, rejected) = plan(cfg, &splits.train, enc);
     if planned.samples == 0 {
         let mut report = planned.summary();
-        if let Some(first) = plan_skipped.first() {
+        if let Some(first) = skipped.first() {
             report.push_str(&format!("; first problem: {} {}", first.location, first.reason));
         }
         return Err(DataError::NothingToTrain { path: cfg.data.clone(), report }.into());
     }
-    let sched = Schedule {
-        kind: cfg.schedule,
-        peak_lr: cfg.lr,
-        warmup_steps: schedule::warmup_steps(total_steps, cfg.warmup_ratio),
-        total_steps,
-        min_lr_ratio: cfg.min_lr_ratio,
-    };
     let (mut eval_seqs, eval_stats, _) = data::load_all(&eval_files, &cfg.loader, enc);
     if cfg.eval_max_samples > 0 {
         let mut kept = 0usize;
@@ -188,223 +351,270 @@ pub fn train(cfg: &FinetuneConfig, model: &mut dyn Trainable, enc: &dyn Encode) 
             kept <= cfg.eval_max_samples
         });
     }
+    Ok(Prepared { train_files: splits.train, total_steps, planned, skipped, rejected, eval_seqs, eval_stats })
+}
 
-    let vars = model.trainable();
-    let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
-    let mut opt = AdamW::new(vars.clone(), cfg.optim)?;
-
-    // Resume, or refuse to mix with an earlier run's checkpoints.
-    let mut state = TrainerState {
-        step: 0,
-        position: Position::default(),
-        tokens_seen: 0,
-        target_tokens_seen: 0,
-        wall_s: 0.0,
-        data: DataStats::default(),
-        seed: cfg.loader.seed,
-        last_loss: None,
-        last_eval_loss: None,
-        params: names.clone(),
-    };
-    let latest = checkpoint::latest(&cfg.out)?;
-    let mut resumed_from = None;
-    if let Some(dir) = &latest {
-        if !cfg.resume {
-            return Err(TrainError::Exists { out: cfg.out.clone() });
+impl<'a> Run<'a> {
+    /// A fresh run, or the newest checkpoint's when resuming; refuses to mix with an earlier
+    /// run's checkpoints otherwise.
+    fn start_or_resume(
+        cfg: &'a TrainConfig,
+        model: &'a mut dyn Trainable,
+        data: &Prepared,
+    ) -> Result<Self, TrainError> {
+        let vars = model.trainable();
+        let names: Vec<String> = vars.iter().map(|(n, _)| n.clone()).collect();
+        let mut opt = AdamW::new(vars.clone(), cfg.optim)?;
+        let mut state = TrainerState {
+            step: 0,
+            position: Position::default(),
+            tokens_seen: 0,
+            target_tokens_seen: 0,
+            wall_s: 0.0,
+            data: DataStats::default(),
+            seed: cfg.loader.seed,
+            last_loss: None,
+            last_eval_loss: None,
+            params: names.clone(),
+        };
+        let latest = checkpoint::latest(&cfg.out)?;
+        let mut resumed_from = None;
+        if let Some(dir) = &latest {
+            if !cfg.resume {
+                return Err(TrainError::Exists { out: cfg.out.clone() });
+            }
+            let st = checkpoint::load_state(dir)?;
+            if st.params != names {
+                let msg = format!("{} trainable tensors there, {} here", st.params.len(), names.len());
+                return Err(TrainError::Mismatch { dir: dir.clone(), msg });
+            }
+            checkpoint::load_trainable(dir, &vars)?;
+            opt.load_state(&dir.join("optimizer.safetensors"), st.step)?;
+            resumed_from = Some(st.step);
+            state = st;
         }
-        let st = checkpoint::load_state(dir)?;
-        if st.params != names {
-            let msg = format!("{} trainable tensors there, {} here", st.params.len(), names.len());
-            return Err(TrainError::Mismatch { dir: dir.clone(), msg });
-        }
-        checkpoint::load_trainable(dir, &vars)?;
-        opt.load_state(&dir.join("optimizer.safetensors"), st.step)?;
-        resumed_from = Some(st.step);
-        state = st;
+        std::fs::create_dir_all(&cfg.out).map_err(|e| StoreError::Io { path: cfg.out.clone(), source: e })?;
+        let metrics_path = cfg.out.join("metrics.jsonl");
+        let (mut history, mut eval_history) = (Vec::new(), Vec::new());
+        let metrics = if resumed_from.is_some() {
+            let kept = keep_metrics_until(&metrics_path, state.step, &mut history, &mut eval_history)?;
+            store::write_atomic(&metrics_path, kept.as_bytes())?;
+            JsonlWriter::append(&metrics_path, Durability::EveryRecord)?
+        } else {
+            JsonlWriter::create(&metrics_path, Durability::EveryRecord)?
+        };
+        let sched = Schedule {
+            kind: cfg.schedule,
+            peak_lr: cfg.lr,
+            warmup_steps: schedule::warmup_steps(data.total_steps, cfg.warmup_ratio),
+            total_steps: data.total_steps,
+            min_lr_ratio: cfg.min_lr_ratio,
+        };
+        Ok(Run {
+            cfg,
+            model,
+            vars,
+            opt,
+            sched,
+            bar: progress_bar(cfg.progress, data.total_steps, state.step),
+            wall_before: state.wall_s,
+            state,
+            resumed_from,
+            resumed_dir: latest,
+            saved_at: resumed_from,
+            metrics,
+            history,
+            eval_history,
+            losses: Vec::new(),
+            evals: Vec::new(),
+            started: Instant::now(),
+        })
     }
-    std::fs::create_dir_all(&cfg.out).map_err(|e| StoreError::Io { path: cfg.out.clone(), source: e })?;
-    let metrics_path = cfg.out.join("metrics.jsonl");
-    let (mut history, mut eval_history) = (Vec::new(), Vec::new());
-    let mut metrics = if resumed_from.is_some() {
-        let kept = keep_metrics_until(&metrics_path, state.step, &mut history, &mut eval_history)?;
-        store::write_atomic(&metrics_path, kept.as_bytes())?;
-        JsonlWriter::append(&metrics_path, Durability::EveryRecord)?
-    } else {
-        JsonlWriter::create(&metrics_path, Durability::EveryRecord)?
-    };
 
-    let mut loader = Loader::new(splits.train.clone(), cfg.loader.clone(), enc, state.position);
-    loader.stats = state.data.clone();
-    let bar = progress_bar(cfg.progress, total_steps, state.step);
-    let note = |bar: &indicatif::ProgressBar, line: String| {
-        if bar.is_hidden() {
+    /// A line above the progress bar (or on stderr without one).
+    fn note(&self, line: String) {
+        if self.bar.is_hidden() {
             eprintln!("{line}");
         } else {
-            bar.println(line);
+            self.bar.println(line);
         }
-    };
-    note(
-        &bar,
-        format!(
-            "finetune: {} trainable parameters, {} steps planned; {}: {}",
-            opt.num_params(),
-            total_steps,
-            if cfg.max_steps.is_some() { "train data read for those steps" } else { "train data, one epoch" },
-            planned.summary()
-        ),
-    );
-    for s in plan_skipped.iter().take(5) {
-        note(&bar, format!("finetune: skipped {}: {}", s.location, s.reason));
     }
-    if let Some(s) = resumed_from {
-        note(
-            &bar,
-            format!(
-                "finetune: resumed from step {s} ({})",
-                latest.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-            ),
-        );
-    }
-    let last_ckpt = |out: &Path| match checkpoint::latest(out) {
-        Ok(Some(p)) => format!("the last good checkpoint is {}", p.display()),
-        _ => "there is no checkpoint yet".to_string(),
-    };
 
-    let mut losses = Vec::new();
-    let mut evals = Vec::new();
-    let wall_before = state.wall_s;
-    let run_start = Instant::now();
-    let mut saved_at = resumed_from;
-    while state.step < total_steps && state.position.epoch < cfg.epochs.max(1) {
-        let Some(step) = loader.next_step() else {
-            state.position = loader.position();
-            continue;
-        };
+    /// What is about to be trained, and where it resumes.
+    fn announce(&self, data: &Prepared) {
+        self.note(format!(
+            "finetune: {} trainable parameters, {} steps planned; {}: {}",
+            self.opt.num_params(),
+            data.total_steps,
+            if self.cfg.max_steps.is_some() { "train data read for those steps" } else { "train data, one epoch" },
+            data.planned.summary()
+        ));
+        // Invalid records were reported as rejects; torn tails are worth a line too.
+        for s in data.skipped.iter().filter(|s| s.location.is_empty()).take(5) {
+            self.note(format!("finetune: warning: {}", s.reason));
+        }
+        if let (Some(s), Some(dir)) = (self.resumed_from, &self.resumed_dir) {
+            self.note(format!("finetune: resumed from step {s} ({})", dir.display()));
+        }
+    }
+
+    /// Why the run is over, if it is: `max_steps` wins over `epochs` (the corpus cycles).
+    fn finished(&self, total_steps: u64) -> Option<Stop> {
+        match self.cfg.max_steps {
+            Some(_) => (self.state.step >= total_steps).then_some(Stop::MaxSteps),
+            None if self.state.step >= total_steps || self.state.position.epoch >= self.cfg.epochs.max(1) => {
+                Some(Stop::Epochs)
+            }
+            None => None,
+        }
+    }
+
+    fn last_checkpoint(&self) -> String {
+        match checkpoint::latest(&self.cfg.out) {
+            Ok(Some(p)) => format!("the last good checkpoint is {}", p.display()),
+            _ => "there is no checkpoint yet".to_string(),
+        }
+    }
+
+    /// One optimizer step: gradients of every length group, clipping, the update.
+    fn step(&mut self, step: &Step) -> Result<StepResult, TrainError> {
         let t0 = Instant::now();
-        let lr = sched.lr(state.step);
+        let lr = self.sched.lr(self.state.step);
         let n_targets = step.num_targets();
-        let mut grads = opt.new_grads();
+        let mut grads = self.opt.new_grads();
         let mut loss_sum = 0f64;
         let samples = || step.sequences.iter().flat_map(|s| s.sample_ids.clone()).collect::<Vec<_>>().join(", ");
-        model.begin_step(state.step);
-        let model_err = |msg: String| TrainError::Model { step: state.step + 1, msg };
-        for group in data::length_groups(&step.sequences, cfg.loader.batch) {
-            let (l, g) = model.loss_and_grads_batch(&group).map_err(model_err)?;
+        let at = self.state.step + 1;
+        self.model.begin_step(self.state.step);
+        for group in data::length_groups(&step.sequences, self.cfg.loader.batch) {
+            let (l, g) = self.model.loss_and_grads_batch(&group).map_err(|msg| TrainError::Model { step: at, msg })?;
             if !l.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: state.step + 1,
-                    what: "loss",
-                    value: l,
-                    samples: samples(),
-                    last: last_ckpt(&cfg.out),
-                });
+                let last = self.last_checkpoint();
+                return Err(TrainError::NonFinite { step: at, what: "loss", value: l, samples: samples(), last });
             }
             loss_sum += l;
-            opt.accumulate(&mut grads, g)?;
+            self.opt.accumulate(&mut grads, g)?;
         }
         let n = n_targets.max(1) as f64;
-        let loss = loss_sum / n;
-        let norm = opt.grad_norm(&grads, 1.0 / n)?;
+        let norm = self.opt.grad_norm(&grads, 1.0 / n)?;
         if !norm.is_finite() {
+            let last = self.last_checkpoint();
             return Err(TrainError::NonFinite {
-                step: state.step + 1,
+                step: at,
                 what: "gradient norm",
                 value: norm,
                 samples: samples(),
-                last: last_ckpt(&cfg.out),
+                last,
             });
         }
-        let max_norm = (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm);
-        opt.step(&grads, lr, optim::clip_factor(norm, max_norm) / n)?;
-        drop(grads);
+        let max_norm = (self.cfg.max_grad_norm > 0.0).then_some(self.cfg.max_grad_norm);
+        self.opt.step(&grads, lr, optim::clip_factor(norm, max_norm) / n)?;
+        Ok(StepResult {
+            loss: loss_sum / n,
+            lr,
+            norm,
+            tokens: step.tokens() as u64,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
 
-        let dt = t0.elapsed().as_secs_f64();
-        let tokens = step.tokens() as u64;
-        state.step += 1;
-        state.position = step.end;
-        if step.epoch_end {
-            state.position = Position { epoch: step.end.epoch + 1, index: 0 };
-        }
-        state.tokens_seen += tokens;
-        state.target_tokens_seen += n_targets as u64;
-        state.data = loader.stats.clone();
-        state.last_loss = Some(loss);
-        state.wall_s = wall_before + run_start.elapsed().as_secs_f64();
-        losses.push((state.step, loss));
-        history.push((state.step, loss));
+    /// Moves the state past a step.
+    fn advance(&mut self, step: &Step, r: &StepResult, loader: &Loader) {
+        let s = &mut self.state;
+        s.step += 1;
+        s.position = if step.epoch_end { Position { epoch: step.end.epoch + 1, index: 0 } } else { step.end };
+        s.tokens_seen += r.tokens;
+        s.target_tokens_seen += step.num_targets() as u64;
+        s.data = loader.stats.clone();
+        s.last_loss = Some(r.loss);
+        s.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
+        self.losses.push((s.step, r.loss));
+        self.history.push((s.step, r.loss));
+    }
 
-        let last = state.step >= total_steps || state.position.epoch >= cfg.epochs.max(1);
-        let mut eval_loss = None;
-        if !eval_seqs.is_empty() && (last || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every))) {
-            let (l, _) = evaluate(&*model, &eval_seqs, state.step)?;
-            eval_loss = Some(l);
-            state.last_eval_loss = Some(l);
-            evals.push((state.step, l));
-            eval_history.push((state.step, l));
+    /// The validation loss, every `eval_every` steps and at the end.
+    fn evaluate_if_due(&mut self, eval_seqs: &[Sequence], last: bool) -> Result<Option<f64>, TrainError> {
+        let every = self.cfg.eval_every;
+        if eval_seqs.is_empty() || !(last || (every > 0 && self.state.step.is_multiple_of(every))) {
+            return Ok(None);
         }
+        let (l, _) = evaluate(&*self.model, eval_seqs, self.state.step)?;
+        self.state.last_eval_loss = Some(l);
+        self.evals.push((self.state.step, l));
+        self.eval_history.push((self.state.step, l));
+        Ok(Some(l))
+    }
+
+    /// `metrics.jsonl`, the loss plot, the progress bar.
+    fn log(
+        &mut self,
+        step: &Step,
+        r: &StepResult,
+        eval_loss: Option<f64>,
+        last: bool,
+        total_steps: u64,
+    ) -> Result<(), TrainError> {
+        let tok_s = r.tokens as f64 / r.seconds.max(1e-9);
         let mut rec = json!({
-            "step": state.step,
+            "step": self.state.step,
             "epoch": step.end.epoch,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": norm,
-            "tokens": state.tokens_seen,
-            "target_tokens": state.target_tokens_seen,
-            "tokens_per_s": tokens as f64 / dt.max(1e-9),
-            "wall_s": state.wall_s,
+            "loss": r.loss,
+            "lr": r.lr,
+            "grad_norm": r.norm,
+            "tokens": self.state.tokens_seen,
+            "target_tokens": self.state.target_tokens_seen,
+            "tokens_per_s": tok_s,
+            "wall_s": self.state.wall_s,
         });
         if let (Some(l), Value::Object(m)) = (eval_loss, &mut rec) {
             m.insert("eval_loss".into(), json!(l));
         }
-        metrics.write_value(&rec)?;
+        self.metrics.write_value(&rec)?;
         if eval_loss.is_some() {
-            let png = cfg.out.join("loss.png");
-            if let Err(e) = plot::loss_curve(&png, &history, &eval_history) {
-                note(&bar, format!("finetune: could not draw {}: {e}", png.display()));
+            let png = self.cfg.out.join("loss.png");
+            if let Err(e) = plot::loss_curve(&png, &self.history, &self.eval_history) {
+                self.note(format!("finetune: could not draw {}: {e}", png.display()));
             }
         }
-        bar.set_position(state.step);
-        bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} gnorm {norm:.3} {:.0} tok/s",
-            tokens as f64 / dt.max(1e-9)
-        ));
-        if bar.is_hidden() && (eval_loss.is_some() || last) {
+        let (loss, lr, norm) = (r.loss, r.lr, r.norm);
+        self.bar.set_position(self.state.step);
+        self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e} gnorm {norm:.3} {tok_s:.0} tok/s"));
+        if self.bar.is_hidden() && (eval_loss.is_some() || last) {
             eprintln!(
-                "finetune: step {}/{}: loss {loss:.4}{} lr {lr:.3e} grad-norm {norm:.3} {:.0} tok/s",
-                state.step,
-                total_steps,
+                "finetune: step {}/{total_steps}: loss {loss:.4}{} lr {lr:.3e} grad-norm {norm:.3} {tok_s:.0} tok/s",
+                self.state.step,
                 eval_loss.map(|l| format!(" eval-loss {l:.4}")).unwrap_or_default(),
-                tokens as f64 / dt.max(1e-9)
             );
         }
-        if last || (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) {
-            save(cfg, &*model, &vars, &opt, &state)?;
-            saved_at = Some(state.step);
-        }
-        if last {
-            break;
-        }
+        Ok(())
     }
-    if saved_at != Some(state.step) {
-        save(cfg, &*model, &vars, &opt, &state)?;
-    }
-    metrics.close()?;
-    bar.finish_and_clear();
 
-    let final_dir = cfg.out.join("final");
-    export_final(&*model, &cfg.out, &final_dir)?;
-    Ok(Report {
-        steps: state.step,
-        resumed_from,
-        losses,
-        eval_losses: evals,
-        tokens_seen: state.tokens_seen,
-        train_stats: state.data.clone(),
-        eval_stats,
-        skipped: loader.skipped,
-        final_dir,
-        wall_s: started.elapsed().as_secs_f64(),
-    })
+    /// A checkpoint every `save_every` steps and at the end.
+    fn save_if_due(&mut self, last: bool) -> Result<(), TrainError> {
+        let every = self.cfg.save_every;
+        if last || (every > 0 && self.state.step.is_multiple_of(every)) {
+            save(self.cfg, &*self.model, &self.vars, &self.opt, &self.state)?;
+            self.saved_at = Some(self.state.step);
+        }
+        Ok(())
+    }
+
+    /// The last checkpoint (if the loop did not just write it), `final/`, and why it stopped.
+    fn finish(&mut self, stop: Stop) -> Result<(u64, PathBuf), TrainError> {
+        if self.saved_at != Some(self.state.step) {
+            save(self.cfg, &*self.model, &self.vars, &self.opt, &self.state)?;
+        }
+        self.metrics.flush()?;
+        self.bar.finish_and_clear();
+        let final_dir = self.cfg.out.join("final");
+        export_final(&*self.model, &self.cfg.out, &final_dir)?;
+        let why = match stop {
+            Stop::MaxSteps => format!("max_steps = {} reached", self.state.step),
+            Stop::Epochs => format!("{} epoch(s) done", self.cfg.epochs.max(1)),
+        };
+        eprintln!("finetune: stopped after step {}: {why}", self.state.step);
+        Ok((self.state.step, final_dir))
+    }
 }
 
 fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
@@ -419,7 +629,7 @@ fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
 }
 
 fn save(
-    cfg: &FinetuneConfig,
+    cfg: &TrainConfig,
     model: &dyn Trainable,
     vars: &[(String, Var)],
     opt: &AdamW,
@@ -562,8 +772,8 @@ mod tests {
         data
     }
 
-    fn config(dir: &Path, data: PathBuf, out: &str) -> FinetuneConfig {
-        let mut c = FinetuneConfig {
+    fn config(dir: &Path, data: PathBuf, out: &str) -> TrainConfig {
+        let mut c = TrainConfig {
             data,
             out: dir.join(out),
             epochs: 100,
@@ -574,7 +784,7 @@ mod tests {
             save_every: 10,
             keep_last: 2,
             progress: false,
-            ..FinetuneConfig::default()
+            ..TrainConfig::default()
         };
         c.loader.max_seq_len = 24;
         c.loader.tokens_per_step = 48;
@@ -620,13 +830,13 @@ mod tests {
         // "Stop" after step 10: run to 30 but keep only the checkpoint at 10, as a killed run would.
         let cut = config(dir.path(), data, "cut");
         let first =
-            train(&FinetuneConfig { keep_last: 0, ..cut.clone() }, &mut Bigram::new(24, 8, 1), &WordEncoder).unwrap();
+            train(&TrainConfig { keep_last: 0, ..cut.clone() }, &mut Bigram::new(24, 8, 1), &WordEncoder).unwrap();
         assert_eq!(first.losses, full.losses);
         for s in [20, 30] {
             std::fs::remove_dir_all(cut.out.join(format!("checkpoint-{s}"))).unwrap();
         }
         let resumed =
-            train(&FinetuneConfig { resume: true, ..cut.clone() }, &mut Bigram::new(24, 8, 99), &WordEncoder).unwrap();
+            train(&TrainConfig { resume: true, ..cut.clone() }, &mut Bigram::new(24, 8, 99), &WordEncoder).unwrap();
         assert_eq!(resumed.resumed_from, Some(10));
         assert_eq!(resumed.losses, full.losses[10..].to_vec(), "bit-identical losses after resume");
         assert_eq!(resumed.eval_losses, full.eval_losses[1..].to_vec());
@@ -650,7 +860,7 @@ mod tests {
         cfg.loader.shuffle_buffer = 1;
         let mut model = Bigram::new(24, 8, 1);
         model.poison = Some(19);
-        let e = train(&FinetuneConfig { save_every: 1, ..cfg.clone() }, &mut model, &WordEncoder).unwrap_err();
+        let e = train(&TrainConfig { save_every: 1, ..cfg.clone() }, &mut model, &WordEncoder).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("loss is NaN") && msg.contains("poisoned"), "{msg}");
         let TrainError::NonFinite { step, .. } = e else { panic!("{msg}") };
@@ -662,7 +872,7 @@ mod tests {
         assert!(st.last_loss.unwrap().is_finite());
         // The run resumes from it once the record is gone.
         model.poison = None;
-        let r = train(&FinetuneConfig { resume: true, ..cfg }, &mut model, &WordEncoder).unwrap();
+        let r = train(&TrainConfig { resume: true, ..cfg }, &mut model, &WordEncoder).unwrap();
         assert_eq!(r.resumed_from, Some(step - 1));
     }
 }

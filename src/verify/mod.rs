@@ -21,15 +21,35 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::record::Verdict;
+use crate::record::{Task, Verdict};
 use crate::store::{self, Durability, Format, JsonlWriter, RecordSink, StoreError};
+
+/// What a verdict means, decided by the verifier that gave it (counts and filters use this,
+/// never the reason's text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// The verifier could not decide (work budget, no gold answer or tests, sandbox trouble).
+    Undecided,
+    /// No verifier for the record's task.
+    Unsupported,
+}
+
+/// A verdict and what it means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+}
 
 /// Judges the records of one task.
 pub trait Verifier: Send + Sync {
-    /// The `task` value this verifier judges.
-    fn task(&self) -> &'static str;
+    /// The task this verifier judges.
+    fn task(&self) -> Task;
     /// Judges one record; never fails: problems become the verdict's reason.
-    fn verify(&self, record: &Map<String, Value>) -> Verdict;
+    fn verify(&self, record: &Map<String, Value>) -> Judged;
 }
 
 /// The verifiers of a run, chosen by each record's `task`.
@@ -61,13 +81,21 @@ impl Verifiers {
         self
     }
 
+    /// The verdict of one record and what it means.
+    pub fn judge(&self, record: &Map<String, Value>) -> Judged {
+        let task = record.get("task").and_then(Value::as_str);
+        match task.and_then(|t| self.list.iter().find(|v| v.task().as_str() == t)) {
+            Some(v) => v.verify(record),
+            None => Judged {
+                verdict: Verdict { pass: Some(false), reason: Some(UNSUPPORTED.to_string()), ..Verdict::default() },
+                outcome: Outcome::Unsupported,
+            },
+        }
+    }
+
     /// The verdict of one record.
     pub fn verify(&self, record: &Map<String, Value>) -> Verdict {
-        let task = record.get("task").and_then(Value::as_str);
-        match task.and_then(|t| self.list.iter().find(|v| v.task() == t)) {
-            Some(v) => v.verify(record),
-            None => Verdict { pass: Some(false), reason: Some(UNSUPPORTED.to_string()), ..Verdict::default() },
-        }
+        self.judge(record).verdict
     }
 }
 
@@ -76,25 +104,60 @@ pub const UNSUPPORTED: &str = "unsupported_task";
 
 /// Settings of `distill verify`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VerifyConfig {
     /// Record file, shard directory, or `-` for standard input.
     pub input: PathBuf,
     /// Where to write the judged records (`.jsonl`, `.jsonl.zst`, `.parquet`); stdout if unset.
-    #[serde(default)]
     pub out: Option<PathBuf>,
     /// Print pass/fail/undecided counts at the end.
-    #[serde(default)]
     pub summary: bool,
     /// Records judged per parallel chunk.
-    #[serde(default = "default_chunk")]
     pub chunk: usize,
     /// The code verifier's sandbox and limits.
-    #[serde(default)]
     pub code: code::CodeConfig,
+    /// Where unreadable records go, with file, line and reason (default: `OUT.rejects.jsonl`
+    /// beside `out`, else `distill-rejects.jsonl`).
+    pub rejects: Option<PathBuf>,
 }
 
-fn default_chunk() -> usize {
-    4096
+impl VerifyConfig {
+    /// The rejects file this run writes to (created at the first reject).
+    pub fn rejects_path(&self) -> PathBuf {
+        match (&self.rejects, &self.out) {
+            (Some(p), _) => p.clone(),
+            (None, Some(out)) => {
+                let mut name = out.file_name().unwrap_or_default().to_os_string();
+                name.push(".rejects.jsonl");
+                out.with_file_name(name)
+            }
+            (None, None) => PathBuf::from(crate::store::DEFAULT_REJECTS),
+        }
+    }
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            input: PathBuf::from("-"),
+            out: None,
+            summary: false,
+            chunk: 4096,
+            code: code::CodeConfig::default(),
+            rejects: None,
+        }
+    }
+}
+
+impl crate::config::Settings for VerifyConfig {
+    const TABLE: &'static str = "verify";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.chunk == 0 {
+            return Err("`chunk` must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// Errors of `verify`.
@@ -121,19 +184,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, v: &Verdict) {
+    fn add(&mut self, outcome: Outcome) {
         self.records += 1;
-        let reason = v.reason.as_deref().unwrap_or("");
-        if reason == UNSUPPORTED {
-            self.unsupported += 1;
-        } else if reason.starts_with("undecided")
-            || matches!(reason, "missing_gold" | "missing_tests" | "unsupported_language" | "sandbox_error")
-        {
-            self.undecided += 1;
-        } else if v.pass == Some(true) {
-            self.pass += 1;
-        } else {
-            self.fail += 1;
+        match outcome {
+            Outcome::Pass => self.pass += 1,
+            Outcome::Fail => self.fail += 1,
+            Outcome::Undecided => self.undecided += 1,
+            Outcome::Unsupported => self.unsupported += 1,
         }
     }
 
@@ -199,8 +256,9 @@ pub fn apply_verdict(record: &mut Map<String, Value>, v: &Verdict) {
     record.insert("verdict".into(), Value::Object(obj));
 }
 
-/// One judged record: its verdict, its serialised line, and the value when the sink needs it.
-type Judged = (Verdict, Vec<u8>, Option<Value>);
+/// One judged record: what its verdict means, its serialised line, and the value when the
+/// sink needs it.
+type Written = (Outcome, Vec<u8>, Option<Value>);
 
 /// Runs `verify`: reads, judges in parallel chunks, writes in input order.
 pub fn run(cfg: &VerifyConfig, verifiers: &Verifiers) -> Result<Summary, VerifyError> {
@@ -210,43 +268,35 @@ pub fn run(cfg: &VerifyConfig, verifiers: &Verifiers) -> Result<Summary, VerifyE
     let chunk = cfg.chunk.max(1);
     let mut batch: Vec<store::RawRecord> = Vec::with_capacity(chunk);
     let flush = |batch: &mut Vec<store::RawRecord>, sink: &mut Sink, summary: &mut Summary| {
-        let results: Vec<Result<Judged, VerifyError>> = batch
+        let results: Vec<Result<Written, VerifyError>> = batch
             .par_drain(..)
             .map(|rec| {
                 let loc = rec.loc.to_string();
                 let mut m = rec.value;
-                let v = verifiers.verify(&m);
-                apply_verdict(&mut m, &v);
+                let v = verifiers.judge(&m);
+                apply_verdict(&mut m, &v.verdict);
                 let value = Value::Object(m);
                 let line = serde_json::to_vec(&value).map_err(|e| VerifyError::Serialise(loc, e))?;
-                Ok((v, line, want_value.then_some(value)))
+                Ok((v.outcome, line, want_value.then_some(value)))
             })
             .collect();
         for r in results {
-            let (v, line, value) = r?;
-            summary.add(&v);
+            let (outcome, line, value) = r?;
+            summary.add(outcome);
             sink.write(&line, value.as_ref().unwrap_or(&Value::Null))?;
         }
         Ok::<(), VerifyError>(())
     };
-    for item in store::open(&cfg.input)? {
-        match item {
-            Ok(rec) => {
-                batch.push(rec);
-                if batch.len() >= chunk {
-                    flush(&mut batch, &mut sink, &mut summary)?;
-                }
-            }
-            Err(e) if e.is_torn_tail() => eprintln!("warning: {e}"),
-            Err(e) if e.loc().is_some() => {
-                eprintln!("warning: skipping invalid record: {e}");
-                summary.invalid += 1;
-            }
-            Err(e) => return Err(e.into()),
+    let mut input = store::Lenient::open(&cfg.input, store::Rejects::new("verify", cfg.rejects_path()))?;
+    while let Some(item) = input.next_record() {
+        batch.push(item?);
+        if batch.len() >= chunk {
+            flush(&mut batch, &mut sink, &mut summary)?;
         }
     }
     flush(&mut batch, &mut sink, &mut summary)?;
     sink.finish()?;
+    summary.invalid = input.rejects.finish()?;
     Ok(summary)
 }
 
@@ -257,11 +307,14 @@ mod tests {
 
     struct Always;
     impl Verifier for Always {
-        fn task(&self) -> &'static str {
-            "code"
+        fn task(&self) -> Task {
+            Task::Code
         }
-        fn verify(&self, _: &Map<String, Value>) -> Verdict {
-            Verdict { pass: Some(true), reason: Some("ok".into()), ..Verdict::default() }
+        fn verify(&self, _: &Map<String, Value>) -> Judged {
+            Judged {
+                verdict: Verdict { pass: Some(true), reason: Some("ok".into()), ..Verdict::default() },
+                outcome: Outcome::Pass,
+            }
         }
     }
 

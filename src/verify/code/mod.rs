@@ -562,11 +562,17 @@ fn token() -> String {
 }
 
 impl super::Verifier for CodeVerifier {
-    fn task(&self) -> &'static str {
-        "code"
+    fn task(&self) -> crate::record::Task {
+        crate::record::Task::Code
     }
 
-    fn verify(&self, record: &Map<String, Value>) -> Verdict {
-        self.verify_record(record).to_verdict()
+    fn verify(&self, record: &Map<String, Value>) -> super::Judged {
+        let r = self.verify_record(record);
+        let outcome = match r.reason {
+            Reason::Passed => super::Outcome::Pass,
+            Reason::SandboxError | Reason::MissingTests | Reason::UnsupportedLanguage => super::Outcome::Undecided,
+            _ => super::Outcome::Fail,
+        };
+        super::Judged { verdict: r.to_verdict(), outcome }
     }
 }

@@ -40,6 +40,16 @@ impl Judgement {
         }
     }
 
+    /// As a verdict with its outcome.
+    pub fn to_judged(&self) -> super::Judged {
+        let outcome = match (self.undecided, self.pass) {
+            (true, _) => super::Outcome::Undecided,
+            (false, true) => super::Outcome::Pass,
+            (false, false) => super::Outcome::Fail,
+        };
+        super::Judged { verdict: self.to_verdict(), outcome }
+    }
+
     /// As a record verdict.
     pub fn to_verdict(&self) -> Verdict {
         Verdict {
@@ -146,20 +156,20 @@ fn text_field<'a>(rec: &'a Map<String, Value>, key: &str) -> Option<std::borrow:
 }
 
 impl super::Verifier for MathVerifier {
-    fn task(&self) -> &'static str {
-        "math"
+    fn task(&self) -> crate::record::Task {
+        crate::record::Task::Math
     }
 
-    fn verify(&self, record: &Map<String, Value>) -> Verdict {
+    fn verify(&self, record: &Map<String, Value>) -> super::Judged {
         let Some(gold) = text_field(record, "answer") else {
             return Judgement { pass: false, undecided: true, extracted: None, reason: "missing_gold".into() }
-                .to_verdict();
+                .to_judged();
         };
         let Some(response) = text_field(record, "content").or_else(|| text_field(record, "response")) else {
             return Judgement { pass: false, undecided: false, extracted: None, reason: "no_response".into() }
-                .to_verdict();
+                .to_judged();
         };
-        verify_response(&gold, &response).to_verdict()
+        verify_response(&gold, &response).to_judged()
     }
 }
 

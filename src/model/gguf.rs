@@ -4,7 +4,7 @@
 //! `tokenizer.ggml.tokens`/`merges`, and the chat template from `tokenizer.chat_template`.
 //! `convert` exports all of it as a Hugging Face model directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::{DType, Device, Tensor};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::config::{Arch, Config, RopeScaling};
 use super::{Model, ModelError, Result};
-use crate::train::tokenize::ChatTokenizer;
+use crate::model::chat::ChatTokenizer;
 
 fn gerr(path: &Path, msg: impl Into<String>) -> ModelError {
     ModelError::Gguf { path: path.to_path_buf(), msg: msg.into() }
@@ -324,18 +324,46 @@ pub fn write_tokenizer_files(path: &Path, dir: &Path) -> Result<()> {
         let p = dir.join(name);
         let text = serde_json::to_string_pretty(&v).map_err(|e| gerr(path, e.to_string()))?;
         crate::store::write_atomic(&p, text.as_bytes()).map_err(|e| gerr(&p, e.to_string()))?;
-        super::io::readable(&p)?;
+        super::weights::readable(&p)?;
     }
     Ok(())
 }
 
 /// The chat tokenizer a GGUF file describes.
-pub fn chat_tokenizer(path: &Path) -> std::result::Result<ChatTokenizer, crate::train::tokenize::TokenizeError> {
+pub fn chat_tokenizer(path: &Path) -> std::result::Result<ChatTokenizer, crate::model::chat::TokenizeError> {
     let dir = tempfile::tempdir()
-        .map_err(|e| crate::train::tokenize::TokenizeError::Io { path: path.to_path_buf(), source: e })?;
-    write_tokenizer_files(path, dir.path())
-        .map_err(|e| crate::train::tokenize::TokenizeError::Tokenizer(e.to_string()))?;
+        .map_err(|e| crate::model::chat::TokenizeError::Io { path: path.to_path_buf(), source: e })?;
+    write_tokenizer_files(path, dir.path()).map_err(|e| crate::model::chat::TokenizeError::Tokenizer(e.to_string()))?;
     ChatTokenizer::from_dir(dir.path())
+}
+
+/// Settings of `distill convert`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConvertConfig {
+    /// A llama- or qwen2-architecture `.gguf` file.
+    pub gguf: PathBuf,
+    /// Output model directory.
+    pub out: PathBuf,
+    /// Weights dtype written: float32, bfloat16 or float16.
+    pub dtype: String,
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        ConvertConfig { gguf: PathBuf::new(), out: PathBuf::new(), dtype: "float32".into() }
+    }
+}
+
+impl crate::config::Settings for ConvertConfig {
+    const TABLE: &'static str = "convert";
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.gguf.as_os_str().is_empty() || self.out.as_os_str().is_empty() {
+            return Err("convert needs `gguf` (the .gguf file) and `out` (the model directory)".into());
+        }
+        Ok(())
+    }
 }
 
 /// `distill convert MODEL.gguf --out DIR`: a complete HF model directory.

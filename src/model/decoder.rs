@@ -10,8 +10,8 @@ use std::sync::Arc;
 use candle_core::{D, DType, Result, Tensor};
 
 use super::config::Config;
+use super::kernels::ops;
 use super::lora::LoraAdapter;
-use super::ops;
 
 /// A weight as the model uses it: trainable (the tensor of a `Var`) or frozen (a plain tensor
 /// whose gradient is never computed).
@@ -20,6 +20,33 @@ pub struct Weight {
     pub name: String,
     pub tensor: Tensor,
     pub trainable: bool,
+}
+
+/// Where layers get their weights, by checkpoint key: a prefix and a shared source, as
+/// candle's `VarBuilder` (`vb.pp("self_attn").pp("q_proj")` names `….self_attn.q_proj`).
+#[derive(Clone)]
+pub struct Vb<'a> {
+    prefix: String,
+    get: &'a dyn Fn(&str, &[usize]) -> super::Result<Weight>,
+}
+
+impl<'a> Vb<'a> {
+    /// The root builder over `get(name, shape)`, which checks the shape and records the weight.
+    pub fn root(get: &'a dyn Fn(&str, &[usize]) -> super::Result<Weight>) -> Self {
+        Vb { prefix: String::new(), get }
+    }
+
+    /// The builder one level down.
+    pub fn pp(&self, name: impl AsRef<str>) -> Vb<'a> {
+        let name = name.as_ref();
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Vb { prefix, get: self.get }
+    }
+
+    /// The weight `{prefix}.{name}` of this shape.
+    pub fn get(&self, shape: &[usize], name: &str) -> super::Result<Weight> {
+        (self.get)(&self.pp(name).prefix, shape)
+    }
 }
 
 /// A projection `y = x W^T + b`, optionally with a LoRA adapter.
@@ -31,6 +58,13 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `weight` of `(out, in)` and, with `bias`, `bias` of `(out)`.
+    pub fn new(inp: usize, out: usize, bias: bool, vb: Vb) -> super::Result<Linear> {
+        let weight = vb.get(&[out, inp], "weight")?;
+        let bias = if bias { Some(vb.get(&[out], "bias")?) } else { None };
+        Ok(Linear { weight, bias, lora: None })
+    }
+
     /// `x`: `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
@@ -62,6 +96,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    pub fn new(size: usize, eps: f64, vb: Vb) -> super::Result<RmsNorm> {
+        Ok(RmsNorm { weight: vb.get(&[size], "weight")?, eps })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let work = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
@@ -84,11 +122,35 @@ pub struct Attention {
     pub o_proj: Linear,
 }
 
+impl Attention {
+    pub fn new(cfg: &Config, vb: Vb) -> super::Result<Attention> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        Ok(Attention {
+            q_proj: Linear::new(d, q_out, cfg.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: Linear::new(d, kv_out, cfg.qkv_bias, vb.pp("k_proj"))?,
+            v_proj: Linear::new(d, kv_out, cfg.qkv_bias, vb.pp("v_proj"))?,
+            o_proj: Linear::new(q_out, d, cfg.o_bias, vb.pp("o_proj"))?,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: &Config, vb: Vb) -> super::Result<Mlp> {
+        let (d, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: Linear::new(d, inter, cfg.mlp_bias, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(d, inter, cfg.mlp_bias, vb.pp("up_proj"))?,
+            down_proj: Linear::new(inter, d, cfg.mlp_bias, vb.pp("down_proj"))?,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -97,6 +159,22 @@ pub struct Layer {
     pub mlp: Mlp,
     pub input_layernorm: RmsNorm,
     pub post_attention_layernorm: RmsNorm,
+}
+
+impl Layer {
+    /// Layer `model.layers.N` (`vb` at that prefix).
+    pub fn new(cfg: &Config, vb: Vb) -> super::Result<Layer> {
+        Ok(Layer {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+        })
+    }
 }
 
 /// Per-batch constants shared by every layer: rotary tables and the attention mask.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::ops;
+use super::kernels::ops;
 
 /// The projections LoRA can adapt, as PEFT names them in `target_modules`.
 pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -51,10 +51,8 @@ impl Rng {
         Rng(AtomicU64::new(seed))
     }
     pub fn next_u64(&self) -> u64 {
-        let mut z = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let g = crate::rng::GAMMA;
+        crate::rng::mix(self.0.fetch_add(g, Ordering::Relaxed).wrapping_add(g))
     }
     /// The generator's position, to replay its draws with [`Rng::set_state`].
     pub fn state(&self) -> u64 {

@@ -11,30 +11,52 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::model::{Model, ModelError, SeqLayout};
-use super::tokenize::{ChatTokenizer, TokenizeError};
+use crate::model::chat::{ChatTokenizer, TokenizeError};
+use crate::model::{Model, ModelError, SeqLayout};
 use crate::store::{self, StoreError};
 
 /// Settings of `distill score`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScoreConfig {
     /// Model directory (HF layout) or a `.gguf` file.
     pub model: PathBuf,
     /// Records with `messages`.
     pub path: PathBuf,
-    #[serde(default)]
     pub json: bool,
     /// Weights dtype for the computation: `float32` (default) or `bfloat16`.
-    #[serde(default = "default_dtype")]
     pub dtype: String,
     /// Score at most this many records (0: all).
-    #[serde(default)]
     pub limit: usize,
+    /// Where records that cannot be scored go, with file, line and reason.
+    pub rejects: PathBuf,
 }
 
-fn default_dtype() -> String {
-    "float32".into()
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        ScoreConfig {
+            model: PathBuf::new(),
+            path: PathBuf::new(),
+            json: false,
+            dtype: "float32".into(),
+            limit: 0,
+            rejects: PathBuf::from(store::DEFAULT_REJECTS),
+        }
+    }
+}
+
+impl crate::config::Settings for ScoreConfig {
+    const TABLE: &'static str = "score";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.model.as_os_str().is_empty() {
+            return Err("score needs `model` (a model directory or .gguf file)".into());
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err("score needs `path` (SFT example records)".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +100,7 @@ impl ScoreReport {
 /// Loads the tokenizer that belongs to a model path (the directory, or beside a `.gguf`).
 pub fn load_tokenizer(model: &Path) -> Result<ChatTokenizer, ScoreError> {
     if model.extension().is_some_and(|e| e == "gguf") {
-        return Ok(super::model::gguf::chat_tokenizer(model)?);
+        return Ok(crate::model::gguf::chat_tokenizer(model)?);
     }
     Ok(ChatTokenizer::from_dir(model)?)
 }
@@ -101,30 +123,19 @@ pub fn score_example(model: &Model, tok: &ChatTokenizer, messages: &[Value]) -> 
 
 /// Scores every record; one bad record is reported (stderr, with its location) and skipped.
 pub fn run(cfg: &ScoreConfig) -> Result<ScoreReport, ScoreError> {
-    super::keep_freed_memory();
-    let dtype = super::model::io::parse_dtype(&cfg.dtype)
+    crate::model::keep_freed_memory();
+    let dtype = crate::model::weights::parse_dtype(&cfg.dtype)
         .ok_or_else(|| ScoreError::Config(format!("dtype `{}`: use float32 or bfloat16", cfg.dtype)))?;
     let mut model = Model::load(&cfg.model, &Device::Cpu, dtype)?;
     model.freeze_base();
     let tok = load_tokenizer(&cfg.model)?;
-    let (mut sum, mut tokens, mut examples, mut rejected) = (0f64, 0u64, 0u64, 0u64);
-    for item in store::open(&cfg.path)? {
-        let rec = match item {
-            Ok(r) => r,
-            Err(e) if e.is_torn_tail() => {
-                eprintln!("warning: {e}");
-                continue;
-            }
-            Err(e) => {
-                rejected += 1;
-                eprintln!("rejected: {e}");
-                continue;
-            }
-        };
-        let id = rec.value.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_string();
+    let rejects = store::Rejects::new("score", cfg.rejects.clone());
+    let mut input = store::Lenient::open(&cfg.path, rejects)?;
+    let (mut sum, mut tokens, mut examples) = (0f64, 0u64, 0u64);
+    while let Some(item) = input.next_record() {
+        let rec = item?;
         let Some(Value::Array(messages)) = rec.value.get("messages") else {
-            rejected += 1;
-            eprintln!("rejected: {} (id {id}): no `messages` list; score reads SFT examples", rec.loc);
+            input.rejects.reject_record(&rec, "no `messages` list; score reads SFT examples")?;
             continue;
         };
         match score_example(&model, &tok, messages) {
@@ -133,15 +144,13 @@ pub fn run(cfg: &ScoreConfig) -> Result<ScoreReport, ScoreError> {
                 tokens += t;
                 examples += 1;
             }
-            Err(e) => {
-                rejected += 1;
-                eprintln!("rejected: {} (id {id}): {e}", rec.loc);
-            }
+            Err(e) => input.rejects.reject_record(&rec, e.to_string())?,
         }
-        if cfg.limit > 0 && examples + rejected >= cfg.limit as u64 {
+        if cfg.limit > 0 && examples + input.rejects.count() >= cfg.limit as u64 {
             break;
         }
     }
+    let rejected = input.rejects.finish()?;
     if tokens == 0 {
         return Err(ScoreError::Empty(cfg.path.clone()));
     }

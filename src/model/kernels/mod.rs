@@ -1,0 +1,7 @@
+//! CPU kernels of the decoder with their own backward passes: blocked attention without
+//! `H x T x T` tensors (`attn_cpu`), the chunked cross-entropy (`ce_cpu`), and the candle custom
+//! ops that wrap them and the frozen-weight matmul / fused SwiGLU (`ops`).
+
+pub mod attn_cpu;
+pub mod ce_cpu;
+pub mod ops;
