@@ -28,8 +28,8 @@ with open(f"{work}/cpp.jsonl", "w") as f:
     for i in range(n):
         c = rng.randint(1, 99)
         src = ("#include <cstdio>\nint main() {\n    long long n, s = 0, x;\n    if (scanf(\"%lld\", &n) != 1) return 1;\n"
-               "    for (long long i = 0; i < n; i++) { scanf(\"%lld\", &x); s += x * %d; }\n"
-               "    printf(\"%%lld\\n\", s);\n}\n" % c)
+               "    for (long long i = 0; i < n; i++) { scanf(\"%lld\", &x); s += x * FACTOR; }\n"
+               "    printf(\"%lld\\n\", s);\n}\n").replace("FACTOR", str(c))
         cases = []
         for j in range(k):
             xs = [rng.randint(-1000, 1000) for _ in range(rng.randint(1, 50))]
