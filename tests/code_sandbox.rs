@@ -616,8 +616,7 @@ fn sum_stdio_cpp() -> CodeTests {
 /// Compiling is part of a C++ verification: a looser bound than [`FAST`].
 const CPP: Duration = Duration::from_secs(40);
 
-const GOOD_SUM_CPP: &str =
-    "#include <bits/stdc++.h>\nusing namespace std;\nint main() {\n    long long a, b;\n    cin >> a >> b;\n    cout << a + b << endl;\n}\n";
+const GOOD_SUM_CPP: &str = "#include <bits/stdc++.h>\nusing namespace std;\nint main() {\n    long long a, b;\n    cin >> a >> b;\n    cout << a + b << endl;\n}\n";
 
 /// A C++ program whose `main` first runs `hostile` (a statement list) and then solves the sum.
 fn cpp_prog(includes: &str, hostile: &str) -> String {
@@ -664,20 +663,24 @@ fn cpp_hostile_programs_are_contained() {
     // Huge allocation at once, and growing slowly.
     let hog = cpp_prog("#include <vector>", "std::vector<char> big(50LL << 30, 1); printf(\"%d\\n\", big[7]);");
     expect(&v, &t, &hog, false, &[Reason::Memory], CPP);
-    let grow = cpp_prog(
-        "#include <vector>",
-        "std::vector<std::vector<char>> xs; while (true) xs.emplace_back(10 << 20, 1);",
-    );
+    let grow =
+        cpp_prog("#include <vector>", "std::vector<std::vector<char>> xs; while (true) xs.emplace_back(10 << 20, 1);");
     expect(&v, &t, &grow, false, &[Reason::Memory], CPP);
     // malloc returning NULL, then used: never a pass (g++ may also elide the allocation, and
     // the extra line printed is then a wrong answer).
     let null = cpp_prog("", "char *p = (char *)malloc(50LL << 30); p[0] = 1; printf(\"%d\\n\", p[0]);");
     expect(&v, &t, &null, false, &[Reason::RuntimeError, Reason::Memory, Reason::WrongAnswer], CPP);
     // A gigabyte of output.
-    let flood = cpp_prog("#include <string>", "std::string s(1 << 20, 'x'); for (int i = 0; i < 1024; i++) fputs(s.c_str(), stdout);");
+    let flood = cpp_prog(
+        "#include <string>",
+        "std::string s(1 << 20, 'x'); for (int i = 0; i < 1024; i++) fputs(s.c_str(), stdout);",
+    );
     expect(&v, &t, &flood, false, &[Reason::WrongAnswer], CPP);
     // Killing the parent, PID 1 and everything it may.
-    let kill = cpp_prog("#include <signal.h>\n#include <unistd.h>", "kill(getppid(), SIGKILL); kill(1, SIGKILL); kill(-1, SIGKILL);");
+    let kill = cpp_prog(
+        "#include <signal.h>\n#include <unistd.h>",
+        "kill(getppid(), SIGKILL); kill(1, SIGKILL); kill(-1, SIGKILL);",
+    );
     let (r, _) = judge(&v, &t, &kill);
     assert!(r.pass || matches!(r.reason, Reason::Timeout | Reason::RuntimeError), "{r:?}");
     // A child that ignores SIGTERM and leaves the session dies with the sandbox (judge checks).

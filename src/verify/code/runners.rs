@@ -141,10 +141,7 @@ impl Language for Cpp {
     fn compile_job(&self, program: &str) -> Option<Job> {
         // The linker needs a seekable output file, so the executable is written to the work
         // dir and then copied to stdout; the compiler's own stdout joins its diagnostics.
-        let script = format!(
-            "\"$0\" {} -o solution solution.cpp 1>&2 && exec cat solution",
-            CPP_FLAGS.join(" ")
-        );
+        let script = format!("\"$0\" {} -o solution solution.cpp 1>&2 && exec cat solution", CPP_FLAGS.join(" "));
         Some(Job {
             files: vec![file(Dir::Work, "solution.cpp", program)],
             main: vec!["/bin/sh".into(), "-c".into(), script, self.compiler.display().to_string()],

@@ -640,8 +640,11 @@ unsafe fn setup_namespace(p: &Plan) {
             }
         }
         for (path, data, uid, mode) in &p.files {
-            let fd =
-                libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, *mode as c_int);
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                *mode as c_int,
+            );
             if fd < 0 {
                 die(b"creating sandbox file");
             }
@@ -1016,7 +1019,12 @@ mod tests {
         let o = sb.run(
             1,
             &Job {
-                files: vec![JobFile { dir: Dir::Work, name: "x.txt".into(), data: b"hello".to_vec(), executable: false }],
+                files: vec![JobFile {
+                    dir: Dir::Work,
+                    name: "x.txt".into(),
+                    data: b"hello".to_vec(),
+                    executable: false,
+                }],
                 main: vec!["/bin/sh".into(), "-c".into(), "cat x.txt; cat; echo err >&2; exit 3".into()],
                 main_trusted: false,
                 helper: None,

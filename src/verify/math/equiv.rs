@@ -862,11 +862,7 @@ mod tests {
                 "\\begin{pmatrix}1+2x & (x-1)(x+1) \\\\ 0 & 2\\sqrt{2}\\end{pmatrix}",
                 true,
             ),
-            (
-                "\\begin{pmatrix}2x+1 & 0\\end{pmatrix}",
-                "\\begin{pmatrix}2x-1 & 0\\end{pmatrix}",
-                false,
-            ),
+            ("\\begin{pmatrix}2x+1 & 0\\end{pmatrix}", "\\begin{pmatrix}2x-1 & 0\\end{pmatrix}", false),
             // Column and row vectors, against each other and against tuples.
             ("\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\-2\\\\3\\end{pmatrix}", true),
             ("\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", "(1, -2, 3)", true),
@@ -880,7 +876,11 @@ mod tests {
                 "\\begin{pmatrix} 1/3 \\\\ \\frac{1}{\\sqrt{2}} \\\\ b+a \\end{pmatrix}",
                 true,
             ),
-            ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "\\begin{pmatrix} -\\frac13 \\\\ \\frac{2}{3} \\end{pmatrix}", true),
+            (
+                "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}",
+                "\\begin{pmatrix} -\\frac13 \\\\ \\frac{2}{3} \\end{pmatrix}",
+                true,
+            ),
             ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "\\begin{pmatrix} 1/3 \\\\ 2/3 \\end{pmatrix}", false),
         ]);
     }

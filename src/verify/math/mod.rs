@@ -228,7 +228,12 @@ mod tests {
         ("set", "\\{1,2,3\\}", "\\{3,2,1\\}", "\\{1,2\\}"),
         ("list", "1, 2, 3", "3, 2, 1", "1, 2, 4"),
         ("tuple", "(1,\\frac{9}{2})", "(1, 4.5)", "(\\frac{9}{2}, 1)"),
-        ("matrix", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}", "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}"),
+        (
+            "matrix",
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+            "\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}",
+            "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}",
+        ),
         (
             "array matrix",
             "\\left(\\begin{array}{cc}1&2\\\\3&4\\end{array}\\right)",
@@ -253,7 +258,12 @@ mod tests {
             "(-1/3, 2/3, \\frac{2}{\\sqrt{2}})",
             "\\begin{pmatrix} \\frac{1}{3} \\\\ \\frac{2}{3} \\\\ \\sqrt{2} \\end{pmatrix}",
         ),
-        ("row vector", "\\begin{pmatrix} 1 & -2 & 3 \\end{pmatrix}", "\\begin{bmatrix}1&-2&3\\end{bmatrix}", "\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}"),
+        (
+            "row vector",
+            "\\begin{pmatrix} 1 & -2 & 3 \\end{pmatrix}",
+            "\\begin{bmatrix}1&-2&3\\end{bmatrix}",
+            "\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}",
+        ),
         ("text", "\\text{Evelyn}", "Evelyn", "\\text{Emily}"),
         ("choice", "(B)", "B", "(C)"),
     ];
@@ -261,12 +271,9 @@ mod tests {
     #[test]
     fn every_answer_type_against_itself_a_rewriting_and_another_value() {
         for (kind, value, rewriting, other) in EVERY_TYPE {
-            for (gold, pred, want) in [
-                (value, value, true),
-                (value, rewriting, true),
-                (rewriting, value, true),
-                (value, other, false),
-            ] {
+            for (gold, pred, want) in
+                [(value, value, true), (value, rewriting, true), (rewriting, value, true), (value, other, false)]
+            {
                 let j = compare_answer_strings(gold, pred);
                 assert_eq!(j.pass, want, "{kind}: answer strings {gold} / {pred}: {j:?}");
                 let j = verify_response(gold, &format!("So the answer is $\\boxed{{{pred}}}$."));
@@ -281,12 +288,14 @@ mod tests {
     #[test]
     fn the_matrix_of_the_issue_verifies_against_itself() {
         let m = "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}";
-        let rec: Map<String, Value> =
-            serde_json::from_value(serde_json::json!({"task": "math", "answer": m, "content": format!("\\boxed{{{m}}}")}))
-                .unwrap();
+        let rec: Map<String, Value> = serde_json::from_value(
+            serde_json::json!({"task": "math", "answer": m, "content": format!("\\boxed{{{m}}}")}),
+        )
+        .unwrap();
         let v = super::super::Verifier::verify(&MathVerifier, &rec);
         assert_eq!((v.pass, v.reason.as_deref()), (Some(true), Some("equal")), "{v:?}");
-        for spaced in ["\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "$\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}$"] {
+        for spaced in ["\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "$\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}$"]
+        {
             assert!(verify_response(spaced, &format!("\\boxed{{{m}}}")).pass, "{spaced}");
             assert!(verify_response(m, &format!("The final answer is {spaced}")).pass, "{spaced}");
         }
