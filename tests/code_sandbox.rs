@@ -495,6 +495,14 @@ fn weaker_isolation_still_judges() {
     expect(&v, &sum_stdio(), "while True:\n    pass\n", false, &[Reason::Timeout], FAST);
     let child = "import os, signal, time\nif os.fork() == 0:\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n    time.sleep(100)\n    os._exit(0)\n";
     expect(&v, &add_tests(), &format!("{child}{GOOD_ADD}"), true, &[Reason::Passed], FAST);
+    // C++ in a host temporary directory: compiled, run as `./solution`, cleaned up.
+    if v.0.has_cpp() {
+        expect(&v, &sum_stdio_cpp(), &cpp_prog("", ""), true, &[Reason::Passed], CPP);
+        let bomb = cpp_prog("#include <unistd.h>", "while (true) fork();");
+        expect(&v, &sum_stdio_cpp(), &bomb, false, &[Reason::Timeout], CPP);
+    } else {
+        eprintln!("skipping C++ in uid mode: no g++ on PATH");
+    }
 }
 
 #[test]
@@ -570,4 +578,267 @@ fn problems_generator_references_pass_and_wrong_variants_fail() {
         let (r, _) = judge(&v, &tests, &solved.wrong);
         assert!(!r.pass, "{} wrong variant passed:\n{}\n{r:?}", p.id, solved.wrong);
     }
+}
+
+// ---- C++ ----
+
+/// A verifier that can compile C++, or `None` (printed) when python3 or g++ is missing.
+fn cpp_with(f: impl FnOnce(&mut CodeConfig)) -> Option<(CodeVerifier, u32)> {
+    if distill::verify::code::runners::find_cxx(None).is_none() {
+        eprintln!("skipping the C++ tests: no g++ on PATH");
+        return None;
+    }
+    let v = verifier_with(|c| {
+        c.compile_memory_mb = 1024;
+        c.compile_timeout_s = 60.0;
+        f(c)
+    })?;
+    assert!(v.0.has_cpp(), "g++ is on PATH but the verifier did not take it");
+    Some(v)
+}
+
+fn cpp() -> Option<(CodeVerifier, u32)> {
+    cpp_with(|_| {})
+}
+
+fn cpp_short() -> Option<(CodeVerifier, u32)> {
+    cpp_with(|c| {
+        c.timeout_s = 1.0;
+        c.startup_s = 1.0;
+    })
+}
+
+fn sum_stdio_cpp() -> CodeTests {
+    tests(json!({"kind": "stdio", "language": "cpp",
+        "cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"}]}))
+}
+
+/// Compiling is part of a C++ verification: a looser bound than [`FAST`].
+const CPP: Duration = Duration::from_secs(40);
+
+const GOOD_SUM_CPP: &str = "#include <bits/stdc++.h>\nusing namespace std;\nint main() {\n    long long a, b;\n    cin >> a >> b;\n    cout << a + b << endl;\n}\n";
+
+/// A C++ program whose `main` first runs `hostile` (a statement list) and then solves the sum.
+fn cpp_prog(includes: &str, hostile: &str) -> String {
+    format!(
+        "#include <cstdio>\n#include <cstdlib>\n{includes}\nint main() {{\n{hostile}\n    long long a, b;\n    if (scanf(\"%lld %lld\", &a, &b) != 2) return 1;\n    printf(\"%lld\\n\", a + b);\n    return 0;\n}}\n"
+    )
+}
+
+#[test]
+fn cpp_correct_wrong_and_broken_programs() {
+    let Some(v) = cpp() else { return };
+    let r = expect(&v, &sum_stdio_cpp(), GOOD_SUM_CPP, true, &[Reason::Passed], CPP);
+    assert_eq!((r.passed_tests, r.total_tests), (2, 2));
+    expect(&v, &sum_stdio_cpp(), &GOOD_SUM_CPP.replace("a + b", "a - b"), false, &[Reason::WrongAnswer], CPP);
+    // A compile error is its own verdict, with the compiler's message.
+    let r = expect(&v, &sum_stdio_cpp(), "int main() { return x; }\n", false, &[Reason::CompileError], CPP);
+    assert!(r.detail.contains("x"), "{r:?}");
+    expect(&v, &sum_stdio_cpp(), "this is not C++\n", false, &[Reason::CompileError], CPP);
+    // A program without main does not link.
+    expect(&v, &sum_stdio_cpp(), "int f() { return 1; }\n", false, &[Reason::CompileError], CPP);
+    // Runtime errors: exit code, abort, segfault, uncaught exception.
+    for bad in ["return 3;", "abort();", "int *p = nullptr; *(volatile int *)p = 1;", "throw 1;"] {
+        expect(&v, &sum_stdio_cpp(), &cpp_prog("", bad), false, &[Reason::RuntimeError], CPP);
+    }
+    // The same float-tolerant, token-wise checker as Python.
+    let mean = tests(json!({"kind": "stdio", "language": "cpp", "float_tol": 1e-6,
+        "cases": [{"input": "3\n1 2 4\n", "output": "2.333333333\n"}, {"input": "2\n1 2\n", "output": "1.5"}]}));
+    let prog = "#include <cstdio>\nint main() { int n; scanf(\"%d\", &n); double s = 0; for (int i = 0; i < n; i++) { double x; scanf(\"%lf\", &x); s += x; } printf(\"%.7f\\n\", s / n); }\n";
+    expect(&v, &mean, prog, true, &[Reason::Passed], CPP);
+    expect(&v, &mean, &prog.replace("%.7f", "%.1f"), false, &[Reason::WrongAnswer], CPP);
+}
+
+#[test]
+fn cpp_hostile_programs_are_contained() {
+    let Some(v) = cpp_short() else { return };
+    let t = sum_stdio_cpp();
+    // Infinite loop (volatile: not optimised away).
+    expect(&v, &t, &cpp_prog("", "volatile int x = 0; while (true) x++;"), false, &[Reason::Timeout], CPP);
+    // Fork bomb.
+    let bomb = cpp_prog("#include <unistd.h>", "while (true) fork();");
+    expect(&v, &t, &bomb, false, &[Reason::Timeout], CPP);
+    // The slot works normally right after.
+    expect(&v, &t, GOOD_SUM_CPP, true, &[Reason::Passed], CPP);
+    // Huge allocation at once, and growing slowly.
+    let hog = cpp_prog("#include <vector>", "std::vector<char> big(50LL << 30, 1); printf(\"%d\\n\", big[7]);");
+    expect(&v, &t, &hog, false, &[Reason::Memory], CPP);
+    let grow =
+        cpp_prog("#include <vector>", "std::vector<std::vector<char>> xs; while (true) xs.emplace_back(10 << 20, 1);");
+    expect(&v, &t, &grow, false, &[Reason::Memory], CPP);
+    // malloc returning NULL, then used: never a pass (g++ may also elide the allocation, and
+    // the extra line printed is then a wrong answer).
+    let null = cpp_prog("", "char *p = (char *)malloc(50LL << 30); p[0] = 1; printf(\"%d\\n\", p[0]);");
+    expect(&v, &t, &null, false, &[Reason::RuntimeError, Reason::Memory, Reason::WrongAnswer], CPP);
+    // A gigabyte of output.
+    let flood = cpp_prog(
+        "#include <string>",
+        "std::string s(1 << 20, 'x'); for (int i = 0; i < 1024; i++) fputs(s.c_str(), stdout);",
+    );
+    expect(&v, &t, &flood, false, &[Reason::WrongAnswer], CPP);
+    // Killing the parent, PID 1 and everything it may.
+    let kill = cpp_prog(
+        "#include <signal.h>\n#include <unistd.h>",
+        "kill(getppid(), SIGKILL); kill(1, SIGKILL); kill(-1, SIGKILL);",
+    );
+    let (r, _) = judge(&v, &t, &kill);
+    assert!(r.pass || matches!(r.reason, Reason::Timeout | Reason::RuntimeError), "{r:?}");
+    // A child that ignores SIGTERM and leaves the session dies with the sandbox (judge checks).
+    let child = cpp_prog(
+        "#include <signal.h>\n#include <unistd.h>",
+        "if (fork() == 0) { signal(SIGTERM, SIG_IGN); setsid(); sleep(100); _exit(0); }",
+    );
+    expect(&v, &t, &child, true, &[Reason::Passed], CPP);
+}
+
+#[test]
+fn cpp_writes_outside_the_work_dir_do_not_reach_the_host() {
+    let Some(v) = cpp() else { return };
+    let host = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(host.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let targets = [
+        host.path().join("escaped-cpp.txt"),
+        std::path::PathBuf::from("/tmp/distill-sandbox-escape-cpp.txt"),
+        std::path::PathBuf::from("/root/distill-sandbox-escape-cpp.txt"),
+        std::path::PathBuf::from("/etc/distill-sandbox-escape-cpp.txt"),
+        std::path::PathBuf::from("/var/tmp/distill-sandbox-escape-cpp.txt"),
+        std::path::PathBuf::from("/dev/shm/distill-sandbox-escape-cpp.txt"),
+    ];
+    let list = targets.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", ");
+    let hostile = format!(
+        "const char *ps[] = {{{list}, \"../escaped-cpp.txt\", \"/escaped-cpp.txt\"}};\n    for (const char *p : ps) {{ FILE *f = fopen(p, \"w\"); if (f) {{ fputs(\"x\", f); fclose(f); }} }}"
+    );
+    let (r, _) = judge(&v, &sum_stdio_cpp(), &cpp_prog("", &hostile));
+    if v.0.isolation() == Ok(Isolation::Namespaces) {
+        assert!(r.pass, "{r:?}");
+    }
+    let isolated = v.0.isolation() != Ok(Isolation::Rlimits);
+    for p in &targets {
+        if isolated || !p.starts_with("/tmp") {
+            assert!(!p.exists(), "{} was written", p.display());
+        }
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(!std::path::Path::new("/escaped-cpp.txt").exists());
+    // A huge file is cut at the file limit.
+    let big = cpp_prog(
+        "#include <vector>",
+        "FILE *f = fopen(\"big.bin\", \"wb\"); std::vector<char> mb(1 << 20); for (int i = 0; i < 1024; i++) if (fwrite(mb.data(), 1, mb.size(), f) != mb.size()) return 5;",
+    );
+    expect(&v, &sum_stdio_cpp(), &big, false, &[Reason::RuntimeError], CPP);
+}
+
+#[test]
+fn cpp_hostile_compilations_are_compile_errors() {
+    let Some(v) = cpp_with(|c| c.compile_timeout_s = 15.0) else { return };
+    let t = sum_stdio_cpp();
+    // Reading an endless file at compile time: bounded by the compiler's memory and time.
+    let (r, took) = judge(&v, &t, "#include \"/dev/zero\"\nint main() {}\n");
+    assert_eq!(r.reason, Reason::CompileError, "{r:?}");
+    assert!(took < CPP, "{took:?}");
+    let (r, _) = judge(&v, &t, "#include \"/dev/stdin\"\nint main() {}\n");
+    assert!(!r.pass, "{r:?}");
+    // Host secrets are not readable by the compiler either.
+    let (r, _) = judge(&v, &t, "#include \"/etc/shadow\"\nint main() {}\n");
+    assert_eq!(r.reason, Reason::CompileError, "{r:?}");
+    // An exponential template instantiation: bounded by the compile limits.
+    let bomb = "template <int N> struct F { static const long long v = F<N - 1>::v + F<N - 2>::v; };\ntemplate <> struct F<1> { static const long long v = 1; };\ntemplate <> struct F<0> { static const long long v = 0; };\nint main() { return F<100000>::v != 0; }\n";
+    let (r, took) = judge(&v, &t, bomb);
+    assert_eq!(r.reason, Reason::CompileError, "{r:?}");
+    assert!(took < CPP, "{took:?}");
+    // The slot compiles normally right after.
+    expect(&v, &t, &cpp_prog("", ""), true, &[Reason::Passed], CPP);
+}
+
+/// The generator's stdio problems with C++ solutions: references pass, wrong variants fail.
+#[test]
+fn cpp_generated_stdio_problems() {
+    use distill::problems::{self, ProblemKind};
+    let Some(v) = cpp() else { return };
+    let param = |prompt: &str, after: &str| -> i64 {
+        let rest = &prompt[prompt.find(after).expect(after) + after.len()..];
+        let num: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '-').collect();
+        num.parse().expect("parameter")
+    };
+    let mut seen = 0;
+    for i in 0..20 {
+        if seen == 6 {
+            break;
+        }
+        let p = problems::problem(ProblemKind::Code, 11, i);
+        let Some(mut t) = p.tests.clone() else { continue };
+        if t.kind != distill::record::TestKind::Stdio {
+            continue;
+        }
+        t.language = "cpp".into();
+        let (good, wrong) = if p.prompt.contains("sum of the squares") {
+            let k = param(&p.prompt, "strictly greater than ");
+            let prog = |op: &str| {
+                format!(
+                    "#include <iostream>\nusing namespace std;\nint main() {{\n    int n; cin >> n;\n    long long s = 0;\n    for (int i = 0; i < n; i++) {{ long long x; cin >> x; if (x {op} {k}) s += x * x; }}\n    cout << s << \"\\n\";\n}}\n"
+                )
+            };
+            (prog(">"), prog(">="))
+        } else if p.prompt.contains("words of length") {
+            let m = param(&p.prompt, "at least ");
+            let prog = |op: &str| {
+                format!(
+                    "#include <algorithm>\n#include <iostream>\n#include <sstream>\n#include <string>\n#include <vector>\nusing namespace std;\nint main() {{\n    string line; getline(cin, line);\n    istringstream in(line);\n    vector<string> kept; string w;\n    while (in >> w) if ((long long)w.size() {op} {m}) kept.push_back(w);\n    reverse(kept.begin(), kept.end());\n    for (size_t i = 0; i < kept.size(); i++) cout << (i ? \" \" : \"\") << kept[i];\n    cout << \"\\n\";\n}}\n"
+                )
+            };
+            (prog(">="), prog(">"))
+        } else {
+            panic!("unknown stdio family: {}", p.prompt);
+        };
+        let (r, _) = judge(&v, &t, &good);
+        assert!(r.pass, "{} C++ reference:\n{good}\n{r:?}", p.id);
+        assert_eq!(r.passed_tests, r.total_tests);
+        let (r, _) = judge(&v, &t, &wrong);
+        assert!(!r.pass && r.reason == Reason::WrongAnswer, "{} C++ wrong variant:\n{wrong}\n{r:?}", p.id);
+        seen += 1;
+    }
+    assert_eq!(seen, 6, "stdio problems among the first 20");
+}
+
+#[test]
+fn the_tests_language_decides_and_the_tag_only_without_it() {
+    let Some(v) = cpp() else { return };
+    let py_block = format!("```python\n{GOOD_SUM}```\n");
+    let cpp_block = format!("```cpp\n{GOOD_SUM_CPP}```\n");
+    let rec = |tests: Value, content: &str| {
+        let r = json!({"id": "l/0", "task": "code", "tests": tests, "content": content});
+        v.0.verify_record(r.as_object().unwrap())
+    };
+    let cases = |lang: Option<&str>| {
+        let mut t = json!({"kind": "stdio", "cases": [{"input": "1 2\n", "output": "3\n"}]});
+        if let Some(l) = lang {
+            t["language"] = json!(l);
+        }
+        t
+    };
+    let r = rec(cases(Some("cpp")), &cpp_block);
+    assert!(r.pass && r.reason == Reason::Passed, "{r:?}");
+    let r = rec(cases(Some("cpp")), &py_block);
+    assert_eq!(r.reason, Reason::WrongLanguage, "{r:?}");
+    assert!(r.detail.contains("cpp") && r.detail.contains("python"), "{r:?}");
+    let r = rec(cases(Some("python")), &cpp_block);
+    assert_eq!(r.reason, Reason::WrongLanguage, "{r:?}");
+    // Both blocks: the one the tests ask for is taken.
+    let r = rec(cases(Some("python")), &format!("{py_block}\nor in C++:\n{cpp_block}"));
+    assert!(r.pass, "{r:?}");
+    let r = rec(cases(Some("cpp")), &format!("{cpp_block}\nor in Python:\n{py_block}"));
+    assert!(r.pass, "{r:?}");
+    // No `language` in the tests: the block's tag decides (untagged is Python).
+    let r = rec(cases(None), &cpp_block);
+    assert!(r.pass, "{r:?}");
+    let r = rec(cases(None), &py_block);
+    assert!(r.pass, "{r:?}");
+    let r = rec(cases(None), &format!("```\n{GOOD_SUM}```\n"));
+    assert!(r.pass, "{r:?}");
+    // C++ code that is Python in disguise does not compile; Python given C++ does not run.
+    let r = rec(cases(Some("cpp")), &format!("```cpp\n{GOOD_SUM}```\n"));
+    assert_eq!(r.reason, Reason::CompileError, "{r:?}");
+    // Call and assert tests have no C++ harness.
+    let call = json!({"kind": "call", "language": "cpp", "fn_name": "f", "cases": [{"input": [1], "output": 1}]});
+    assert_eq!(rec(call, &cpp_block).reason, Reason::UnsupportedLanguage);
 }

@@ -18,6 +18,25 @@ pub fn tags(language: &str) -> &'static [&'static str] {
     }
 }
 
+/// The language names [`tags`] knows, in their canonical spelling.
+const LANGUAGES: &[&str] = &["python", "cpp", "c", "rust", "java", "javascript"];
+
+/// The canonical name of a language name or block tag (`py3` → `python`, `c++` → `cpp`).
+pub fn canonical(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    LANGUAGES.iter().copied().find(|l| tags(l).contains(&lower.as_str()))
+}
+
+/// The last fenced block tagged with a known language (after `</think>` when that part has
+/// one, else anywhere), as (canonical language, body).
+pub fn last_tagged(response: &str) -> Option<(&'static str, &str)> {
+    fn last(text: &str) -> Option<(&'static str, &str)> {
+        blocks(text).into_iter().rev().find_map(|b| canonical(&b.tag).map(|l| (l, b.body)))
+    }
+    let after = response.rfind("</think>").map(|i| &response[i + "</think>".len()..]);
+    after.and_then(last).or_else(|| last(response))
+}
+
 /// A fenced block: its info-string's first word (lower case) and its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block<'a> {
@@ -122,5 +141,24 @@ mod tests {
             assert_eq!(extract(text, "python"), *want, "{text:?}");
         }
         assert_eq!(extract("```c++\nint x;\n```", "cpp"), Some("int x;\n"));
+    }
+
+    #[test]
+    fn languages_of_blocks() {
+        assert_eq!(canonical("C++"), Some("cpp"));
+        assert_eq!(canonical("py3"), Some("python"));
+        assert_eq!(canonical("cobol"), None);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("```cpp\nint main(){}\n```", Some("cpp")),
+            ("```python\nx\n```\n```c++\ny\n```", Some("cpp")),
+            ("```cpp\nx\n```\n```\nuntagged\n```", Some("cpp")),
+            ("<think>```cpp\nx\n```</think>\n```python\ny\n```", Some("python")),
+            ("<think>\n```cpp\nx\n```\n</think>\nsee above", Some("cpp")),
+            ("```\nuntagged\n```", None),
+            ("```text\nout\n```", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(last_tagged(text).map(|(l, _)| l), *want, "{text:?}");
+        }
     }
 }

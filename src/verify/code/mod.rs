@@ -4,9 +4,16 @@
 //! `call`) and the response in `content` (with `reasoning`, or a raw `response` holding
 //! `<think>…</think>`). Out: a [`Verdict`] with `pass`, `extracted` (the program), `reason`
 //! (`passed`, `compile_error`, `runtime_error`, `wrong_answer`, `timeout`, `memory`,
-//! `no_code`, `sandbox_error`; `missing_tests` and `unsupported_language` when the record
-//! cannot be judged) and, in the verdict's extra fields, `passed_tests`, `total_tests`,
-//! `isolation` and a short `detail`.
+//! `no_code`, `wrong_language`, `sandbox_error`; `missing_tests` and `unsupported_language`
+//! when the record cannot be judged) and, in the verdict's extra fields, `passed_tests`,
+//! `total_tests`, `isolation` and a short `detail`.
+//!
+//! Languages: `python` (all kinds) and `cpp` (`stdio`; compiled once per program with
+//! `g++ -O2 -std=c++17` inside the sandbox, with its own time, memory and output limits; a
+//! program that does not compile is `compile_error`). `tests.language` decides; only when the
+//! record's tests have no `language` field does the tag of the response's last fenced block
+//! (`python`, `cpp`, …; untagged means Python) choose. A response whose only code is in another
+//! language than the tests ask for is `wrong_language`.
 //!
 //! Programs run in the [`sandbox`] (one process group, fresh tmpfs work dir, cleared
 //! environment, rlimits, unprivileged uid, private namespaces when root), a bounded number at a
@@ -26,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::record::{CodeTests, TestKind, Verdict};
-use runners::{Language, Python};
+use runners::{Cpp, Language, Python};
 use sandbox::{Exit, Isolation, Limits, Sandbox};
 
 /// Why a program passed or failed.
@@ -40,6 +47,8 @@ pub enum Reason {
     Timeout,
     Memory,
     NoCode,
+    /// The response's code is in another language than the record's tests ask for.
+    WrongLanguage,
     SandboxError,
     /// The record has no usable `tests`.
     MissingTests,
@@ -57,6 +66,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::Memory => "memory",
             Reason::NoCode => "no_code",
+            Reason::WrongLanguage => "wrong_language",
             Reason::SandboxError => "sandbox_error",
             Reason::MissingTests => "missing_tests",
             Reason::UnsupportedLanguage => "unsupported_language",
@@ -116,6 +126,12 @@ pub struct CodeConfig {
     pub isolation: IsolationChoice,
     /// Python interpreter; default: found on PATH (see `runners::find_python`).
     pub python: Option<PathBuf>,
+    /// C++ compiler (g++); default: `g++` on PATH (see `runners::find_cxx`).
+    pub cxx: Option<PathBuf>,
+    /// Wall-clock seconds for compiling one program (also its CPU limit).
+    pub compile_timeout_s: f64,
+    /// Address space of the compiler's processes, MiB.
+    pub compile_memory_mb: u64,
     /// First sandbox uid; default: derived from the process id.
     pub uid_base: Option<u32>,
 }
@@ -134,6 +150,9 @@ impl Default for CodeConfig {
             float_tol: None,
             isolation: IsolationChoice::Auto,
             python: None,
+            cxx: None,
+            compile_timeout_s: 30.0,
+            compile_memory_mb: 2048,
             uid_base: None,
         }
     }
@@ -186,6 +205,7 @@ impl CodeResult {
 struct Ready {
     sandbox: Sandbox,
     python: Python,
+    cpp: Option<Cpp>,
 }
 
 /// Worker slots: each run holds one, which bounds concurrency and gives it its own uids.
@@ -255,7 +275,7 @@ impl CodeVerifier {
         let interpreter = runners::find_python(self.cfg.python.as_deref())
             .ok_or_else(|| "no python3 found on PATH (set the code verifier's `python`)".to_string())?;
         let python = Python { interpreter };
-        let probe = python.stdio_job("print('ok')\n", b"");
+        let probe = python.stdio_job(b"print('ok')\n", b"");
         let wanted = match self.cfg.isolation {
             IsolationChoice::Auto | IsolationChoice::Namespaces => Isolation::Namespaces,
             IsolationChoice::Uid => Isolation::Uid,
@@ -277,12 +297,30 @@ impl CodeVerifier {
                 if why.is_empty() { "as configured".to_string() } else { why.join("; ") }
             );
         }
-        Ok(Ready { sandbox: sb, python })
+        let cpp = runners::find_cxx(self.cfg.cxx.as_deref()).map(|compiler| Cpp { compiler });
+        Ok(Ready { sandbox: sb, python, cpp })
     }
 
-    fn language(&self, ready: &Ready, name: &str) -> Option<Box<dyn Language>> {
-        let py = ready.python.clone();
-        if py.names().contains(&name.to_ascii_lowercase().as_str()) { Some(Box::new(py)) } else { None }
+    /// The runner for `tests.language`, or why there is none.
+    fn language(&self, ready: &Ready, name: &str) -> Result<Box<dyn Language>, String> {
+        let name = name.to_ascii_lowercase();
+        if ready.python.names().contains(&name.as_str()) {
+            return Ok(Box::new(ready.python.clone()));
+        }
+        let cpp = Cpp { compiler: PathBuf::new() };
+        if cpp.names().contains(&name.as_str()) {
+            return match &ready.cpp {
+                Some(c) => Ok(Box::new(c.clone())),
+                None => Err("no g++ found on PATH (set the code verifier's `cxx`)".into()),
+            };
+        }
+        Err(format!("no runner for language {name:?} (supported: python, cpp)"))
+    }
+
+    /// Whether C++ programs can be judged here (a `g++` was found), probing the sandbox if not
+    /// done yet.
+    pub fn has_cpp(&self) -> bool {
+        self.ready().is_ok_and(|r| r.cpp.is_some())
     }
 
     /// Judges a record (see the module documentation for the fields read).
@@ -300,7 +338,22 @@ impl CodeVerifier {
             (c, "", _) => c.to_string(),
             (c, r, _) => format!("<think>{r}</think>{c}"),
         };
+        // `tests.language` decides; the code's own tag only when the tests do not say.
+        let explicit = record.get("tests").and_then(|t| t.get("language")).is_some_and(|l| !l.is_null());
+        let mut tests = tests;
+        if !explicit && let Some((lang, _)) = extract::last_tagged(&response) {
+            tests.language = lang.to_string();
+        }
         let Some(program) = extract::extract(&response, &tests.language) else {
+            if let Some((other, _)) = extract::last_tagged(&response)
+                && extract::canonical(&tests.language) != Some(other)
+            {
+                return CodeResult::fail(
+                    Reason::WrongLanguage,
+                    0,
+                    format!("the tests ask for {}; the response's code is {other}", tests.language),
+                );
+            }
             return CodeResult::fail(
                 Reason::NoCode,
                 0,
@@ -318,15 +371,14 @@ impl CodeVerifier {
             Ok(r) => r,
             Err(e) => return CodeResult::fail(Reason::SandboxError, 0, e),
         };
-        let Some(lang) = self.language(ready, &tests.language) else {
-            return CodeResult {
-                isolation: Some(ready.sandbox.isolation()),
-                ..CodeResult::fail(
-                    Reason::UnsupportedLanguage,
-                    0,
-                    format!("no runner for language {:?} (supported: python)", tests.language),
-                )
-            };
+        let lang = match self.language(ready, &tests.language) {
+            Ok(l) => l,
+            Err(why) => {
+                return CodeResult {
+                    isolation: Some(ready.sandbox.isolation()),
+                    ..CodeResult::fail(Reason::UnsupportedLanguage, 0, why)
+                };
+            }
         };
         let timeout = tests.timeout_s.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(self.cfg.timeout_s).min(3600.0);
         let limits = Limits {
@@ -367,6 +419,14 @@ impl CodeVerifier {
         if cases.is_empty() {
             return CodeResult::fail(Reason::MissingTests, 0, "stdio tests without `cases`");
         }
+        // A compiled language is compiled once, in a sandbox run of its own.
+        let executable = match lang.compile_job(program) {
+            None => program.as_bytes().to_vec(),
+            Some(job) => match self.compile(ready, slot, &job) {
+                Ok(bin) => bin,
+                Err((r, d)) => return CodeResult::fail(r, total, d),
+            },
+        };
         let mut passed = 0;
         let mut first: Option<(Reason, String)> = None;
         for (i, case) in cases.iter().enumerate() {
@@ -374,7 +434,7 @@ impl CodeVerifier {
             let want = runners::case_text(&case.output);
             let mut lim = limits.clone();
             lim.stdout_cap = lim.stdout_cap.min(want.len() * 2 + (64 << 10));
-            let o = ready.sandbox.run(slot, &lang.stdio_job(program, input.as_bytes()), &lim);
+            let o = ready.sandbox.run(slot, &lang.stdio_job(&executable, input.as_bytes()), &lim);
             let failure = match &o.exit {
                 Exit::Code(0) if runners::stdio_matches(&o.stdout, &want, float_tol) => None,
                 Exit::Code(0) => Some((Reason::WrongAnswer, format!("case {i}: output differs"))),
@@ -396,6 +456,41 @@ impl CodeVerifier {
             }
         }
         finish(passed, total, first)
+    }
+
+    /// Runs a compile job: the executable it printed, or the verdict (`compile_error`, or
+    /// `sandbox_error`) and its detail. The compiler gets `compile_timeout_s` of wall and CPU
+    /// time, `compile_memory_mb` of address space, `file_mb` for the executable and 1 MiB of
+    /// diagnostics; past any of them the program counts as not compiling.
+    fn compile(&self, ready: &Ready, slot: u32, job: &sandbox::Job) -> Result<Vec<u8>, (Reason, String)> {
+        let t = self.cfg.compile_timeout_s.clamp(1.0, 3600.0);
+        let limits = Limits {
+            wall: Duration::from_secs_f64(t),
+            cpu_s: t.ceil() as u64,
+            memory_mb: self.cfg.compile_memory_mb.max(256),
+            file_mb: self.cfg.file_mb.max(1),
+            // g++, cc1plus, as, collect2 and ld, with headroom.
+            nproc: self.cfg.nproc.max(16),
+            nofile: 256,
+            stdout_cap: (self.cfg.file_mb.max(1) << 20) as usize,
+            stderr_cap: 1 << 20,
+        };
+        let o = ready.sandbox.run(slot, job, &limits);
+        let diag = || {
+            let s = String::from_utf8_lossy(&o.stderr);
+            let s = s.trim();
+            let start = s.char_indices().rev().nth(600).map_or(0, |(i, _)| i);
+            s[start..].to_string()
+        };
+        match &o.exit {
+            Exit::Code(0) if !o.stdout.is_empty() => Ok(o.stdout),
+            Exit::Code(0) => Err((Reason::CompileError, "the compiler produced no executable".into())),
+            Exit::Code(c) => Err((Reason::CompileError, format!("exit code {c}: {}", diag()))),
+            Exit::Timeout => Err((Reason::CompileError, format!("compilation took over {t:.0} s"))),
+            Exit::OutputLimit => Err((Reason::CompileError, "compiler output or executable over the limit".into())),
+            Exit::Signal(s) => Err((Reason::CompileError, format!("compiler killed by signal {s}: {}", diag()))),
+            Exit::SandboxError(e) => Err((Reason::SandboxError, e.clone())),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

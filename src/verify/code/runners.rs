@@ -1,9 +1,11 @@
 //! Runners: turn a program and its tests into sandbox jobs, and sandbox outcomes into results.
 //!
-//! A [`Language`] knows how to run a program of its language for each test kind; Python 3 is
-//! the one implemented. Another language (C++ via g++ is the natural second) adds a type
-//! implementing the trait: a compile step inside the job's command, then the same stdio
-//! comparison, which lives here and is language-independent.
+//! A [`Language`] knows how to run a program of its language for each test kind: Python 3
+//! ([`Python`], all three kinds) and C++ ([`Cpp`], `stdio` only). A compiled language gives a
+//! [`Language::compile_job`]: the compiler runs as a sandbox job of its own (it reads untrusted
+//! source: `#include "/dev/zero"`, template bombs) and prints the executable on stdout; each
+//! case then runs that executable in a fresh sandbox. The stdio comparison lives here and is
+//! language-independent.
 //!
 //! * `stdio`: one sandbox run per case, the program reads the case's input on stdin; stdout is
 //!   compared with the expected output token by token ([`stdio_matches`]).
@@ -30,8 +32,15 @@ const CALL_RUNNER: &str = include_str!("harness/call_runner.py");
 pub trait Language: Send + Sync {
     /// The `tests.language` values it serves.
     fn names(&self) -> &'static [&'static str];
-    /// Runs `program` as a whole program (stdin → stdout).
-    fn stdio_job(&self, program: &str, input: &[u8]) -> Job;
+    /// For a compiled language, the job that compiles `program` and prints the executable on
+    /// stdout (diagnostics on stderr, non-zero exit on a compile error); `None` when the
+    /// source runs as it is.
+    fn compile_job(&self, _program: &str) -> Option<Job> {
+        None
+    }
+    /// Runs a whole program (stdin → stdout): `program` is the source, or the executable that
+    /// [`Language::compile_job`] printed.
+    fn stdio_job(&self, program: &[u8], input: &[u8]) -> Job;
     /// Runs the `call` harness; `None` when the language has no such harness.
     fn call_job(&self, program: &str, fn_name: &str, inputs: &[Value]) -> Option<Job>;
     /// Runs the `assert` harness; `None` when the language has no such harness.
@@ -55,7 +64,7 @@ impl Python {
 }
 
 fn file(dir: Dir, name: &str, data: impl Into<Vec<u8>>) -> JobFile {
-    JobFile { dir, name: name.to_string(), data: data.into() }
+    JobFile { dir, name: name.to_string(), data: data.into(), executable: false }
 }
 
 impl Language for Python {
@@ -63,7 +72,7 @@ impl Language for Python {
         &["python", "python3", "py"]
     }
 
-    fn stdio_job(&self, program: &str, input: &[u8]) -> Job {
+    fn stdio_job(&self, program: &[u8], input: &[u8]) -> Job {
         Job {
             files: vec![file(Dir::Work, "solution.py", program)],
             main: self.argv(&["solution.py"]),
@@ -112,6 +121,73 @@ impl Language for Python {
             Reason::RuntimeError
         }
     }
+}
+
+/// C++ through `g++ -O2 -std=c++17` (plus `-DONLINE_JUDGE`, as Codeforces defines it, and
+/// `-pipe`); `stdio` tests only.
+#[derive(Debug, Clone)]
+pub struct Cpp {
+    pub compiler: PathBuf,
+}
+
+/// The flags every C++ program is compiled with (after the compiler's path).
+pub const CPP_FLAGS: &[&str] = &["-O2", "-std=c++17", "-DONLINE_JUDGE", "-pipe", "-fmax-errors=20"];
+
+impl Language for Cpp {
+    fn names(&self) -> &'static [&'static str] {
+        &["cpp", "c++", "cxx"]
+    }
+
+    fn compile_job(&self, program: &str) -> Option<Job> {
+        // The linker needs a seekable output file, so the executable is written to the work
+        // dir and then copied to stdout; the compiler's own stdout joins its diagnostics.
+        let script = format!("\"$0\" {} -o solution solution.cpp 1>&2 && exec cat solution", CPP_FLAGS.join(" "));
+        Some(Job {
+            files: vec![file(Dir::Work, "solution.cpp", program)],
+            main: vec!["/bin/sh".into(), "-c".into(), script, self.compiler.display().to_string()],
+            main_trusted: false,
+            helper: None,
+            stdin: Vec::new(),
+        })
+    }
+
+    fn stdio_job(&self, program: &[u8], input: &[u8]) -> Job {
+        Job {
+            files: vec![JobFile { dir: Dir::Work, name: "solution".into(), data: program.to_vec(), executable: true }],
+            main: vec!["./solution".into()],
+            main_trusted: false,
+            helper: None,
+            stdin: input.to_vec(),
+        }
+    }
+
+    fn call_job(&self, _program: &str, _fn_name: &str, _inputs: &[Value]) -> Option<Job> {
+        None
+    }
+
+    fn assert_job(&self, _: &str, _: &str, _: &str, _: bool, _: &str) -> Option<Job> {
+        None
+    }
+
+    fn failure(&self, stderr: &[u8]) -> Reason {
+        // An uncaught `std::bad_alloc` (the address-space limit) aborts with this line.
+        if String::from_utf8_lossy(stderr).contains("std::bad_alloc") { Reason::Memory } else { Reason::RuntimeError }
+    }
+}
+
+/// Finds the C++ compiler: `configured` if given, else the first `g++` on PATH, then
+/// `/usr/bin/g++`; `None` when there is none (C++ records are then `unsupported_language`).
+pub fn find_cxx(configured: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = configured {
+        return Some(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("g++"))
+        .chain([PathBuf::from("/usr/bin/g++")])
+        .filter(|p| p.is_file())
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .find(|p| world_executable(p))
 }
 
 /// Finds a Python 3 interpreter the sandbox uid can execute: `configured` if given, else
@@ -247,7 +323,11 @@ pub fn run_failure(lang: &dyn Language, o: &Outcome) -> (Reason, String) {
         Exit::Signal(s) if *s == libc::SIGXCPU || *s == libc::SIGKILL => {
             (Reason::Timeout, format!("CPU time limit (signal {s})"))
         }
-        Exit::Signal(s) => (Reason::RuntimeError, format!("killed by signal {s}")),
+        Exit::Signal(s) => {
+            // A C++ program aborted by an uncaught `std::bad_alloc` is out of memory.
+            let r = if lang.failure(&o.stderr) == Reason::Memory { Reason::Memory } else { Reason::RuntimeError };
+            (r, format!("killed by signal {s}: {}", tail(&o.stderr)))
+        }
         Exit::Code(c) => {
             let r = lang.failure(&o.stderr);
             (r, format!("exit code {c}: {}", tail(&o.stderr)))

@@ -32,6 +32,15 @@
 //!   as root — every process of the slot's uids (`kill(-1)` run as that uid), and reaps them.
 //!   The isolation actually in force is reported by [`Sandbox::isolation`] and written into
 //!   every verdict.
+//! * Compiled languages (C++) take two kinds of run, each a full sandbox as above. The
+//!   compiler runs as `main` itself (candidate uid, rlimits, namespaces), because it reads
+//!   untrusted source (`#include "/dev/zero"` or a host file, template or constexpr bombs):
+//!   its own wall/CPU, address-space and output caps bound it, and what it may read is what
+//!   any sandboxed program may read. It prints the executable on stdout (capped at the tmpfs
+//!   size, so the verifier never buffers more than that). Each test case then runs that
+//!   executable as a job file created mode 0700 in a fresh work dir (`./solution`, exec'd
+//!   after the `chdir`), with the same limits and teardown as an interpreted program: the
+//!   binary is never run, nor even stored, outside a sandbox.
 //!
 //! All the code between `fork` and `exec` makes raw system calls only, on data prepared before
 //! the fork (no allocation, no locks).
@@ -121,6 +130,8 @@ pub struct JobFile {
     pub dir: Dir,
     pub name: String,
     pub data: Vec<u8>,
+    /// Created with mode 0700 instead of 0600: a compiled program the job runs as `./name`.
+    pub executable: bool,
 }
 
 /// What to run: `main` (whose exit ends the run) and optionally a `helper` running the
@@ -130,8 +141,10 @@ pub struct JobFile {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub files: Vec<JobFile>,
-    /// argv of the main process; argv[0] is an absolute path. Runs in the trusted directory as
-    /// the trusted uid when `main_trusted`, else in the work directory as the candidate uid.
+    /// argv of the main process; argv[0] is an absolute path, or `./name` for an executable
+    /// file of the job in main's own directory (resolved after the `chdir` into it). Runs in
+    /// the trusted directory as the trusted uid when `main_trusted`, else in the work
+    /// directory as the candidate uid.
     pub main: Vec<String>,
     pub main_trusted: bool,
     /// argv of the helper (always the candidate uid, work directory).
@@ -305,6 +318,7 @@ impl Sandbox {
                 let (dir, uid) = if f.dir == Dir::Work { (&work, cuid) } else { (&trusted, tuid) };
                 let p = dir.join(&f.name);
                 std::fs::write(&p, &f.data).map_err(SandboxError::TempDir)?;
+                set_mode(&p, if f.executable { 0o700 } else { 0o600 }).map_err(SandboxError::TempDir)?;
                 if self.drops_uid() {
                     chown(&p, uid).map_err(SandboxError::TempDir)?;
                 }
@@ -321,7 +335,8 @@ impl Sandbox {
             }
             for f in &job.files {
                 let (dir, uid) = if f.dir == Dir::Work { (&work, cuid) } else { (&trusted, tuid) };
-                plan.files.push((cstr(dir.join(&f.name).as_os_str().as_bytes())?, f.data.clone(), uid));
+                let mode = if f.executable { 0o700 } else { 0o600 };
+                plan.files.push((cstr(dir.join(&f.name).as_os_str().as_bytes())?, f.data.clone(), uid, mode));
             }
         }
         let env_for = |home: &Path| -> Vec<(String, String)> {
@@ -453,8 +468,8 @@ struct Plan {
     mounts: Vec<(CString, CString)>,
     /// Directories to create in the tmpfs: (path, owner).
     dirs: Vec<(CString, u32)>,
-    /// Files to write in the tmpfs: (path, contents, owner).
-    files: Vec<(CString, Vec<u8>, u32)>,
+    /// Files to write in the tmpfs: (path, contents, owner, mode).
+    files: Vec<(CString, Vec<u8>, u32, libc::mode_t)>,
     rlimits: Vec<(i32, u64, u64)>,
     helper: Option<Exec>,
     devnull: CString,
@@ -624,8 +639,12 @@ unsafe fn setup_namespace(p: &Plan) {
                 die(b"creating sandbox directory");
             }
         }
-        for (path, data, uid) in &p.files {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600);
+        for (path, data, uid, mode) in &p.files {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                *mode as c_int,
+            );
             if fd < 0 {
                 die(b"creating sandbox file");
             }
@@ -1000,7 +1019,12 @@ mod tests {
         let o = sb.run(
             1,
             &Job {
-                files: vec![JobFile { dir: Dir::Work, name: "x.txt".into(), data: b"hello".to_vec() }],
+                files: vec![JobFile {
+                    dir: Dir::Work,
+                    name: "x.txt".into(),
+                    data: b"hello".to_vec(),
+                    executable: false,
+                }],
                 main: vec!["/bin/sh".into(), "-c".into(), "cat x.txt; cat; echo err >&2; exit 3".into()],
                 main_trusted: false,
                 helper: None,

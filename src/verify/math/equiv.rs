@@ -223,7 +223,10 @@ fn eq_inner(g: &Node, p: &Node, b: &mut Budget) -> Tri {
             let fc: Vec<Node> = c.iter().flatten().cloned().collect();
             seq_eq(&fa, &fc, b)
         }
-        (Matrix(a), Tuple(c)) | (Tuple(c), Matrix(a)) if a.iter().all(|r| r.len() == 1) => {
+        // A column (n×1) or row (1×n) vector against an n-tuple or a bare list, in order.
+        (Matrix(a), Tuple(c) | Set(c)) | (Tuple(c) | Set(c), Matrix(a))
+            if a.iter().all(|r| r.len() == 1) || a.len() == 1 =>
+        {
             let fa: Vec<Node> = a.iter().flatten().cloned().collect();
             seq_eq(&fa, c, b)
         }
@@ -827,6 +830,58 @@ mod tests {
             ),
             ("\\begin{pmatrix}2 & 4\\end{pmatrix}", "2\\begin{pmatrix}1 & 2\\end{pmatrix}", true),
             ("a_3 = 2, a_{37} = 19", "a_{37} = 19, a_3 = 2", true),
+        ]);
+    }
+
+    #[test]
+    fn matrices_and_vectors() {
+        let m = "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}";
+        check(&[
+            (m, m, true),
+            (m, "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", true),
+            (m, "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", true),
+            (m, "\\left(\\begin{array}{cc}1&2\\\\3&4\\end{array}\\right)", true),
+            (m, "\\left[\\begin{matrix}1&2\\\\3&4\\end{matrix}\\right]", true),
+            (m, "\\begin{pmatrix}1&2\\\\4&3\\end{pmatrix}", false),
+            (m, "\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}", false),
+            (m, "\\begin{pmatrix}1&2&3\\\\3&4&5\\end{pmatrix}", false),
+            (m, "\\begin{pmatrix}1\\\\2\\\\3\\\\4\\end{pmatrix}", false),
+            // Entries that are fractions, radicals and expressions.
+            (
+                "\\begin{pmatrix}\\frac{1}{2} & -\\frac{\\sqrt{3}}{2} \\\\ \\frac{\\sqrt{3}}{2} & \\frac{1}{2}\\end{pmatrix}",
+                "\\begin{bmatrix}0.5 & -\\frac{1}{2}\\sqrt3 \\\\ \\frac{3}{2\\sqrt{3}} & \\tfrac12\\end{bmatrix}",
+                true,
+            ),
+            (
+                "\\begin{pmatrix}\\frac{1}{2} & -\\frac{\\sqrt{3}}{2} \\\\ \\frac{\\sqrt{3}}{2} & \\frac{1}{2}\\end{pmatrix}",
+                "\\begin{pmatrix}\\frac{1}{2} & \\frac{\\sqrt{3}}{2} \\\\ -\\frac{\\sqrt{3}}{2} & \\frac{1}{2}\\end{pmatrix}",
+                false,
+            ),
+            (
+                "\\begin{pmatrix}2x+1 & x^2-1 \\\\ 0 & \\sqrt{8}\\end{pmatrix}",
+                "\\begin{pmatrix}1+2x & (x-1)(x+1) \\\\ 0 & 2\\sqrt{2}\\end{pmatrix}",
+                true,
+            ),
+            ("\\begin{pmatrix}2x+1 & 0\\end{pmatrix}", "\\begin{pmatrix}2x-1 & 0\\end{pmatrix}", false),
+            // Column and row vectors, against each other and against tuples.
+            ("\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", "\\begin{pmatrix}1\\\\-2\\\\3\\end{pmatrix}", true),
+            ("\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", "(1, -2, 3)", true),
+            ("(1, -2, 3)", "\\begin{bmatrix} 1 \\\\ -2 \\\\ 3 \\end{bmatrix}", true),
+            ("\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", "(1, 3, -2)", false),
+            ("\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", "(1, -2)", false),
+            ("\\begin{pmatrix} 1 & -2 & 3 \\end{pmatrix}", "(1, -2, 3)", true),
+            ("\\begin{pmatrix} 1 & -2 & 3 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}", false),
+            (
+                "\\begin{pmatrix} \\frac{1}{3} \\\\ \\frac{\\sqrt{2}}{2} \\\\ a+b \\end{pmatrix}",
+                "\\begin{pmatrix} 1/3 \\\\ \\frac{1}{\\sqrt{2}} \\\\ b+a \\end{pmatrix}",
+                true,
+            ),
+            (
+                "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}",
+                "\\begin{pmatrix} -\\frac13 \\\\ \\frac{2}{3} \\end{pmatrix}",
+                true,
+            ),
+            ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}", "\\begin{pmatrix} 1/3 \\\\ 2/3 \\end{pmatrix}", false),
         ]);
     }
 

@@ -352,10 +352,24 @@ fn answer_in_text(region: &str) -> String {
 }
 
 /// Whether a text has words (three letters or more, not LaTeX commands) besides math.
+/// Environment names (`\begin{pmatrix}`, `\end{array}`) and an array's column spec
+/// (`\begin{array}{ccc}`) are markup, not words.
 fn has_prose(t: &str) -> bool {
     let b = t.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        if b[i..].starts_with(b"\\begin{") || b[i..].starts_with(b"\\end{") {
+            let open = i + t[i..].find('{').unwrap_or(0);
+            let close = t[open..].find('}').map_or(b.len(), |o| open + o + 1);
+            let array = t[open..close].starts_with("{array");
+            i = close;
+            // The column spec right after `\begin{array}`.
+            if array && t[i..].trim_start().starts_with('{') {
+                let spec = i + t[i..].find('{').unwrap_or(0);
+                i = t[spec..].find('}').map_or(b.len(), |o| spec + o + 1);
+            }
+            continue;
+        }
         if b[i].is_ascii_alphabetic() {
             let s = i;
             while i < b.len() && b[i].is_ascii_alphabetic() {

@@ -200,6 +200,117 @@ mod tests {
         }
     }
 
+    /// Every answer type of the table tests, as (type, value, an equivalent rewriting, a
+    /// different value): each is judged through the whole pipeline (extraction, parsing,
+    /// comparison) against itself, against the rewriting (both ways), and against the other
+    /// value — as bare answer strings and as boxed responses.
+    const EVERY_TYPE: &[(&str, &str, &str, &str)] = &[
+        ("integer", "42", "42.0", "43"),
+        ("negative integer", "-7", "-\\frac{14}{2}", "7"),
+        ("thousands", "7425000", "7,425,000", "742500"),
+        ("fraction", "\\frac{3}{4}", "0.75", "\\frac{4}{3}"),
+        ("improper fraction", "\\frac{10}{4}", "\\dfrac{5}{2}", "\\frac{5}{4}"),
+        ("decimal", "2.5", "\\frac{5}{2}", "2.05"),
+        ("percent", "28\\%", "0.28", "29\\%"),
+        ("degrees", "90^\\circ", "90", "45^\\circ"),
+        ("units", "15\\text{ cm}", "15", "16\\text{ cm}"),
+        ("money", "\\$5", "\\$5.00", "\\$6"),
+        ("radical", "2\\sqrt{2}", "\\sqrt{8}", "\\sqrt{2}"),
+        ("radical fraction", "\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", "\\sqrt{3}"),
+        ("cube root", "\\sqrt[3]{16}", "2\\sqrt[3]{2}", "\\sqrt[3]{2}"),
+        ("pi", "\\frac{9\\pi}{4}", "\\frac94\\pi", "\\frac{9}{4}"),
+        ("exponential", "e^2", "\\exp(2)", "2e"),
+        ("complex", "3+4i", "4i+3", "3-4i"),
+        ("trigonometric", "\\cos\\frac{\\pi}{3}", "\\frac12", "\\frac{\\sqrt3}{2}"),
+        ("logarithm", "\\log_2 8", "3", "\\log_3 8"),
+        ("binomial", "\\binom{5}{2}", "10", "\\binom{5}{3} + 1"),
+        ("power", "2^{10}", "1024", "2^{11}"),
+        ("expression", "(a+5)(b+2)", "ab + 2a + 5b + 10", "ab + 10"),
+        ("polynomial", "x^2-1", "(x-1)(x+1)", "(x-1)^2"),
+        ("plus-minus", "1 \\pm \\sqrt{19}", "\\{1-\\sqrt{19}, 1+\\sqrt{19}\\}", "1 + \\sqrt{19}"),
+        ("equation", "y=2x+1", "2x - y + 1 = 0", "y = 2x - 1"),
+        ("assignment", "x=5", "5", "x=6"),
+        ("inequality", "x \\geq 5", "5 \\le x", "x > 5"),
+        ("chained inequality", "-2 \\le x \\le 7", "x \\in [-2,7]", "-2 < x \\le 7"),
+        ("interval", "[0,1)", "[0, \\frac{2}{2})", "[0,1]"),
+        ("infinite interval", "(1, \\infty)", "(1, +\\infty)", "(-\\infty, 1)"),
+        ("union", "(0,1) \\cup (2,3)", "(2,3) \\cup (0,1)", "(0,1) \\cup (2,4)"),
+        ("set", "\\{1,2,3\\}", "\\{3,2,1\\}", "\\{1,2\\}"),
+        ("list", "1, 2, 3", "3, 2, 1", "1, 2, 4"),
+        ("tuple", "(1,\\frac{9}{2})", "(1, 4.5)", "(\\frac{9}{2}, 1)"),
+        (
+            "matrix",
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+            "\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}",
+            "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}",
+        ),
+        (
+            "array matrix",
+            "\\left(\\begin{array}{cc}1&2\\\\3&4\\end{array}\\right)",
+            "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+            "\\left(\\begin{array}{cc}1&3\\\\2&4\\end{array}\\right)",
+        ),
+        (
+            "matrix of fractions and radicals",
+            "\\begin{pmatrix} \\frac{1}{2} & -\\frac{\\sqrt{3}}{2} \\\\ \\frac{\\sqrt{3}}{2} & \\frac{1}{2} \\end{pmatrix}",
+            "\\begin{bmatrix} 0.5 & -\\frac{1}{2}\\sqrt{3} \\\\ \\frac{3}{2\\sqrt{3}} & \\tfrac12 \\end{bmatrix}",
+            "\\begin{pmatrix} \\frac{1}{2} & \\frac{\\sqrt{3}}{2} \\\\ -\\frac{\\sqrt{3}}{2} & \\frac{1}{2} \\end{pmatrix}",
+        ),
+        (
+            "matrix of expressions",
+            "\\begin{pmatrix} 2x+1 & x^2-1 \\\\ 0 & \\sqrt{8} \\end{pmatrix}",
+            "\\begin{pmatrix} 1+2x & (x-1)(x+1) \\\\ 0 & 2\\sqrt{2} \\end{pmatrix}",
+            "\\begin{pmatrix} 2x+1 & x^2+1 \\\\ 0 & \\sqrt{8} \\end{pmatrix}",
+        ),
+        (
+            "column vector",
+            "\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\\\ \\sqrt{2} \\end{pmatrix}",
+            "(-1/3, 2/3, \\frac{2}{\\sqrt{2}})",
+            "\\begin{pmatrix} \\frac{1}{3} \\\\ \\frac{2}{3} \\\\ \\sqrt{2} \\end{pmatrix}",
+        ),
+        (
+            "row vector",
+            "\\begin{pmatrix} 1 & -2 & 3 \\end{pmatrix}",
+            "\\begin{bmatrix}1&-2&3\\end{bmatrix}",
+            "\\begin{pmatrix} 1 \\\\ -2 \\\\ 3 \\end{pmatrix}",
+        ),
+        ("text", "\\text{Evelyn}", "Evelyn", "\\text{Emily}"),
+        ("choice", "(B)", "B", "(C)"),
+    ];
+
+    #[test]
+    fn every_answer_type_against_itself_a_rewriting_and_another_value() {
+        for (kind, value, rewriting, other) in EVERY_TYPE {
+            for (gold, pred, want) in
+                [(value, value, true), (value, rewriting, true), (rewriting, value, true), (value, other, false)]
+            {
+                let j = compare_answer_strings(gold, pred);
+                assert_eq!(j.pass, want, "{kind}: answer strings {gold} / {pred}: {j:?}");
+                let j = verify_response(gold, &format!("So the answer is $\\boxed{{{pred}}}$."));
+                assert_eq!(j.pass, want, "{kind}: response \\boxed{{{pred}}} against {gold}: {j:?}");
+                if !want {
+                    assert_eq!(j.reason, "not_equal", "{kind}: {gold} / {pred}: {j:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_matrix_of_the_issue_verifies_against_itself() {
+        let m = "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}";
+        let rec: Map<String, Value> = serde_json::from_value(
+            serde_json::json!({"task": "math", "answer": m, "content": format!("\\boxed{{{m}}}")}),
+        )
+        .unwrap();
+        let v = super::super::Verifier::verify(&MathVerifier, &rec);
+        assert_eq!((v.pass, v.reason.as_deref()), (Some(true), Some("equal")), "{v:?}");
+        for spaced in ["\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "$\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}$"]
+        {
+            assert!(verify_response(spaced, &format!("\\boxed{{{m}}}")).pass, "{spaced}");
+            assert!(verify_response(m, &format!("The final answer is {spaced}")).pass, "{spaced}");
+        }
+    }
+
     #[test]
     fn budget_cases_are_undecided() {
         let j = verify_response("5", "\\boxed{10^{10^{10}}}");
