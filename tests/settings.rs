@@ -193,7 +193,12 @@ fn show_config_matches_the_snapshot_before_unification() {
         ("convert", &["convert", "m.gguf", "--out", "o"]),
     ];
     // Keys new since the snapshot (settings that did not exist), and values that changed on purpose.
-    let new_keys: &[&str] = &["verify.rejects", "score.rejects"];
+    let new_keys: &[&str] = &[
+        "verify.rejects",
+        "score.rejects",
+        "verify.code.compile_timeout_s",
+        "verify.code.compile_memory_mb",
+    ];
     for (name, args) in runs {
         let before: toml::Table = std::fs::read_to_string(snap.join(format!("{name}.toml")))
             .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -201,10 +206,13 @@ fn show_config_matches_the_snapshot_before_unification() {
             .expect("snapshot is TOML");
         let (mut now, _) = shown(dir.path(), args);
         for k in new_keys {
-            if let Some((table, key)) = k.split_once('.')
-                && let Some(toml::Value::Table(t)) = now.get_mut(table)
-            {
-                t.remove(key);
+            let (parents, leaf) = k.rsplit_once('.').expect("dotted");
+            let mut t = Some(&mut now);
+            for p in parents.split('.') {
+                t = t.and_then(|t| t.get_mut(p)).and_then(toml::Value::as_table_mut);
+            }
+            if let Some(t) = t {
+                t.remove(leaf);
             }
         }
         assert_eq!(now, before, "{name}: --show-config changed");
