@@ -52,6 +52,9 @@ pub enum Command {
     Finetune(Box<FinetuneArgs>),
     /// Convert a llama/qwen2 GGUF file into a Hugging Face model directory.
     Convert(ConvertArgs),
+    /// Rejection sampling and chain-of-thought checks: samples in, kept SFT examples,
+    /// rejects with reasons and a funnel out.
+    Filter(Box<FilterArgs>),
 }
 
 /// Arguments of `distill score`.
@@ -159,6 +162,12 @@ pub struct TeacherSimArgs {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Reasoning length in words (R1-style moves from a phrase bank; up to ~4000).
+    #[arg(long)]
+    pub words: Option<usize>,
+    /// Append, per generated choice, the content faults injected (JSON lines).
+    #[arg(long)]
+    pub faults_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -183,6 +192,8 @@ impl TeacherSimArgs {
             slow_ms: self.slow_ms,
             retry_after_s: self.retry_after,
             threads: self.threads,
+            words: self.words,
+            faults_log: self.faults_log,
         })
     }
 }
@@ -773,6 +784,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
         }
+        Command::Filter(args) => run_filter(*args, cli.show_config),
         Command::Convert(args) => {
             let cfg = ConvertConfig { gguf: args.gguf, out: args.out, dtype: args.dtype };
             if cli.show_config {
@@ -832,4 +844,167 @@ fn run_inspect(cfg: &InspectConfig) -> anyhow::Result<Outcome> {
         }
     }
     Ok(if report.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
+}
+
+/// Arguments of `distill filter`. Every flag is optional: unset flags keep the value of
+/// `filter::FilterConfig::default()` (or of the recipe's `[filter]` table with `--recipe`).
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Sample records: a collect directory, a file, shards, or - for stdin.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Output directory: kept/, rejects/, funnel.json, manifest.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A recipe whose [filter] table gives the settings (flags override it).
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Checks not to run (comma-separated): correct, format, complete, language, readability,
+    /// repetition, length.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Option<Vec<String>>,
+    /// Target languages (comma-separated ISO codes); default: each prompt's language.
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Option<Vec<String>>,
+    /// Minimum share of words in a target language.
+    #[arg(long)]
+    pub min_language_share: Option<f64>,
+    /// A foreign span of this many words fails the language check.
+    #[arg(long)]
+    pub max_foreign_words: Option<usize>,
+    /// A foreign span of this many CJK characters fails the language check.
+    #[arg(long)]
+    pub max_foreign_cjk: Option<usize>,
+    /// Longest paragraph allowed, in words.
+    #[arg(long)]
+    pub max_paragraph_words: Option<usize>,
+    /// Largest share of symbol characters in the chain-of-thought.
+    #[arg(long)]
+    pub max_symbol_share: Option<f64>,
+    /// Allow fenced code blocks in the chain-of-thought of non-code tasks.
+    #[arg(long)]
+    pub allow_code_in_math: Option<bool>,
+    /// Largest share of characters in duplicated 10-grams.
+    #[arg(long)]
+    pub max_dup_10gram: Option<f64>,
+    /// A unit of 1-4 sentences repeated this many times back to back is a loop.
+    #[arg(long)]
+    pub max_consecutive_repeats: Option<usize>,
+    /// Count lengths in chars or tokens (tokens needs --tokenizer).
+    #[arg(long, value_enum)]
+    pub length_unit: Option<LengthUnitArg>,
+    /// tokenizer.json for token lengths (implies --length-unit tokens unless given).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub min_reasoning: Option<usize>,
+    #[arg(long)]
+    pub max_reasoning: Option<usize>,
+    #[arg(long)]
+    pub min_answer: Option<usize>,
+    #[arg(long)]
+    pub max_answer: Option<usize>,
+    /// Per-prompt selection: all, first, shortest, longest, k-best.
+    #[arg(long, value_enum)]
+    pub policy: Option<PolicyArg>,
+    /// How many samples k-best keeps.
+    #[arg(short = 'k', long)]
+    pub k: Option<usize>,
+    /// The check whose score ranks k-best (e.g. language, repetition, length).
+    #[arg(long)]
+    pub score: Option<String>,
+    /// Drop prompts whose pass rate is under this.
+    #[arg(long)]
+    pub min_pass_rate: Option<f64>,
+    /// Drop prompts whose pass rate is over this (e.g. 0.99: drop prompts every sample solves).
+    #[arg(long)]
+    pub max_pass_rate: Option<f64>,
+    /// Memory for held samples before spilling to disk, in MB.
+    #[arg(long)]
+    pub memory_mb: Option<usize>,
+    /// Samples judged per parallel chunk.
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// Records per output shard.
+    #[arg(long)]
+    pub records_per_shard: Option<u64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LengthUnitArg {
+    Chars,
+    Tokens,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PolicyArg {
+    All,
+    First,
+    Shortest,
+    Longest,
+    KBest,
+}
+
+impl FilterArgs {
+    /// The resolved config: the recipe's table (or the defaults), then every flag given.
+    pub fn resolve(self) -> anyhow::Result<crate::filter::FilterConfig> {
+        use crate::filter::{FilterConfig, LengthUnit, Policy};
+        let mut c: FilterConfig = match &self.recipe {
+            Some(p) => config::load_table::<FilterConfig>(p, "filter")?.0,
+            None => FilterConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = Some(v); } )* };
+        }
+        set!(input, out, skip, languages, min_language_share, max_foreign_words, max_foreign_cjk);
+        set!(max_paragraph_words, max_symbol_share, allow_code_in_math, max_dup_10gram, max_consecutive_repeats);
+        set!(k, score, memory_mb, chunk, records_per_shard);
+        set_opt!(min_reasoning, max_reasoning, min_answer, max_answer, min_pass_rate, max_pass_rate);
+        if let Some(t) = self.tokenizer {
+            c.tokenizer = Some(t);
+            if self.length_unit.is_none() {
+                c.length_unit = LengthUnit::Tokens;
+            }
+        }
+        if let Some(u) = self.length_unit {
+            c.length_unit = match u {
+                LengthUnitArg::Chars => LengthUnit::Chars,
+                LengthUnitArg::Tokens => LengthUnit::Tokens,
+            };
+        }
+        if let Some(p) = self.policy {
+            c.policy = match p {
+                PolicyArg::All => Policy::All,
+                PolicyArg::First => Policy::First,
+                PolicyArg::Shortest => Policy::Shortest,
+                PolicyArg::Longest => Policy::Longest,
+                PolicyArg::KBest => Policy::KBest,
+            };
+        }
+        if self.no_progress {
+            c.progress = false;
+        }
+        if c.input.as_os_str().is_empty() || c.out.as_os_str().is_empty() {
+            anyhow::bail!("filter needs --input PATH and --out DIR (or `input`/`out` in the recipe's [filter] table)");
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn run_filter(args: FilterArgs, show_config: bool) -> anyhow::Result<Outcome> {
+    let cfg = args.resolve()?;
+    if show_config {
+        return show("filter", &cfg);
+    }
+    let report = crate::filter::run(&cfg, &verify::Verifiers::standard())
+        .with_context(|| format!("filter --input {} --out {}", cfg.input.display(), cfg.out.display()))?;
+    eprint!("{}", report.funnel.to_text());
+    Ok(if report.funnel.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod collect;
 pub mod config;
+pub mod filter;
 pub mod inspect;
 pub mod problems;
 pub mod record;

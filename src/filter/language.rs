@@ -281,8 +281,6 @@ struct Tok {
     /// Units: 1 per word, 1 per CJK character.
     units: u32,
     at: u32,
-    /// Lexicon bits (Latin words only).
-    bits: u8,
 }
 
 /// Reusable buffers of the check.
@@ -351,7 +349,7 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                 let s = script(c);
                 if is_cjk(s) {
                     has_kana |= s == Script::Kana;
-                    toks.push(Tok { script: s, units: 1, at: (rs + sent_start + i) as u32, bits: 0 });
+                    toks.push(Tok { script: s, units: 1, at: (rs + sent_start + i) as u32 });
                     continue;
                 }
                 // A word: letters (and inner apostrophes/hyphens) of one script family.
@@ -408,11 +406,11 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                             }
                         }
                     }
-                    toks.push(Tok { script: s, units: 1, at, bits });
+                    toks.push(Tok { script: s, units: 1, at });
                 } else if s == Script::Greek && len < 3 {
                     continue;
                 } else {
-                    toks.push(Tok { script: s, units: 1, at, bits: 0 });
+                    toks.push(Tok { script: s, units: 1, at });
                 }
             }
             hits[0] = en_hits;

@@ -13,6 +13,7 @@
 //! answer; transport faults (`http429`, `http500`, `drop`, `slow`, `nonjson`) are drawn per
 //! attempt, so retries can succeed.
 
+pub mod phrases;
 mod server;
 pub mod trace;
 
@@ -141,6 +142,14 @@ pub struct SimConfig {
     /// Runtime worker threads (0: one per core).
     #[serde(default)]
     pub threads: usize,
+    /// Reasoning length in words (up to ~4,000); unset: short traces of 60–600 words.
+    #[serde(default)]
+    pub words: Option<usize>,
+    /// Appends one JSON line per generated choice: `{"request_sha256", "choice", "faults"}`.
+    /// A sample's line has its `request_sha256` and `choice` = its `sample` minus the first
+    /// sample index of its request (with `collect -n K`, one request: `choice` = `sample`).
+    #[serde(default)]
+    pub faults_log: Option<std::path::PathBuf>,
 }
 
 fn default_host() -> String {
@@ -167,6 +176,8 @@ pub enum SimError {
     Runtime(std::io::Error),
     #[error("--host {0:?} is not an IP address")]
     Host(String),
+    #[error("--faults-log {path}: {source}")]
+    FaultsLog { path: std::path::PathBuf, source: std::io::Error },
 }
 
 #[cfg(test)]
