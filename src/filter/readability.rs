@@ -1,6 +1,6 @@
 //! The `readability` check: what R1 dropped as unreadable chains-of-thought. Longest paragraph
 //! (in words), fenced code blocks inside a non-code chain-of-thought, the share of characters
-//! that are neither letters, digits nor whitespace, and unbalanced markup (an unclosed
+//! that are neither letters, digits nor whitespace (texts of 200+ such characters), and unbalanced markup (an unclosed
 //! `\boxed{`, an odd number of code fences, `<think>` inside the answer).
 //!
 //! In: reasoning, answer, whether the task is code, and [`ReadParams`]. Self-contained.
@@ -46,7 +46,7 @@ pub fn check(reasoning: &str, answer: &str, code_task: bool, p: &ReadParams) -> 
         problem = Some(format!("a paragraph of {longest} words (max {})", p.max_paragraph_words));
     } else if fences >= 2 && !code_task && !p.allow_code_in_math {
         problem = Some(format!("{} fenced code block(s) inside a non-code chain-of-thought", fences / 2));
-    } else if share > p.max_symbol_share {
+    } else if all >= 200 && share > p.max_symbol_share {
         problem = Some(format!("{:.0}% of the characters are symbols (max {:.0}%)", share * 100.0, p.max_symbol_share * 100.0));
     } else if fences % 2 == 1 || answer.matches("```").count() % 2 == 1 {
         problem = Some("unclosed ``` code fence".into());
@@ -75,7 +75,7 @@ mod tests {
             (&long, "\\boxed{1}", false, Some("paragraph of 3000 words")),
             (py, "\\boxed{45}", false, Some("fenced code block")),
             (py, "```python\nx\n```", true, None),
-            ("$$\\{\\}[]()^_{}{}{}{}{}{}{}$$ x", "1", false, Some("symbols")),
+            (&"$$\\{\\}[]()^_{}{}{}{}{}{}{}$$ x ".repeat(20), "1", false, Some("symbols")),
             ("ok", "\\boxed{1", false, Some("unclosed \\boxed")),
             ("ok", "a <think> b", false, Some("<think> markup")),
             ("ok ```", "b", false, Some("unclosed ```")),

@@ -39,6 +39,10 @@ impl Default for RepParams {
     }
 }
 
+/// The n-gram shares are measured only on texts of at least this many words (on a few
+/// sentences they say nothing).
+pub const MIN_WORDS: usize = 100;
+
 /// Measurements.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepReport {
@@ -150,7 +154,7 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
         total_chars += n;
     }
     let words = &s.words;
-    if total_chars > 0 && words.len() >= 10 {
+    if total_chars > 0 && words.len() >= MIN_WORDS {
         // Top n-gram share for n = 2, 3, 4: characters of the most frequent n-gram's
         // occurrences over all characters.
         for (k, n) in [2usize, 3, 4].into_iter().enumerate() {
@@ -276,7 +280,19 @@ mod tests {
         let two = format!("{clean} {}", "Wait, is it 7? Yes, it is 7. ".repeat(10));
         assert!(run(&two).problem.is_some(), "{:?}", run(&two));
         // The same habits spread out are not a loop.
-        let habits: String = (0..40).map(|i| format!("Wait, let me double-check that. So {i} + 1 = {}. ", i + 1)).collect();
+        let moves = ["Wait, let me double-check that.", "Alternatively, I could count up.", "Hmm, is that right?", "Let me verify once more."];
+        let habits: String = (0..40)
+            .map(|i| {
+                format!(
+                    "{} So {i} plus {} gives {}, because adding {} to a number moves it up by {} steps. ",
+                    moves[i % 4],
+                    i % 7,
+                    i + i % 7,
+                    i % 7,
+                    i % 7
+                )
+            })
+            .collect();
         assert!(run(&habits).problem.is_none(), "{:?}", run(&habits));
     }
 }

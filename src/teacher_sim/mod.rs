@@ -146,8 +146,9 @@ pub struct SimConfig {
     #[serde(default)]
     pub words: Option<usize>,
     /// Appends one JSON line per generated choice: `{"request_sha256", "choice", "faults"}`.
-    /// A sample's line has its `request_sha256` and `choice` = its `sample` minus the first
-    /// sample index of its request (with `collect -n K`, one request: `choice` = `sample`).
+    /// A sample's line is the one with its `request_sha256` and, for a request with `n` > 1,
+    /// `choice` = its index among the request's samples (collect sends one request per sample
+    /// by default: `choice` 0).
     #[serde(default)]
     pub faults_log: Option<std::path::PathBuf>,
 }
