@@ -44,7 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let pi = i / per_prompt.max(1);
                 let k = (i % per_prompt.max(1)) as u32;
                 let p = problems::problem(ProblemKind::Math, seed, pi);
-                let question = format!("{}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.", p.prompt);
+                let question = format!(
+                    "{}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+                    p.prompt
+                );
                 let mut rng = fastrand::Rng::with_seed(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let g = trace::generate_words(&question, &mut rng, &cf, Some(words));
                 let r = trace::render(&g, Shape::Inline, None);

@@ -52,9 +52,7 @@ fn records(path: &Path) -> Vec<Map<String, Value>> {
     if !path.exists() {
         return Vec::new();
     }
-    distill::store::open(path)
-        .map(|r| r.filter_map(|x| x.ok()).map(|r| r.value).collect())
-        .unwrap_or_default()
+    distill::store::open(path).map(|r| r.filter_map(|x| x.ok()).map(|r| r.value).collect()).unwrap_or_default()
 }
 
 fn id(r: &Map<String, Value>) -> String {
@@ -103,7 +101,8 @@ fn every_injected_fault_is_caught_and_no_clean_sample_is_rejected() {
     for line in std::fs::read_to_string(&log).expect("faults log").lines() {
         let v: Value = serde_json::from_str(line).expect("json line");
         let key = (v["request_sha256"].as_str().expect("sha").to_string(), v["choice"].as_u64().expect("choice"));
-        let f: Vec<String> = v["faults"].as_array().expect("faults").iter().map(|x| x.as_str().unwrap().into()).collect();
+        let f: Vec<String> =
+            v["faults"].as_array().expect("faults").iter().map(|x| x.as_str().unwrap().into()).collect();
         injected.insert(key, f);
     }
     let samples = records(&d.join("c"));
@@ -186,7 +185,8 @@ fn sample(pid: &str, k: u32, reasoning: &str, content: &str) -> Value {
 fn bad_input_scattered_prompts_and_policies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let good = "Okay, so I need to add 3 and 4. Three plus four is seven. Wait, let me double-check that. Yes, it is seven.";
+    let good =
+        "Okay, so I need to add 3 and 4. Three plus four is seven. Wait, let me double-check that. Yes, it is seven.";
     let long = format!("{good} {}", "Let me verify the sum once more by counting up from three to seven. ".repeat(2));
     let mut lines = vec![
         sample("a", 0, good, "So the answer is $\\boxed{7}$."),

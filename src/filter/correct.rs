@@ -36,7 +36,9 @@ mod tests {
     fn table() {
         assert_eq!(check(Some(true), Some("equal"), "math"), Correct::Pass);
         assert_eq!(check(Some(false), Some("not_equal"), "math"), Correct::Fail("verifier: not_equal".into()));
-        assert!(matches!(check(Some(false), Some("undecided: budget"), "math"), Correct::Fail(r) if r.contains("undecided")));
+        assert!(
+            matches!(check(Some(false), Some("undecided: budget"), "math"), Correct::Fail(r) if r.contains("undecided"))
+        );
         assert_eq!(check(Some(false), Some(UNSUPPORTED), "open"), Correct::Unverified);
         assert_eq!(check(None, None, "open"), Correct::Unverified);
     }

@@ -310,8 +310,14 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
     });
     // Latin words of an unknown Latin language count as target when any target is Latin.
     let latin_any = latin_targets != 0 || targets.iter().any(|t| matches!(*t, "pt" | "it" | "nl" | "latin"));
-    let mut rep =
-        LangReport { target_units: 0, foreign_units: 0, max_span_words: 0, max_span_cjk: 0, span_lang: None, span_at: 0 };
+    let mut rep = LangReport {
+        target_units: 0,
+        foreign_units: 0,
+        max_span_words: 0,
+        max_span_cjk: 0,
+        span_lang: None,
+        span_at: 0,
+    };
     let mut span_words = 0usize;
     let mut span_cjk = 0usize;
     let mut span_start = 0usize;
@@ -418,7 +424,8 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
             let latin_lang: Option<(&'static str, u8)> = if lat_words == 0 {
                 None
             } else {
-                let (k, best) = (1..4).map(|k| (k, hits[k])).max_by_key(|x| (x.1, std::cmp::Reverse(x.0))).unwrap_or((1, 0));
+                let (k, best) =
+                    (1..4).map(|k| (k, hits[k])).max_by_key(|x| (x.1, std::cmp::Reverse(x.0))).unwrap_or((1, 0));
                 if (best >= 2 && best > 2 * en_hits) || (best >= 3 && best > en_hits) {
                     Some([("en", EN), ("es", ES), ("de", DE), ("fr", FR)][k])
                 } else if en_hits >= 1 {
@@ -546,7 +553,6 @@ mod tests {
         let base = "Okay, so I need to compute the sum. Let me add $3 + 4 = 7$. Wait, let me double-check that. \
                     Yes, the total is 7.";
         let cases: &[(&str, bool, Option<&str>)] = &[
-
             (base, true, None),
             ("Let me check. 让我再检查一下这个步骤，确保计算没有错误。 So the answer is 7.", false, Some("zh")),
             // Short CJK (under 10 characters) passes the span rule.
@@ -559,7 +565,11 @@ mod tests {
             ),
             ("Подождите, давайте ещё раз проверим это вычисление внимательно. Fine.", false, Some("ru")),
             ("$$\\int_0^1 x^2 \\, dx = \\frac{1}{3}$$ so the area is one third, which is what we need.", true, None),
-            ("```python\nprint('hola mundo de la casa que es')\n```\nThat prints a greeting in the terminal.", true, None),
+            (
+                "```python\nprint('hola mundo de la casa que es')\n```\nThat prints a greeting in the terminal.",
+                true,
+                None,
+            ),
             ("By de Moivre's theorem and l'Hôpital's rule, the limit is what we expected here.", true, None),
             ("The angle $\\theta$ and α, β, γ are the angles; so α + β + γ = π in any triangle.", true, None),
             ("12345 678 90 3.14159 2.71828 1e10 0x1F", true, None),

@@ -12,10 +12,8 @@ pub struct LenParams {
 
 /// `Ok(())` or the bound broken; `unit` names the unit in the message.
 pub fn check(reasoning: usize, answer: usize, p: &LenParams, unit: &str) -> Result<(), String> {
-    let bounds = [
-        ("reasoning", reasoning, p.min_reasoning, p.max_reasoning),
-        ("answer", answer, p.min_answer, p.max_answer),
-    ];
+    let bounds =
+        [("reasoning", reasoning, p.min_reasoning, p.max_reasoning), ("answer", answer, p.min_answer, p.max_answer)];
     for (what, n, min, max) in bounds {
         if let Some(m) = min.filter(|m| n < *m) {
             return Err(format!("{what} has {n} {unit}, under the minimum {m}"));

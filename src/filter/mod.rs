@@ -692,7 +692,8 @@ impl Spill {
 
     fn write(&mut self, h: &Held) -> Result<(), FilterError> {
         let b = Spill::bucket(&h.prompt_id);
-        let line = serde_json::to_vec(h).map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?;
+        let line =
+            serde_json::to_vec(h).map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?;
         let f = &mut self.files[b];
         f.write_all(&line).and_then(|_| f.write_all(b"\n")).map_err(io_err(self.dir.path()))
     }
@@ -865,10 +866,7 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                 Some(Err(e)) => return Err(e.into()),
             }
         }
-        let items: Vec<Item> = batch
-            .par_drain(..)
-            .map_init(Scratch::default, |s, raw| judge(&ctx, raw, s))
-            .collect();
+        let items: Vec<Item> = batch.par_drain(..).map_init(Scratch::default, |s, raw| judge(&ctx, raw, s)).collect();
         for item in items {
             funnel.records_in += 1;
             let j = match item {

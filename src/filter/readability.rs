@@ -47,7 +47,11 @@ pub fn check(reasoning: &str, answer: &str, code_task: bool, p: &ReadParams) -> 
     } else if fences >= 2 && !code_task && !p.allow_code_in_math {
         problem = Some(format!("{} fenced code block(s) inside a non-code chain-of-thought", fences / 2));
     } else if all >= 200 && share > p.max_symbol_share {
-        problem = Some(format!("{:.0}% of the characters are symbols (max {:.0}%)", share * 100.0, p.max_symbol_share * 100.0));
+        problem = Some(format!(
+            "{:.0}% of the characters are symbols (max {:.0}%)",
+            share * 100.0,
+            p.max_symbol_share * 100.0
+        ));
     } else if fences % 2 == 1 || answer.matches("```").count() % 2 == 1 {
         problem = Some("unclosed ``` code fence".into());
     } else if super::format::boxed_values(answer).is_err() {

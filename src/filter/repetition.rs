@@ -280,19 +280,19 @@ mod tests {
         let two = format!("{clean} {}", "Wait, is it 7? Yes, it is 7. ".repeat(10));
         assert!(run(&two).problem.is_some(), "{:?}", run(&two));
         // The same habits spread out are not a loop.
-        let moves = ["Wait, let me double-check that.", "Alternatively, I could count up.", "Hmm, is that right?", "Let me verify once more."];
-        let habits: String = (0..40)
-            .map(|i| {
-                format!(
-                    "{} So {i} plus {} gives {}, because adding {} to a number moves it up by {} steps. ",
-                    moves[i % 4],
-                    i % 7,
-                    i + i % 7,
-                    i % 7,
-                    i % 7
-                )
-            })
-            .collect();
+        let habits = "Okay, so we need the number of pairs. Wait, let me double-check the setup first. \
+            There are 12 items and we choose 2, so that is 66 pairs. Hmm, wait, is order important here? \
+            No, the problem says unordered pairs. Alternatively, I could count ordered pairs and halve: \
+            12 times 11 is 132, and half of that is 66. Wait, let me double-check that multiplication. \
+            12 times 11: 12 times 10 is 120, plus 12 is 132. Yes. Let me double-check the halving too: \
+            132 over 2 is 66. Alternatively, list small cases: with 3 items there are 3 pairs, with 4 \
+            items 6 pairs, matching n(n-1)/2. Wait, but do we exclude pairs of identical colour? The \
+            statement says the items are distinct, so no exclusion is needed. Hmm, let me reread the \
+            question once more. It asks for pairs whose sum is even, which I skipped. Wait, that changes \
+            everything. Even sums come from two evens or two odds: 6 evens give 15 pairs, 6 odds give 15 \
+            pairs, so 30 in total. Let me double-check with the complement: odd sums are 6 times 6, which \
+            is 36, and 66 minus 36 is 30. Alternatively, by symmetry the answer is close to half of 66, \
+            and 30 is close. So the answer is 30.";
         assert!(run(&habits).problem.is_none(), "{:?}", run(&habits));
     }
 }

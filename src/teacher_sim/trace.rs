@@ -97,7 +97,12 @@ pub fn generate(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults)
 /// deliberation from the phrase bank ([`super::phrases`]), and the faults are placed where a
 /// truncation cannot hide them (language mixing in the first 40% of the trace, loops in
 /// 20–40%; truncation keeps at least half).
-pub fn generate_words(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults, words: Option<usize>) -> Generation {
+pub fn generate_words(
+    question: &str,
+    rng: &mut fastrand::Rng,
+    faults: &ContentFaults,
+    words: Option<usize>,
+) -> Generation {
     match words {
         None => generate_short(question, rng, faults),
         Some(n) => generate_long(question, rng, faults, n),
@@ -149,7 +154,8 @@ fn generate_long(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults
     let s = solved_or_fallback(question);
     let final_answer = if wrong { &s.wrong } else { &s.answer };
 
-    let mut paras: Vec<String> = vec![format!("{} The problem says: {}", pick(rng, &OPENERS), first_sentence(question))];
+    let mut paras: Vec<String> =
+        vec![format!("{} The problem says: {}", pick(rng, &OPENERS), first_sentence(question))];
     paras.push(s.steps.join(" "));
     let mut body = String::new();
     let used: usize = paras.iter().map(|p| p.split_whitespace().count()).sum();
@@ -198,7 +204,13 @@ fn generate_long(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults
     } else {
         None
     };
-    Generation { reasoning, answer, closed: !no_close, cut_at, faults: fired(wrong, langmix, repeat, truncate, no_close) }
+    Generation {
+        reasoning,
+        answer,
+        closed: !no_close,
+        cut_at,
+        faults: fired(wrong, langmix, repeat, truncate, no_close),
+    }
 }
 
 fn generate_short(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults) -> Generation {
@@ -285,7 +297,13 @@ fn generate_short(question: &str, rng: &mut fastrand::Rng, faults: &ContentFault
     } else {
         None
     };
-    Generation { reasoning, answer, closed: !no_close, cut_at, faults: fired(wrong, langmix, repeat, truncate, no_close) }
+    Generation {
+        reasoning,
+        answer,
+        closed: !no_close,
+        cut_at,
+        faults: fired(wrong, langmix, repeat, truncate, no_close),
+    }
 }
 
 /// Splits text into "tokens": each is a run of non-space characters with the whitespace that
