@@ -88,9 +88,12 @@ pub fn check(reasoning: &str, answer: &str, math: bool, extracted: Option<&str>)
 mod tests {
     use super::*;
 
+    /// (reasoning, answer, math, extracted, expected error fragment).
+    type Case<'a> = (&'a str, &'a str, bool, Option<&'a str>, Option<&'a str>);
+
     #[test]
     fn table() {
-        let cases: &[(&str, &str, bool, Option<&str>, Option<&str>)] = &[
+        let cases: &[Case] = &[
             ("think", "So $\\boxed{4}$.", true, Some("4"), None),
             ("", "So $\\boxed{4}$.", true, Some("4"), Some("no chain-of-thought")),
             ("think </think> more", "\\boxed{4}", true, Some("4"), Some("</think> inside the chain")),

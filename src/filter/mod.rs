@@ -292,7 +292,7 @@ pub struct Report {
 }
 
 /// The reasoning and answer of a sample, however it was stored.
-fn split_response<'a>(rec: &'a Map<String, Value>) -> Option<(String, String)> {
+fn split_response(rec: &Map<String, Value>) -> Option<(String, String)> {
     let s = |k: &str| rec.get(k).and_then(Value::as_str);
     let reasoning = s("reasoning").or_else(|| s("reasoning_content")).unwrap_or("");
     let content = s("content").or_else(|| s("response"));

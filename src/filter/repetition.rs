@@ -293,6 +293,6 @@ mod tests {
             pairs, so 30 in total. Let me double-check with the complement: odd sums are 6 times 6, which \
             is 36, and 66 minus 36 is 30. Alternatively, by symmetry the answer is close to half of 66, \
             and 30 is close. So the answer is 30.";
-        assert!(run(&habits).problem.is_none(), "{:?}", run(&habits));
+        assert!(run(habits).problem.is_none(), "{:?}", run(habits));
     }
 }
