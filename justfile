@@ -9,10 +9,14 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code
+bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code bench-filter
 
 bench-inspect:
     bash benches/inspect_bench.sh
+
+# Filter: MB/s, samples/s, per-check time, peak RSS at 25k/50k/100k ~20 KB traces, vs datatrove Gopher + fastText LID.
+bench-filter:
+    bash benches/filter_bench.sh
 
 # Formatting and lints.
 lint:

@@ -62,6 +62,9 @@ enum Command {
     Finetune(Box<FinetuneArgs>),
     /// Convert a llama/qwen2 GGUF file into a Hugging Face model directory.
     Convert(ConvertArgs),
+    /// Rejection sampling and chain-of-thought checks: samples in, kept SFT examples,
+    /// rejects with reasons and a funnel out.
+    Filter(Box<FilterArgs>),
 }
 
 /// A command's flags as the settings keys they set.
@@ -189,6 +192,12 @@ struct TeacherSimArgs {
     /// Worker threads (0: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Reasoning length in words (R1-style moves from a phrase bank; up to ~4000).
+    #[arg(long)]
+    words: Option<usize>,
+    /// Append, per generated choice, the content faults injected (JSON lines).
+    #[arg(long)]
+    faults_log: Option<PathBuf>,
 }
 
 impl StageArgs for TeacherSimArgs {
@@ -204,6 +213,8 @@ impl StageArgs for TeacherSimArgs {
         f.opt("slow_ms", "--slow-ms", self.slow_ms);
         f.opt("retry_after_s", "--retry-after", self.retry_after);
         f.opt("threads", "--threads", self.threads);
+        f.opt("words", "--words", self.words);
+        f.opt("faults_log", "--faults-log", self.faults_log);
         Ok(f)
     }
 }
@@ -761,6 +772,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
         }
+        Command::Filter(args) => {
+            let r = resolve(*args, recipe, sets)?;
+            if cli.show_config {
+                return show(&r);
+            }
+            run_filter(&r.value)
+        }
         Command::Convert(args) => {
             let r = resolve(args, recipe, sets)?;
             if cli.show_config {
@@ -821,4 +839,133 @@ fn run_inspect(cfg: &InspectConfig) -> anyhow::Result<Outcome> {
         }
     }
     Ok(if report.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
+}
+
+/// Arguments of `distill filter`.
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Sample records: a collect directory, a file, shards, or - for stdin.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output directory: kept/, rejects/, funnel.json, manifest.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Checks not to run (comma-separated): correct, format, complete, language, readability,
+    /// repetition, length.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Target languages (comma-separated ISO codes); default: each prompt's language.
+    #[arg(long, value_delimiter = ',')]
+    languages: Vec<String>,
+    /// Minimum share of words in a target language (default 0.97).
+    #[arg(long)]
+    min_language_share: Option<f64>,
+    /// A foreign span of this many words fails the language check (default 8).
+    #[arg(long)]
+    max_foreign_words: Option<usize>,
+    /// A foreign span of this many CJK characters fails the language check (default 10).
+    #[arg(long)]
+    max_foreign_cjk: Option<usize>,
+    /// Longest paragraph allowed, in words.
+    #[arg(long)]
+    max_paragraph_words: Option<usize>,
+    /// Largest share of symbol characters in the chain-of-thought.
+    #[arg(long)]
+    max_symbol_share: Option<f64>,
+    /// Allow fenced code blocks in the chain-of-thought of non-code tasks.
+    #[arg(long)]
+    allow_code_in_math: bool,
+    /// Largest share of characters in duplicated 10-grams.
+    #[arg(long)]
+    max_dup_10gram: Option<f64>,
+    /// A unit of 1-4 sentences repeated this many times back to back is a loop.
+    #[arg(long)]
+    max_consecutive_repeats: Option<usize>,
+    /// Count lengths in chars or tokens (tokens needs --tokenizer; --tokenizer alone implies tokens).
+    #[arg(long, value_parser = ["chars", "tokens"])]
+    length_unit: Option<String>,
+    /// tokenizer.json for token lengths.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Shortest chain-of-thought kept (in --length-unit).
+    #[arg(long)]
+    min_reasoning: Option<usize>,
+    /// Longest chain-of-thought kept.
+    #[arg(long)]
+    max_reasoning: Option<usize>,
+    /// Shortest answer kept.
+    #[arg(long)]
+    min_answer: Option<usize>,
+    /// Longest answer kept.
+    #[arg(long)]
+    max_answer: Option<usize>,
+    /// Per-prompt selection: all (default), first, shortest, longest, k-best.
+    #[arg(long, value_parser = ["all", "first", "shortest", "longest", "k-best"])]
+    policy: Option<String>,
+    /// How many samples k-best keeps.
+    #[arg(short = 'k', long)]
+    k: Option<usize>,
+    /// The check whose score ranks k-best (e.g. language, repetition, length).
+    #[arg(long)]
+    score: Option<String>,
+    /// Drop prompts whose pass rate is under this.
+    #[arg(long)]
+    min_pass_rate: Option<f64>,
+    /// Drop prompts whose pass rate is over this (e.g. 0.99: drop prompts every sample solves).
+    #[arg(long)]
+    max_pass_rate: Option<f64>,
+    /// Memory for held samples before spilling to disk, in MB.
+    #[arg(long)]
+    memory_mb: Option<usize>,
+    /// Samples judged per parallel chunk.
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Records per output shard.
+    #[arg(long)]
+    records_per_shard: Option<u64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl StageArgs for FilterArgs {
+    type Config = crate::filter::FilterConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("input", "--input", self.input);
+        f.opt("out", "--out", self.out);
+        f.list("skip", "--skip", self.skip);
+        f.list("languages", "--languages", self.languages);
+        f.opt("min_language_share", "--min-language-share", self.min_language_share);
+        f.opt("max_foreign_words", "--max-foreign-words", self.max_foreign_words);
+        f.opt("max_foreign_cjk", "--max-foreign-cjk", self.max_foreign_cjk);
+        f.opt("max_paragraph_words", "--max-paragraph-words", self.max_paragraph_words);
+        f.opt("max_symbol_share", "--max-symbol-share", self.max_symbol_share);
+        f.switch("allow_code_in_math", "--allow-code-in-math", self.allow_code_in_math, true);
+        f.opt("max_dup_10gram", "--max-dup-10gram", self.max_dup_10gram);
+        f.opt("max_consecutive_repeats", "--max-consecutive-repeats", self.max_consecutive_repeats);
+        f.opt("length_unit", "--length-unit", self.length_unit);
+        f.opt("tokenizer", "--tokenizer", self.tokenizer);
+        f.opt("min_reasoning", "--min-reasoning", self.min_reasoning);
+        f.opt("max_reasoning", "--max-reasoning", self.max_reasoning);
+        f.opt("min_answer", "--min-answer", self.min_answer);
+        f.opt("max_answer", "--max-answer", self.max_answer);
+        f.opt("policy", "--policy", self.policy);
+        f.opt("k", "-k", self.k);
+        f.opt("score", "--score", self.score);
+        f.opt("min_pass_rate", "--min-pass-rate", self.min_pass_rate);
+        f.opt("max_pass_rate", "--max-pass-rate", self.max_pass_rate);
+        f.opt("memory_mb", "--memory-mb", self.memory_mb);
+        f.opt("chunk", "--chunk", self.chunk);
+        f.opt("records_per_shard", "--records-per-shard", self.records_per_shard);
+        f.switch("progress", "--no-progress", self.no_progress, false);
+        Ok(f)
+    }
+}
+
+fn run_filter(cfg: &crate::filter::FilterConfig) -> anyhow::Result<Outcome> {
+    let report = crate::filter::run(cfg, &verify::Verifiers::standard())
+        .with_context(|| format!("filter --input {} --out {}", cfg.input.display(), cfg.out.display()))?;
+    eprint!("{}", report.funnel.to_text());
+    Ok(if report.funnel.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod collect;
 pub mod config;
 pub mod eval;
+pub mod filter;
 pub mod inspect;
 pub mod model;
 pub mod problems;

@@ -13,6 +13,7 @@
 //! answer; transport faults (`http429`, `http500`, `drop`, `slow`, `nonjson`) are drawn per
 //! attempt, so retries can succeed.
 
+pub mod phrases;
 mod server;
 pub mod trace;
 
@@ -134,6 +135,15 @@ pub struct SimConfig {
     pub retry_after_s: u64,
     /// Runtime worker threads (0: one per core).
     pub threads: usize,
+    /// Reasoning length in words (up to ~4,000); unset: short traces of 60–600 words.
+    #[serde(default)]
+    pub words: Option<usize>,
+    /// Appends one JSON line per generated choice: `{"request_sha256", "choice", "faults"}`.
+    /// A sample's line is the one with its `request_sha256` and, for a request with `n` > 1,
+    /// `choice` = its index among the request's samples (collect sends one request per sample
+    /// by default: `choice` 0).
+    #[serde(default)]
+    pub faults_log: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -148,6 +158,8 @@ impl Default for SimConfig {
             slow_ms: 3000,
             retry_after_s: 1,
             threads: 0,
+            words: None,
+            faults_log: None,
         }
     }
 }
@@ -167,6 +179,8 @@ pub enum SimError {
     Runtime(std::io::Error),
     #[error("--host {0:?} is not an IP address")]
     Host(String),
+    #[error("--faults-log {path}: {source}")]
+    FaultsLog { path: std::path::PathBuf, source: std::io::Error },
 }
 
 #[cfg(test)]

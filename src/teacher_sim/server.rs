@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::trace::{self, Rendered, pieces};
 use super::{SimConfig, SimError};
+use crate::store;
 
 /// A response body that can break off mid-way (the `drop` fault).
 pub struct SimBody {
@@ -72,12 +73,44 @@ impl Body for SimBody {
 struct State {
     cfg: SimConfig,
     attempts: AtomicU64,
+    /// `--faults-log`: one JSON line per generated choice with the content faults injected.
+    faults_log: Option<std::sync::Mutex<std::fs::File>>,
+}
+
+impl State {
+    fn new(cfg: SimConfig) -> Result<State, SimError> {
+        let faults_log = match &cfg.faults_log {
+            Some(p) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| SimError::FaultsLog { path: p.clone(), source: e })?,
+            )),
+            None => None,
+        };
+        Ok(State { cfg, attempts: AtomicU64::new(0), faults_log })
+    }
+
+    /// Appends `{"request_sha256", "choice", "faults"}` lines (whole lines, one write each).
+    fn log_faults(&self, sha: &str, gens: &[trace::Generation]) {
+        let Some(f) = &self.faults_log else { return };
+        let mut buf = Vec::new();
+        for (i, g) in gens.iter().enumerate() {
+            let line = json!({"request_sha256": sha, "choice": i, "faults": g.faults});
+            buf.extend_from_slice(line.to_string().as_bytes());
+            buf.push(b'\n');
+        }
+        let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = f.write_all(&buf);
+    }
 }
 
 /// Runs the simulator until the process is killed. Prints
 /// `teacher-sim listening on http://ADDR/v1` as the first line of stdout.
 pub fn serve(cfg: SimConfig) -> Result<(), SimError> {
     let rt = runtime(cfg.threads)?;
+    let state = Arc::new(State::new(cfg.clone())?);
     rt.block_on(async move {
         let listener = bind(&cfg).await?;
         let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text(&cfg), source })?;
@@ -86,7 +119,7 @@ pub fn serve(cfg: SimConfig) -> Result<(), SimError> {
             let _ = writeln!(out, "teacher-sim listening on http://{addr}/v1");
             let _ = out.flush();
         }
-        accept_loop(listener, Arc::new(State { cfg, attempts: AtomicU64::new(0) }), std::future::pending()).await;
+        accept_loop(listener, state, std::future::pending()).await;
         Ok(())
     })
 }
@@ -117,9 +150,9 @@ pub fn spawn(cfg: SimConfig) -> Result<RunningSim, SimError> {
     let listener = rt.block_on(bind(&cfg))?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text(&cfg), source })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = Arc::new(State::new(cfg)?);
     let thread = std::thread::spawn(move || {
         rt.block_on(async move {
-            let state = Arc::new(State { cfg, attempts: AtomicU64::new(0) });
             accept_loop(listener, state, async move {
                 let _ = stopped.await;
             })
@@ -295,21 +328,27 @@ async fn chat(req: Request<Incoming>, st: &State) -> Response<SimBody> {
     // Content: a function of (seed, request minus transport fields, choice index).
     v.remove("stream");
     v.remove("stream_options");
+    let body_bytes = serde_json::to_vec(&v).unwrap_or_default();
+    // The sha256 of this body is collect's `request_sha256` of the samples it answers.
+    let digest_body = Sha256::digest(&body_bytes);
     let mut h = Sha256::new();
     h.update(cfg.seed.to_le_bytes());
-    h.update(serde_json::to_vec(&v).unwrap_or_default());
+    h.update(&body_bytes);
     let digest = h.finalize();
     let mut key = [0u8; 8];
     key.copy_from_slice(&digest[..8]);
     let key = u64::from_le_bytes(key);
     let content_faults = f.content();
-    let choices: Vec<Rendered> = (0..n)
+    let gens: Vec<trace::Generation> = (0..n)
         .map(|i| {
             let mut rng = fastrand::Rng::with_seed(key ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
-            let g = trace::generate(&question, &mut rng, &content_faults);
-            trace::render(&g, cfg.shape, max_tokens)
+            trace::generate_words(&question, &mut rng, &content_faults, cfg.words)
         })
         .collect();
+    if st.faults_log.is_some() {
+        st.log_faults(&store::hex(&digest_body), &gens);
+    }
+    let choices: Vec<Rendered> = gens.iter().map(|g| trace::render(g, cfg.shape, max_tokens)).collect();
     let completion_tokens: u64 = choices.iter().map(|c| c.completion_tokens).sum();
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                        "total_tokens": prompt_tokens + completion_tokens});

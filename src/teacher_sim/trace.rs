@@ -25,6 +25,8 @@ pub struct Generation {
     pub closed: bool,
     /// Tokens to keep when the truncation fault fired.
     pub cut_at: Option<usize>,
+    /// The content faults injected (`wrong`, `langmix`, `repeat`, `truncate`, `no_close`).
+    pub faults: Vec<&'static str>,
 }
 
 const OPENERS: [&str; 4] = [
@@ -74,9 +76,144 @@ fn last_integer(text: &str) -> Option<&str> {
     text.split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty())
 }
 
+/// Foreign sentences the `langmix` fault plants in long traces (`--words`): a pair of Chinese
+/// phrases, or one of these (written for the simulator, apart from the filter's labelled set).
+const FOREIGN: [&str; 6] = [
+    "Bueno, ahora tengo que revisar otra vez todos los cálculos de este paso.",
+    "Also, jetzt muss ich noch einmal alle Rechnungen in diesem Schritt prüfen.",
+    "Bon, maintenant je dois vérifier encore une fois tous les calculs de cette étape.",
+    "Хорошо, теперь нужно ещё раз проверить все вычисления на этом шаге.",
+    "حسناً، الآن يجب أن أراجع جميع الحسابات في هذه الخطوة مرة أخرى.",
+    "よし、このステップの計算をもう一度すべて確認しなければならない。",
+];
+
 /// Generates the completion for `question` (the last user message). `rng` must be seeded from
 /// the request so that the same request gets the same completion.
 pub fn generate(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults) -> Generation {
+    generate_words(question, rng, faults, None)
+}
+
+/// Like [`generate`]; with `words`, the reasoning is about that many words (±10%) of R1-style
+/// deliberation from the phrase bank ([`super::phrases`]), and the faults are placed where a
+/// truncation cannot hide them (language mixing in the first 40% of the trace, loops in
+/// 20–40%; truncation keeps at least half).
+pub fn generate_words(
+    question: &str,
+    rng: &mut fastrand::Rng,
+    faults: &ContentFaults,
+    words: Option<usize>,
+) -> Generation {
+    match words {
+        None => generate_short(question, rng, faults),
+        Some(n) => generate_long(question, rng, faults, n),
+    }
+}
+
+fn fired(wrong: bool, langmix: bool, repeat: bool, truncate: bool, no_close: bool) -> Vec<&'static str> {
+    [(wrong, "wrong"), (langmix, "langmix"), (repeat, "repeat"), (truncate, "truncate"), (no_close, "no_close")]
+        .into_iter()
+        .filter(|x| x.0)
+        .map(|x| x.1)
+        .collect()
+}
+
+fn solved_or_fallback(question: &str) -> Solved {
+    problems::solve(question).unwrap_or_else(|| {
+        let n = last_integer(question).unwrap_or("0").to_string();
+        Solved {
+            task: Task::Open,
+            answer: n.clone(),
+            wrong: format!("{n}1"),
+            steps: vec![
+                "I'll take the quantity the question is about and reason about it directly.".into(),
+                format!("The key number in the question is {n}, and working from it gives {n}."),
+            ],
+        }
+    })
+}
+
+fn final_answer_text(s: &Solved, final_answer: &str) -> String {
+    match s.task {
+        Task::Code => format!("Here is the solution.\n\n```python\n{final_answer}```\n\n{}", s.steps.join(" ")),
+        _ => format!(
+            "**Solution.** {}\n\nTherefore, the final answer is $\\boxed{{{final_answer}}}$.",
+            s.steps.join(" ")
+        ),
+    }
+}
+
+fn generate_long(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults, words: usize) -> Generation {
+    use super::phrases;
+    let wrong = rng.f64() < faults.wrong;
+    let langmix = rng.f64() < faults.langmix;
+    let repeat = rng.f64() < faults.repeat;
+    let truncate = rng.f64() < faults.truncate;
+    let no_close = rng.f64() < faults.no_close;
+    let target = (words.max(20) as f64 * (0.9 + 0.2 * rng.f64())) as usize;
+    let style = if rng.bool() { phrases::Style::PLAIN } else { phrases::Style::HEAVY };
+    let s = solved_or_fallback(question);
+    let final_answer = if wrong { &s.wrong } else { &s.answer };
+
+    let mut paras: Vec<String> =
+        vec![format!("{} The problem says: {}", pick(rng, &OPENERS), first_sentence(question))];
+    paras.push(s.steps.join(" "));
+    let mut body = String::new();
+    let used: usize = paras.iter().map(|p| p.split_whitespace().count()).sum();
+    phrases::deliberate(rng, style, target.saturating_sub(used + 40), &mut body);
+    let mut again = String::from("Wait, let me double-check the whole computation once more.");
+    for step in &s.steps {
+        again.push(' ');
+        again.push_str(step);
+    }
+    let mut body_paras: Vec<String> = body.split("\n\n").map(str::to_string).collect();
+    let mid = body_paras.len() / 2;
+    body_paras.insert(mid, again);
+    paras.extend(body_paras);
+    let n = paras.len();
+    if repeat {
+        let sentence = pick(rng, &FILLERS);
+        let times = 30 + rng.usize(..30);
+        let at = (n / 5 + rng.usize(..(n / 5).max(1))).clamp(1, n);
+        paras.insert(at, vec![sentence; times].join(" "));
+    }
+    if langmix {
+        let at = (1 + rng.usize(..(n * 2 / 5).max(1))).min(paras.len());
+        let k = rng.usize(..FOREIGN.len() + 1);
+        let planted = if k == FOREIGN.len() {
+            format!("{} {}", pick(rng, &MIXED), pick(rng, &MIXED))
+        } else {
+            FOREIGN[k].to_string()
+        };
+        // Mid-paragraph: after the paragraph's first sentence.
+        let last = paras.len() - 1;
+        let p = &mut paras[at.min(last)];
+        match p.find(". ") {
+            Some(i) => p.insert_str(i + 2, &format!("{planted} ")),
+            None => p.push_str(&format!(" {planted}")),
+        }
+    }
+    match s.task {
+        Task::Code => paras.push("So the program is ready; let me write it out.".into()),
+        _ => paras.push(format!("So the final answer is {final_answer}.")),
+    }
+    let reasoning = paras.join("\n\n");
+    let answer = final_answer_text(&s, final_answer);
+    let cut_at = if truncate {
+        let n = pieces(&reasoning).len();
+        Some(n / 2 + rng.usize(..n.div_ceil(3).max(1)))
+    } else {
+        None
+    };
+    Generation {
+        reasoning,
+        answer,
+        closed: !no_close,
+        cut_at,
+        faults: fired(wrong, langmix, repeat, truncate, no_close),
+    }
+}
+
+fn generate_short(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults) -> Generation {
     // Draw every decision up front, in a fixed order.
     let wrong = rng.f64() < faults.wrong;
     let langmix = rng.f64() < faults.langmix;
@@ -160,7 +297,13 @@ pub fn generate(question: &str, rng: &mut fastrand::Rng, faults: &ContentFaults)
     } else {
         None
     };
-    Generation { reasoning, answer, closed: !no_close, cut_at }
+    Generation {
+        reasoning,
+        answer,
+        closed: !no_close,
+        cut_at,
+        faults: fired(wrong, langmix, repeat, truncate, no_close),
+    }
 }
 
 /// Splits text into "tokens": each is a run of non-space characters with the whitespace that
@@ -267,6 +410,19 @@ mod tests {
         let g = generate(q, &mut fastrand::Rng::with_seed(3), &t);
         let r = render(&g, Shape::ReasoningContent, None);
         assert_eq!((r.finish_reason, r.content.as_str()), ("length", ""));
+    }
+
+    #[test]
+    fn long_traces_have_the_words_and_show_their_faults() {
+        let q = "Compute $12 \\times 3 - 6$.";
+        let g = generate_words(q, &mut fastrand::Rng::with_seed(5), &ContentFaults::default(), Some(3000));
+        let n = g.reasoning.split_whitespace().count();
+        assert!((2600..=3500).contains(&n), "{n}");
+        assert!(g.answer.contains("\\boxed{30}") && g.faults.is_empty());
+        let all = ContentFaults { wrong: 1.0, langmix: 1.0, repeat: 1.0, truncate: 1.0, no_close: 1.0 };
+        let g = generate_words(q, &mut fastrand::Rng::with_seed(6), &all, Some(3000));
+        assert_eq!(g.faults, vec!["wrong", "langmix", "repeat", "truncate", "no_close"]);
+        assert!(g.cut_at.is_some() && !g.closed && g.answer.contains("\\boxed{42}"));
     }
 
     #[test]

@@ -303,7 +303,7 @@ mod tests {
         )
         .unwrap();
         let v = super::super::Verifier::verify(&MathVerifier, &rec);
-        assert_eq!((v.pass, v.reason.as_deref()), (Some(true), Some("equal")), "{v:?}");
+        assert_eq!((v.verdict.pass, v.verdict.reason.as_deref()), (Some(true), Some("equal")), "{v:?}");
         for spaced in ["\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "$\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}$"]
         {
             assert!(verify_response(spaced, &format!("\\boxed{{{m}}}")).pass, "{spaced}");

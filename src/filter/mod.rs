@@ -1,0 +1,1070 @@
+//! `distill filter`: rejection sampling and chain-of-thought quality checks, from raw teacher
+//! samples to kept SFT examples, with a funnel.
+//!
+//! In: Sample records (a `distill collect` directory, a file, shards, or `-`), with or without
+//! a verdict from `distill verify` (a verdict whose `pass` is set is reused, otherwise the
+//! task's verifier runs through the [`crate::verify::Verifiers`] seam). Out, under `--out DIR`:
+//! - `DIR/kept/kept-*.jsonl.zst`: SFT examples (`messages` ending with the assistant turn
+//!   `<think>\n…\n</think>\n\n…`, `prompt_id`, `source`, `task`, `meta {pass_rate, n_samples}`,
+//!   unknown prompt fields carried);
+//! - `DIR/rejects/samples-*.jsonl.zst`: every sample not kept, as it came in plus
+//!   `verdict.checks` (every check, no short-circuit), `verdict.kept = false` and
+//!   `verdict.reject_reason` (the first failed check, or the selection step);
+//! - `DIR/rejects/invalid.jsonl`: input lines that are not samples, with file:line and reason;
+//! - `DIR/funnel.json` (also printed as a table on stderr) and `DIR/manifest.json`.
+//!
+//! Checks, in funnel order: `correct`, `format`, `complete`, `language`, `readability`,
+//! `repetition`, `length` (one file each), then per-prompt selection (`select.rs`).
+//! Samples are judged in parallel chunks and written in input order; passing samples are held
+//! per prompt until the input ends (spilled to hash buckets on disk past `memory_mb`), so the
+//! same input and config give byte-identical outputs.
+
+pub mod complete;
+pub mod correct;
+pub mod format;
+pub mod language;
+pub mod length;
+pub mod readability;
+pub mod repetition;
+pub mod select;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::record::{self, Message};
+use crate::store::{self, Format, Manifest, RejectsWriter, ShardedWriter, StoreError};
+use crate::verify::Verifiers;
+pub use select::Policy;
+
+/// The checks, in funnel order.
+pub const CHECKS: [&str; 7] = ["correct", "format", "complete", "language", "readability", "repetition", "length"];
+
+/// How lengths are counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LengthUnit {
+    #[default]
+    Chars,
+    /// Tokens of `tokenizer` (a `tokenizer.json`).
+    Tokens,
+}
+
+/// Settings of `distill filter` (a recipe's `[filter]` table). [`Default`] is the one place
+/// the defaults live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Sample records: a file, a directory of shards (a collect directory), or `-`.
+    pub input: PathBuf,
+    /// Output directory (`kept/`, `rejects/`, `funnel.json`, `manifest.json`).
+    pub out: PathBuf,
+    /// Checks not to run at all (names from `correct, format, complete, language,
+    /// readability, repetition, length`).
+    pub skip: Vec<String>,
+    /// Target languages (ISO 639-1: en, zh, es, ...); empty: each prompt's own language.
+    pub languages: Vec<String>,
+    /// Minimum share of the chain-of-thought's (and the answer's) words in a target language.
+    pub min_language_share: f64,
+    /// A foreign span of this many words (or CJK characters) fails the language check.
+    pub max_foreign_words: usize,
+    pub max_foreign_cjk: usize,
+    /// Longest paragraph allowed, in words.
+    pub max_paragraph_words: usize,
+    /// Largest share of non-alphanumeric, non-space characters in the chain-of-thought.
+    pub max_symbol_share: f64,
+    /// Allow fenced code blocks inside the chain-of-thought of non-code tasks.
+    pub allow_code_in_math: bool,
+    /// Repetition thresholds (shares of characters; see `filter::repetition`).
+    pub max_dup_line_chars: f64,
+    pub max_dup_para_chars: f64,
+    pub max_top_ngram: [f64; 3],
+    pub max_dup_5gram: f64,
+    pub max_dup_10gram: f64,
+    /// A unit of 1–4 sentences repeated this many times back to back is a loop.
+    pub max_consecutive_repeats: usize,
+    /// A periodic tail this long (bytes) is a runaway loop.
+    pub min_tail_loop_bytes: usize,
+    /// Length unit and bounds (`None`: unbounded).
+    pub length_unit: LengthUnit,
+    pub tokenizer: Option<PathBuf>,
+    pub min_reasoning: Option<usize>,
+    pub max_reasoning: Option<usize>,
+    pub min_answer: Option<usize>,
+    pub max_answer: Option<usize>,
+    /// Per-prompt selection.
+    pub policy: Policy,
+    /// How many samples `k-best` keeps.
+    pub k: usize,
+    /// The check whose score ranks samples for `k-best` (higher is better).
+    pub score: String,
+    /// Drop prompts whose pass rate (share of samples judged correct) is outside the window.
+    pub min_pass_rate: Option<f64>,
+    pub max_pass_rate: Option<f64>,
+    /// Memory for held samples before they spill to disk, in MB.
+    pub memory_mb: usize,
+    /// Samples judged per parallel chunk.
+    pub chunk: usize,
+    /// Records per output shard.
+    pub records_per_shard: u64,
+    /// Output format of `kept/` and `rejects/`.
+    pub format: Format,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl crate::config::Settings for FilterConfig {
+    const TABLE: &'static str = "filter";
+
+    fn derive(&mut self, origins: &mut crate::config::Origins) {
+        if self.tokenizer.is_some() && !origins.is_set("length_unit") {
+            self.length_unit = LengthUnit::Tokens;
+            origins.derived("length_unit", "a tokenizer was given");
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.input.as_os_str().is_empty() {
+            return Err("filter needs `input` (a collect directory, a file of samples, or -)".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err("filter needs `out` (the output directory)".into());
+        }
+        FilterConfig::validate(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        let lang = language::LangParams::default();
+        let rep = repetition::RepParams::default();
+        FilterConfig {
+            input: PathBuf::new(),
+            out: PathBuf::new(),
+            skip: Vec::new(),
+            languages: Vec::new(),
+            min_language_share: lang.min_share,
+            max_foreign_words: lang.max_span_words,
+            max_foreign_cjk: lang.max_span_cjk,
+            max_paragraph_words: 800,
+            max_symbol_share: 0.45,
+            allow_code_in_math: false,
+            max_dup_line_chars: rep.dup_line_chars,
+            max_dup_para_chars: rep.dup_para_chars,
+            max_top_ngram: rep.top_ngram,
+            max_dup_5gram: rep.dup_5gram,
+            max_dup_10gram: rep.dup_10gram,
+            max_consecutive_repeats: rep.max_consecutive,
+            min_tail_loop_bytes: rep.tail_bytes,
+            length_unit: LengthUnit::Chars,
+            tokenizer: None,
+            min_reasoning: Some(20),
+            max_reasoning: Some(131_072),
+            min_answer: Some(1),
+            max_answer: Some(32_768),
+            policy: Policy::All,
+            k: 1,
+            score: "length".into(),
+            min_pass_rate: None,
+            max_pass_rate: None,
+            memory_mb: 512,
+            chunk: 512,
+            records_per_shard: 100_000,
+            format: Format::JsonlZst,
+            progress: true,
+        }
+    }
+}
+
+impl FilterConfig {
+    /// Checks the settings; the message names the key and the fix.
+    pub fn validate(&self) -> Result<(), FilterError> {
+        let bad = |m: String| Err(FilterError::Config(m));
+        for s in &self.skip {
+            if !CHECKS.contains(&s.as_str()) {
+                return bad(format!("skip: unknown check `{s}`; known: {}", CHECKS.join(", ")));
+            }
+        }
+        if self.length_unit == LengthUnit::Tokens && self.tokenizer.is_none() {
+            return bad("length_unit = \"tokens\" needs --tokenizer tokenizer.json".into());
+        }
+        if self.policy == Policy::KBest && !CHECKS.contains(&self.score.as_str()) {
+            return bad(format!("score: unknown check `{}`; known: {}", self.score, CHECKS.join(", ")));
+        }
+        for (name, v) in [("min_pass_rate", self.min_pass_rate), ("max_pass_rate", self.max_pass_rate)] {
+            if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                return bad(format!("{name} must be in [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+
+    fn runs(&self, check: &str) -> bool {
+        !self.skip.iter().any(|s| s == check)
+    }
+}
+
+/// Errors of `filter`.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("filter settings: {0}")]
+    Config(String),
+    #[error("--tokenizer {path}: {msg}; pass a Hugging Face tokenizer.json")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{id}: cannot serialise the record: {msg}")]
+    Serialise { id: String, msg: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FilterError + '_ {
+    move |source| FilterError::Io { path: path.to_path_buf(), source }
+}
+
+/// One check's counts in the funnel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckCount {
+    pub name: String,
+    /// Samples whose first failure this check was.
+    pub removed_samples: u64,
+    /// Prompts that lost their last surviving sample at this check.
+    pub removed_prompts: u64,
+    /// Samples that failed this check at all.
+    pub failed_samples: u64,
+    /// Share of the checking time spent in this check.
+    pub time_share: f64,
+}
+
+/// `funnel.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Funnel {
+    pub records_in: u64,
+    pub bytes_in: u64,
+    pub invalid: u64,
+    pub samples_in: u64,
+    pub prompts_in: u64,
+    /// Samples of tasks with no verifier (`open`), passed by `correct` and counted apart.
+    pub unverified: u64,
+    pub checks: Vec<CheckCount>,
+    pub selection_policy: String,
+    pub selection_removed_samples: u64,
+    pub selection_removed_prompts: u64,
+    pub samples_out: u64,
+    pub prompts_out: u64,
+    pub seconds: f64,
+}
+
+impl Funnel {
+    /// The table printed on stderr.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let pct = |n: u64| if self.samples_in == 0 { 0.0 } else { 100.0 * n as f64 / self.samples_in as f64 };
+        s.push_str(&format!("{:<14} {:>10} {:>9} {:>10} {:>8}\n", "stage", "samples", "prompts", "failed", "time"));
+        s.push_str(&format!("{:<14} {:>10} {:>9}\n", "in", self.samples_in, self.prompts_in));
+        if self.invalid > 0 {
+            s.push_str(&format!("{:<14} {:>10}   (not samples: see rejects/invalid.jsonl)\n", "invalid", self.invalid));
+        }
+        for c in &self.checks {
+            s.push_str(&format!(
+                "{:<14} {:>10} {:>9} {:>10} {:>7.1}%\n",
+                c.name,
+                format!("-{}", c.removed_samples),
+                format!("-{}", c.removed_prompts),
+                c.failed_samples,
+                100.0 * c.time_share
+            ));
+        }
+        s.push_str(&format!(
+            "{:<14} {:>10} {:>9}\n",
+            format!("select:{}", self.selection_policy),
+            format!("-{}", self.selection_removed_samples),
+            format!("-{}", self.selection_removed_prompts)
+        ));
+        s.push_str(&format!(
+            "{:<14} {:>10} {:>9}   ({:.1}% of samples kept; {} unverified open-task samples)\n",
+            "out",
+            self.samples_out,
+            self.prompts_out,
+            pct(self.samples_out),
+            self.unverified
+        ));
+        let mbs = self.bytes_in as f64 / 1e6 / self.seconds.max(1e-9);
+        s.push_str(&format!(
+            "{:.1} s, {:.1} MB/s, {:.0} samples/s\n",
+            self.seconds,
+            mbs,
+            self.samples_in as f64 / self.seconds.max(1e-9)
+        ));
+        s
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub funnel: Funnel,
+}
+
+/// The reasoning and answer of a sample, however it was stored.
+fn split_response(rec: &Map<String, Value>) -> Option<(String, String)> {
+    let s = |k: &str| rec.get(k).and_then(Value::as_str);
+    let reasoning = s("reasoning").or_else(|| s("reasoning_content")).unwrap_or("");
+    let content = s("content").or_else(|| s("response"));
+    if content.is_none() && reasoning.is_empty() {
+        return None;
+    }
+    let content = content.unwrap_or("");
+    if !reasoning.trim().is_empty() {
+        return Some((reasoning.to_string(), content.to_string()));
+    }
+    if let Some(end) = content.find("<|end_of_thought|>") {
+        let head = &content[..end];
+        let r = head.find("<|begin_of_thought|>").map_or(head, |b| &head[b + "<|begin_of_thought|>".len()..]);
+        let mut a = &content[end + "<|end_of_thought|>".len()..];
+        if let Some(x) = a.find("<|begin_of_solution|>") {
+            a = &a[x + "<|begin_of_solution|>".len()..];
+        }
+        let a = a.replace("<|end_of_solution|>", "");
+        return Some((r.trim().to_string(), a.trim().to_string()));
+    }
+    if content.contains("</think>") {
+        let (r, a) = record::split_thinking(content);
+        return Some((r.to_string(), a.to_string()));
+    }
+    let t = content.trim_start();
+    for open in ["<think>", "<|begin_of_thought|>"] {
+        if let Some(rest) = t.strip_prefix(open) {
+            return Some((rest.trim().to_string(), String::new()));
+        }
+    }
+    Some((String::new(), content.to_string()))
+}
+
+/// Per-thread buffers.
+#[derive(Default)]
+struct Scratch {
+    lang: language::LangScratch,
+    rep: repetition::RepScratch,
+}
+
+/// A judged sample.
+struct Judged {
+    loc: String,
+    id: String,
+    prompt_id: String,
+    sample: u32,
+    record: Map<String, Value>,
+    /// Index of the first failed check (`CHECKS.len()`: none).
+    first_fail: usize,
+    failed: [bool; 7],
+    correct: bool,
+    unverified: bool,
+    len: usize,
+    score: f64,
+    bytes: usize,
+    nanos: [u64; 7],
+}
+
+enum Item {
+    Judged(Box<Judged>),
+    Invalid(StoreError, Option<Map<String, Value>>),
+}
+
+struct Ctx<'a> {
+    cfg: &'a FilterConfig,
+    verifiers: &'a Verifiers,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    lang: language::LangParams,
+    rep: repetition::RepParams,
+    read: readability::ReadParams,
+    len: length::LenParams,
+}
+
+fn count_len(ctx: &Ctx, text: &str) -> usize {
+    match (&ctx.tokenizer, ctx.cfg.length_unit) {
+        (Some(t), LengthUnit::Tokens) => t.encode(text, false).map(|e| e.len()).unwrap_or(text.len() / 4),
+        _ => text.chars().count(),
+    }
+}
+
+fn prompt_id_of(rec: &Map<String, Value>) -> Option<String> {
+    match rec.get("prompt_id") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A prompt id from a hash of the normalised prompt, for samples without one.
+fn prompt_hash(rec: &Map<String, Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let text = rec.get("prompt").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
+        rec.get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.iter().rev().find(|x| x.get("role").and_then(Value::as_str) == Some("user")))
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    });
+    let norm: String = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    format!("prompt-{}", &store::hex(&Sha256::digest(norm.as_bytes()))[..16])
+}
+
+fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
+    let cfg = ctx.cfg;
+    let loc = raw.loc.to_string();
+    let id = raw.id();
+    let mut rec = raw.value;
+    let Some((reasoning, answer)) = split_response(&rec) else {
+        let err = StoreError::Schema {
+            loc: raw.loc,
+            id: store::IdSuffix(id),
+            msg: "not a sample: no `content`, `response` or `reasoning`; filter reads collect's Sample records".into(),
+        };
+        return Item::Invalid(err, Some(rec));
+    };
+    let bytes = reasoning.len() + answer.len() + rec.get("prompt").and_then(Value::as_str).map_or(0, str::len);
+    let task = rec.get("task").and_then(Value::as_str).unwrap_or("open").to_string();
+    let prompt_id = prompt_id_of(&rec).unwrap_or_else(|| prompt_hash(&rec));
+    let sample = rec.get("sample").and_then(Value::as_u64).unwrap_or(0) as u32;
+    let id = id.unwrap_or_else(|| format!("{prompt_id}/{sample}"));
+    let mut checks: BTreeMap<String, record::Check> = BTreeMap::new();
+    let mut nanos = [0u64; 7];
+    let mut failed = [false; 7];
+    let mut reason: Option<String> = None;
+    let mut add = |i: usize, c: record::Check, started: Instant, checks: &mut BTreeMap<String, record::Check>| {
+        nanos[i] = started.elapsed().as_nanos() as u64;
+        if !c.pass {
+            failed[i] = true;
+            if reason.is_none() {
+                reason = Some(format!("{}: {}", CHECKS[i], c.detail.as_deref().unwrap_or("failed")));
+            }
+        }
+        checks.insert(CHECKS[i].to_string(), c);
+    };
+    let ok = |score: Option<f64>, detail: Option<String>| record::Check { pass: true, score, detail };
+    let fail = |score: Option<f64>, detail: String| record::Check { pass: false, score, detail: Some(detail) };
+
+    // correct: reuse a verify verdict, else run the verifier (through the seam).
+    let t = Instant::now();
+    let old = rec.get("verdict").and_then(Value::as_object);
+    let reused = old.and_then(|v| v.get("pass")).and_then(Value::as_bool).is_some();
+    let (pass, vreason, extracted) = if reused {
+        let v = old.expect("checked");
+        (
+            v.get("pass").and_then(Value::as_bool),
+            v.get("reason").and_then(Value::as_str).map(str::to_string),
+            v.get("extracted").and_then(Value::as_str).map(str::to_string),
+        )
+    } else if cfg.runs("correct") || (task == "math" && cfg.runs("format")) {
+        let v = if rec.get("content").and_then(Value::as_str).is_some() || answer.is_empty() {
+            ctx.verifiers.verify(&rec)
+        } else {
+            let mut r2 = rec.clone();
+            r2.insert("content".into(), Value::String(answer.clone()));
+            ctx.verifiers.verify(&r2)
+        };
+        crate::verify::apply_verdict(&mut rec, &v);
+        (v.pass, v.reason, v.extracted)
+    } else {
+        (None, None, None)
+    };
+    let verdict_correct = correct::check(pass, vreason.as_deref(), &task);
+    let unverified = verdict_correct == correct::Correct::Unverified;
+    let is_correct = verdict_correct != correct::Correct::Pass && !unverified;
+    let correct_ok = !is_correct;
+    if cfg.runs("correct") {
+        let c = match &verdict_correct {
+            correct::Correct::Pass => ok(Some(1.0), None),
+            correct::Correct::Unverified => ok(None, Some("no verifier for this task (counted apart)".into())),
+            correct::Correct::Fail(r) => fail(Some(0.0), r.clone()),
+        };
+        add(0, c, t, &mut checks);
+    }
+    // format
+    if cfg.runs("format") {
+        let t = Instant::now();
+        let c = match format::check(&reasoning, &answer, task == "math", extracted.as_deref()) {
+            Ok(()) => ok(None, None),
+            Err(e) => fail(None, e),
+        };
+        add(1, c, t, &mut checks);
+    }
+    if cfg.runs("complete") {
+        let t = Instant::now();
+        let fr = rec.get("finish_reason").and_then(Value::as_str);
+        let c = match complete::check(fr, &reasoning, &answer) {
+            Ok(()) => ok(None, None),
+            Err(e) => fail(None, e),
+        };
+        add(2, c, t, &mut checks);
+    }
+    let mut lang_share = 1.0;
+    if cfg.runs("language") {
+        let t = Instant::now();
+        let detected;
+        let targets: Vec<&str> = if cfg.languages.is_empty() {
+            detected = language::detect(rec.get("prompt").and_then(Value::as_str).unwrap_or(""));
+            vec![detected]
+        } else {
+            cfg.languages.iter().map(String::as_str).collect()
+        };
+        let r = language::analyse(&reasoning, &targets, &mut scratch.lang);
+        let a = language::analyse(&answer, &targets, &mut scratch.lang);
+        lang_share = r.share().min(a.share());
+        let c = if !r.pass(&ctx.lang) {
+            fail(Some(lang_share), format!("chain-of-thought: {}", r.detail(&reasoning)))
+        } else if !a.pass(&ctx.lang) {
+            fail(Some(lang_share), format!("answer: {}", a.detail(&answer)))
+        } else {
+            ok(Some(lang_share), None)
+        };
+        add(3, c, t, &mut checks);
+    }
+    let mut sym_score = 1.0;
+    if cfg.runs("readability") {
+        let t = Instant::now();
+        let r = readability::check(&reasoning, &answer, task == "code", &ctx.read);
+        sym_score = 1.0 - r.symbol_share;
+        let c = match r.problem {
+            None => ok(Some(sym_score), None),
+            Some(p) => fail(Some(sym_score), p),
+        };
+        add(4, c, t, &mut checks);
+    }
+    let mut rep_score = 1.0;
+    if cfg.runs("repetition") {
+        let t = Instant::now();
+        let r = repetition::check(&reasoning, &ctx.rep, &mut scratch.rep);
+        rep_score = 1.0 - r.dup_10gram;
+        let c = match r.problem {
+            None => ok(Some(rep_score), None),
+            Some(p) => fail(Some(rep_score), p),
+        };
+        add(5, c, t, &mut checks);
+    }
+    let t = Instant::now();
+    let (rl, al) = (count_len(ctx, &reasoning), count_len(ctx, &answer));
+    if cfg.runs("length") {
+        let unit = if cfg.length_unit == LengthUnit::Tokens { "tokens" } else { "chars" };
+        let c = match length::check(rl, al, &ctx.len, unit) {
+            Ok(()) => ok(Some((rl + al) as f64), None),
+            Err(e) => fail(Some((rl + al) as f64), e),
+        };
+        add(6, c, t, &mut checks);
+    }
+    let first_fail = failed.iter().position(|f| *f).unwrap_or(CHECKS.len());
+    let score = match cfg.score.as_str() {
+        "language" => lang_share,
+        "readability" => sym_score,
+        "repetition" => rep_score,
+        "correct" => f64::from(u8::from(correct_ok)),
+        _ => (rl + al) as f64,
+    };
+    // The verdict: verify's fields stay at the top; filter adds checks, kept, reject_reason.
+    let mut v = match rec.remove("verdict") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    if !v.contains_key("pass") {
+        v.insert("pass".into(), Value::Bool(pass.unwrap_or(false)));
+        v.insert("extracted".into(), extracted.map_or(Value::Null, Value::String));
+        v.insert("reason".into(), vreason.map_or(Value::Null, Value::String));
+    }
+    v.insert("checks".into(), serde_json::to_value(&checks).unwrap_or(Value::Null));
+    v.insert("kept".into(), Value::Bool(false));
+    v.insert("reject_reason".into(), reason.map_or(Value::Null, Value::String));
+    rec.insert("verdict".into(), Value::Object(v));
+    Item::Judged(Box::new(Judged {
+        loc,
+        id,
+        prompt_id,
+        sample,
+        record: rec,
+        first_fail,
+        failed,
+        correct: correct_ok && !unverified,
+        unverified,
+        len: rl + al,
+        score,
+        bytes,
+        nanos,
+    }))
+}
+
+/// Fields of a Sample that an SFT example does not carry.
+const SAMPLE_FIELDS: [&str; 21] = [
+    "id",
+    "prompt_id",
+    "sample",
+    "task",
+    "prompt",
+    "answer",
+    "tests",
+    "source",
+    "meta",
+    "messages",
+    "reasoning",
+    "reasoning_content",
+    "content",
+    "response",
+    "finish_reason",
+    "usage",
+    "teacher",
+    "params",
+    "latency_ms",
+    "request_sha256",
+    "verdict",
+];
+
+/// The SFT example of a kept sample.
+fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f64, n: u32) -> Value {
+    let (reasoning, answer) = split_response(rec).unwrap_or_default();
+    let mut messages: Vec<Value> = rec
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|m| m.iter().filter(|x| x.get("role").and_then(Value::as_str) != Some("assistant")).cloned().collect())
+        .unwrap_or_default();
+    if messages.is_empty() {
+        let p = rec.get("prompt").and_then(Value::as_str).unwrap_or("");
+        messages.push(serde_json::to_value(Message::new("user", p)).unwrap_or(Value::Null));
+    }
+    messages.push(json!({"role": "assistant", "content": record::assistant_turn(&reasoning, &answer)}));
+    let mut out = Map::new();
+    out.insert("id".into(), Value::String(id.to_string()));
+    out.insert("messages".into(), Value::Array(messages));
+    if let Some(s) = rec.get("source").filter(|s| !s.is_null()) {
+        out.insert("source".into(), s.clone());
+    }
+    out.insert("task".into(), rec.get("task").cloned().unwrap_or_else(|| Value::String("open".into())));
+    out.insert("prompt_id".into(), Value::String(prompt_id.to_string()));
+    let mut meta = match rec.get("meta") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    meta.insert("pass_rate".into(), json!(pass_rate));
+    meta.insert("n_samples".into(), json!(n));
+    out.insert("meta".into(), Value::Object(meta));
+    for (k, v) in rec {
+        if !SAMPLE_FIELDS.contains(&k.as_str()) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// What is known of a prompt while streaming.
+#[derive(Default)]
+struct PromptState {
+    order: u64,
+    n: u32,
+    correct: u32,
+    /// Largest first-failure index over its samples (CHECKS.len(): some sample passed all).
+    max_ff: usize,
+    /// Index into `held` when its candidates are in memory.
+    held: Option<usize>,
+}
+
+/// A passing sample waiting for its prompt's selection.
+#[derive(Serialize, Deserialize)]
+struct Held {
+    prompt_id: String,
+    id: String,
+    sample: u32,
+    seq: u64,
+    len: usize,
+    score: f64,
+    record: Map<String, Value>,
+}
+
+const BUCKETS: usize = 64;
+
+struct Spill {
+    dir: tempfile::TempDir,
+    files: Vec<BufWriter<std::fs::File>>,
+}
+
+impl Spill {
+    fn new(out: &Path) -> Result<Spill, FilterError> {
+        let dir = tempfile::Builder::new().prefix(".filter-spill").tempdir_in(out).map_err(io_err(out))?;
+        let mut files = Vec::with_capacity(BUCKETS);
+        for b in 0..BUCKETS {
+            let p = dir.path().join(format!("{b:02}.jsonl"));
+            files.push(BufWriter::new(std::fs::File::create(&p).map_err(io_err(&p))?));
+        }
+        Ok(Spill { dir, files })
+    }
+
+    fn bucket(prompt_id: &str) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in prompt_id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % BUCKETS as u64) as usize
+    }
+
+    fn write(&mut self, h: &Held) -> Result<(), FilterError> {
+        let b = Spill::bucket(&h.prompt_id);
+        let line =
+            serde_json::to_vec(h).map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?;
+        let f = &mut self.files[b];
+        f.write_all(&line).and_then(|_| f.write_all(b"\n")).map_err(io_err(self.dir.path()))
+    }
+}
+
+struct Outputs {
+    kept: ShardedWriter,
+    rejects: ShardedWriter,
+    invalid: RejectsWriter,
+}
+
+impl Outputs {
+    fn reject(&mut self, mut rec: Map<String, Value>, why: Option<String>) -> Result<(), FilterError> {
+        if let Some(w) = why
+            && let Some(Value::Object(v)) = rec.get_mut("verdict")
+        {
+            v.insert("reject_reason".into(), Value::String(w));
+            v.insert("kept".into(), Value::Bool(false));
+        }
+        Ok(self.rejects.write_value(&Value::Object(rec))?)
+    }
+}
+
+/// Runs the selection of one prompt's held samples and writes them.
+fn finish_prompt(
+    cfg: &FilterConfig,
+    st: &PromptState,
+    mut held: Vec<Held>,
+    outs: &mut Outputs,
+    funnel: &mut Funnel,
+) -> Result<(), FilterError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    held.sort_by_key(|h| h.seq);
+    let pass_rate = if st.n == 0 { 0.0 } else { f64::from(st.correct) / f64::from(st.n) };
+    let window = select::outside_window(pass_rate, cfg.min_pass_rate, cfg.max_pass_rate);
+    let keep: Vec<usize> = if window.is_some() {
+        Vec::new()
+    } else {
+        let cands: Vec<select::Candidate> = held
+            .iter()
+            .map(|h| select::Candidate { sample: h.sample, seq: h.seq, len: h.len, score: h.score })
+            .collect();
+        select::select(cfg.policy, cfg.k, &cands)
+    };
+    if keep.is_empty() {
+        funnel.selection_removed_prompts += 1;
+    } else {
+        funnel.prompts_out += 1;
+    }
+    for (i, h) in held.into_iter().enumerate() {
+        if keep.binary_search(&i).is_ok() {
+            let ex = sft_example(&h.record, &h.id, &h.prompt_id, pass_rate, st.n);
+            outs.kept.write_value(&ex)?;
+            funnel.samples_out += 1;
+        } else {
+            funnel.selection_removed_samples += 1;
+            let why = match &window {
+                Some(w) => format!("selection: {w}"),
+                None => format!("selection: not chosen by policy {}", policy_name(cfg.policy)),
+            };
+            outs.reject(h.record, Some(why))?;
+        }
+    }
+    Ok(())
+}
+
+fn policy_name(p: Policy) -> String {
+    serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Runs `filter` with the verifiers given (the caller picks them; tests plant their own).
+pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterError> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let tokenizer = match &cfg.tokenizer {
+        Some(p) => Some(
+            tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| FilterError::Tokenizer { path: p.clone(), msg: e.to_string() })?,
+        ),
+        None => None,
+    };
+    let ctx = Ctx {
+        cfg,
+        verifiers,
+        tokenizer,
+        lang: language::LangParams {
+            min_share: cfg.min_language_share,
+            max_span_words: cfg.max_foreign_words,
+            max_span_cjk: cfg.max_foreign_cjk,
+        },
+        rep: repetition::RepParams {
+            dup_line_chars: cfg.max_dup_line_chars,
+            dup_para_chars: cfg.max_dup_para_chars,
+            top_ngram: cfg.max_top_ngram,
+            dup_5gram: cfg.max_dup_5gram,
+            dup_10gram: cfg.max_dup_10gram,
+            max_consecutive: cfg.max_consecutive_repeats,
+            tail_bytes: cfg.min_tail_loop_bytes,
+        },
+        read: readability::ReadParams {
+            max_paragraph_words: cfg.max_paragraph_words,
+            max_symbol_share: cfg.max_symbol_share,
+            allow_code_in_math: cfg.allow_code_in_math,
+        },
+        len: length::LenParams {
+            min_reasoning: cfg.min_reasoning,
+            max_reasoning: cfg.max_reasoning,
+            min_answer: cfg.min_answer,
+            max_answer: cfg.max_answer,
+        },
+    };
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    for sub in ["kept", "rejects"] {
+        // A previous run's shards would mix with this run's.
+        let d = out.join(sub);
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(io_err(&d))?;
+        }
+    }
+    let mut outs = Outputs {
+        kept: ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?,
+        rejects: ShardedWriter::new(&out.join("rejects"), "samples", cfg.format, cfg.records_per_shard)?,
+        invalid: RejectsWriter::new(out.join("rejects").join("invalid.jsonl")),
+    };
+    let mut funnel = Funnel { selection_policy: policy_name(cfg.policy), ..Funnel::default() };
+    let mut counts: Vec<CheckCount> =
+        CHECKS.iter().map(|c| CheckCount { name: c.to_string(), ..CheckCount::default() }).collect();
+    let mut nanos = [0u64; 7];
+    let mut prompts: HashMap<String, PromptState> = HashMap::new();
+    let mut held: Vec<Vec<Held>> = Vec::new();
+    let mut held_bytes = 0usize;
+    let mut spill: Option<Spill> = None;
+    let limit = cfg.memory_mb << 20;
+    let mut seq = 0u64;
+
+    let pb = if cfg.progress {
+        let pb = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("filter {spinner} {pos} samples, {per_sec} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let chunk = cfg.chunk.max(1);
+    let mut batch: Vec<store::RawRecord> = Vec::with_capacity(chunk);
+    let mut reader = store::open(&cfg.input)?;
+    let mut done = false;
+    while !done {
+        batch.clear();
+        while batch.len() < chunk {
+            match reader.next() {
+                None => {
+                    done = true;
+                    break;
+                }
+                Some(Ok(r)) => batch.push(r),
+                Some(Err(e)) if e.is_torn_tail() => eprintln!("warning: {e}"),
+                Some(Err(e)) if e.loc().is_some() => {
+                    funnel.records_in += 1;
+                    funnel.invalid += 1;
+                    outs.invalid.reject(&e, None)?;
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+        let items: Vec<Item> = batch.par_drain(..).map_init(Scratch::default, |s, raw| judge(&ctx, raw, s)).collect();
+        for item in items {
+            funnel.records_in += 1;
+            let j = match item {
+                Item::Invalid(e, rec) => {
+                    funnel.invalid += 1;
+                    outs.invalid.reject(&e, rec.as_ref())?;
+                    continue;
+                }
+                Item::Judged(j) => *j,
+            };
+            pb.inc(1);
+            funnel.samples_in += 1;
+            funnel.bytes_in += j.bytes as u64;
+            funnel.unverified += u64::from(j.unverified);
+            for i in 0..CHECKS.len() {
+                nanos[i] += j.nanos[i];
+                counts[i].failed_samples += u64::from(j.failed[i]);
+            }
+            if j.first_fail < CHECKS.len() {
+                counts[j.first_fail].removed_samples += 1;
+            }
+            let n_prompts = prompts.len() as u64;
+            let st = prompts.entry(j.prompt_id.clone()).or_insert_with(|| PromptState {
+                order: n_prompts,
+                max_ff: 0,
+                ..PromptState::default()
+            });
+            st.n += 1;
+            st.correct += u32::from(j.correct);
+            st.max_ff = st.max_ff.max(j.first_fail);
+            let _ = &j.loc;
+            if j.first_fail < CHECKS.len() {
+                outs.reject(j.record, None)?;
+                continue;
+            }
+            let h = Held {
+                prompt_id: j.prompt_id,
+                id: j.id,
+                sample: j.sample,
+                seq,
+                len: j.len,
+                score: j.score,
+                record: j.record,
+            };
+            seq += 1;
+            if let Some(sp) = spill.as_mut() {
+                sp.write(&h)?;
+                continue;
+            }
+            held_bytes += j.bytes + 512;
+            match st.held {
+                Some(i) => held[i].push(h),
+                None => {
+                    st.held = Some(held.len());
+                    held.push(vec![h]);
+                }
+            }
+            if held_bytes > limit {
+                // Past the memory budget: everything held, and everything after, goes to disk.
+                let mut sp = Spill::new(out)?;
+                for g in held.drain(..) {
+                    for h in g {
+                        sp.write(&h)?;
+                    }
+                }
+                for st in prompts.values_mut() {
+                    st.held = None;
+                }
+                held_bytes = 0;
+                spill = Some(sp);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    funnel.prompts_in = prompts.len() as u64;
+    for st in prompts.values() {
+        if st.max_ff < CHECKS.len() {
+            counts[st.max_ff].removed_prompts += 1;
+        }
+    }
+    // Selection, prompt by prompt.
+    match spill {
+        None => {
+            let mut order: Vec<(&String, &PromptState)> = prompts.iter().filter(|(_, s)| s.held.is_some()).collect();
+            order.sort_by_key(|(_, s)| s.order);
+            let mut groups: Vec<Option<Vec<Held>>> = held.into_iter().map(Some).collect();
+            for (_, st) in order {
+                let g = st.held.and_then(|i| groups[i].take()).unwrap_or_default();
+                finish_prompt(cfg, st, g, &mut outs, &mut funnel)?;
+            }
+        }
+        Some(mut sp) => {
+            for f in &mut sp.files {
+                f.flush().map_err(io_err(sp.dir.path()))?;
+            }
+            for b in 0..BUCKETS {
+                let p = sp.dir.path().join(format!("{b:02}.jsonl"));
+                let f = std::fs::File::open(&p).map_err(io_err(&p))?;
+                let mut groups: HashMap<String, Vec<Held>> = HashMap::new();
+                for line in std::io::BufReader::new(f).lines() {
+                    let line = line.map_err(io_err(&p))?;
+                    let h: Held = serde_json::from_str(&line)
+                        .map_err(|e| FilterError::Serialise { id: p.display().to_string(), msg: e.to_string() })?;
+                    groups.entry(h.prompt_id.clone()).or_default().push(h);
+                }
+                let mut order: Vec<(String, Vec<Held>)> = groups.into_iter().collect();
+                order.sort_by_key(|(pid, _)| prompts.get(pid).map_or(u64::MAX, |s| s.order));
+                for (pid, g) in order {
+                    let st = prompts.get(&pid).expect("every held prompt was counted");
+                    finish_prompt(cfg, st, g, &mut outs, &mut funnel)?;
+                }
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    let total: u64 = nanos.iter().sum::<u64>().max(1);
+    for (c, n) in counts.iter_mut().zip(nanos) {
+        c.time_share = n as f64 / total as f64;
+    }
+    funnel.checks = counts.into_iter().filter(|c| cfg.runs(&c.name)).collect();
+    let kept_shards = outs.kept.finish()?;
+    outs.rejects.finish()?;
+    outs.invalid.finish()?;
+    funnel.seconds = started.elapsed().as_secs_f64();
+    let mut text = serde_json::to_vec_pretty(&funnel)
+        .map_err(|e| FilterError::Serialise { id: "funnel.json".into(), msg: e.to_string() })?;
+    text.push(b'\n');
+    store::write_atomic(&out.join("funnel.json"), &text)?;
+    // The manifest: this run's config, and collect's summary when the input is a collect dir.
+    let mut config = json!({"filter": cfg});
+    if cfg.input.is_dir()
+        && let Ok(s) = std::fs::read(cfg.input.join("summary.json"))
+        && let Ok(v) = serde_json::from_slice::<Value>(&s)
+    {
+        config["collect_summary"] = v;
+    }
+    Manifest::new(out, "distill filter", config, kept_shards).write(out)?;
+    Ok(Report { funnel })
+}
+
+/// Reads `DIR/funnel.json` (for `inspect`).
+pub fn read_funnel(dir: &Path) -> Option<Funnel> {
+    serde_json::from_slice(&std::fs::read(dir.join("funnel.json")).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_as_toml() {
+        let d = FilterConfig::default();
+        let t = toml::to_string(&d).expect("renders");
+        let back: FilterConfig = toml::from_str(&t).expect("parses");
+        assert_eq!(back, d);
+        let partial: FilterConfig = toml::from_str("policy = \"k-best\"\nk = 2").expect("partial table");
+        assert_eq!((partial.policy, partial.k, partial.max_paragraph_words), (Policy::KBest, 2, 800));
+        assert!(toml::from_str::<FilterConfig>("typo = 1").is_err());
+    }
+
+    #[test]
+    fn responses_split_every_way() {
+        let m = |v: Value| v.as_object().cloned().expect("object");
+        let cases = [
+            (json!({"reasoning": "r", "content": "a"}), ("r", "a")),
+            (json!({"content": "<think>\nr\n</think>\n\na"}), ("r", "a")),
+            (json!({"content": "<think>\nr unclosed"}), ("r unclosed", "")),
+            (
+                json!({"content": "<|begin_of_thought|>r<|end_of_thought|><|begin_of_solution|>a<|end_of_solution|>"}),
+                ("r", "a"),
+            ),
+            (json!({"response": "just an answer"}), ("", "just an answer")),
+        ];
+        for (v, (r, a)) in cases {
+            let got = split_response(&m(v.clone())).expect("a response");
+            assert_eq!((got.0.as_str(), got.1.as_str()), (r, a), "{v}");
+        }
+        assert!(split_response(&m(json!({"id": "x", "prompt": "p"}))).is_none());
+    }
+}

@@ -1,0 +1,95 @@
+//! The `readability` check: what R1 dropped as unreadable chains-of-thought. Longest paragraph
+//! (in words), fenced code blocks inside a non-code chain-of-thought, the share of characters
+//! that are neither letters, digits nor whitespace (texts of 200+ such characters), and unbalanced markup (an unclosed
+//! `\boxed{`, an odd number of code fences, `<think>` inside the answer).
+//!
+//! In: reasoning, answer, whether the task is code, and [`ReadParams`]. Self-contained.
+
+/// Thresholds of the readability check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadParams {
+    pub max_paragraph_words: usize,
+    pub max_symbol_share: f64,
+    pub allow_code_in_math: bool,
+}
+
+/// Measurements of one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadReport {
+    pub longest_paragraph: usize,
+    pub code_blocks: usize,
+    pub symbol_share: f64,
+    pub problem: Option<String>,
+}
+
+/// Words of the longest blank-line-separated paragraph.
+pub fn longest_paragraph(text: &str) -> usize {
+    text.split("\n\n").map(|p| p.split_whitespace().count()).max().unwrap_or(0)
+}
+
+/// Measures and judges.
+pub fn check(reasoning: &str, answer: &str, code_task: bool, p: &ReadParams) -> ReadReport {
+    let longest = longest_paragraph(reasoning);
+    let fences = reasoning.matches("```").count();
+    let (mut sym, mut all) = (0usize, 0usize);
+    for c in reasoning.chars() {
+        if !c.is_whitespace() {
+            all += 1;
+            if !c.is_alphanumeric() {
+                sym += 1;
+            }
+        }
+    }
+    let share = if all == 0 { 0.0 } else { sym as f64 / all as f64 };
+    let mut problem = None;
+    if longest > p.max_paragraph_words {
+        problem = Some(format!("a paragraph of {longest} words (max {})", p.max_paragraph_words));
+    } else if fences >= 2 && !code_task && !p.allow_code_in_math {
+        problem = Some(format!("{} fenced code block(s) inside a non-code chain-of-thought", fences / 2));
+    } else if all >= 200 && share > p.max_symbol_share {
+        problem = Some(format!(
+            "{:.0}% of the characters are symbols (max {:.0}%)",
+            share * 100.0,
+            p.max_symbol_share * 100.0
+        ));
+    } else if fences % 2 == 1 || answer.matches("```").count() % 2 == 1 {
+        problem = Some("unclosed ``` code fence".into());
+    } else if super::format::boxed_values(answer).is_err() {
+        problem = Some("unclosed \\boxed{ in the answer".into());
+    } else if answer.contains("<think>") || answer.contains("</think>") {
+        problem = Some("<think> markup inside the answer".into());
+    }
+    ReadReport { longest_paragraph: longest, code_blocks: fences / 2, symbol_share: share, problem }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> ReadParams {
+        ReadParams { max_paragraph_words: 800, max_symbol_share: 0.45, allow_code_in_math: false }
+    }
+
+    #[test]
+    fn table() {
+        let long = "word ".repeat(3000);
+        let py = "Let me check with code.\n\n```python\nprint(sum(range(10)))\n```\n\nSo it is 45.";
+        let cases: &[(&str, &str, bool, Option<&str>)] = &[
+            ("Short paragraph.\n\nAnother one.", "\\boxed{1}", false, None),
+            (&long, "\\boxed{1}", false, Some("paragraph of 3000 words")),
+            (py, "\\boxed{45}", false, Some("fenced code block")),
+            (py, "```python\nx\n```", true, None),
+            (&"$$\\{\\}[]()^_{}{}{}{}{}{}{}$$ x ".repeat(20), "1", false, Some("symbols")),
+            ("ok", "\\boxed{1", false, Some("unclosed \\boxed")),
+            ("ok", "a <think> b", false, Some("<think> markup")),
+            ("ok ```", "b", false, Some("unclosed ```")),
+        ];
+        for (r, a, code, want) in cases {
+            let got = check(r, a, *code, &p());
+            match want {
+                None => assert!(got.problem.is_none(), "{got:?}"),
+                Some(w) => assert!(got.problem.as_deref().is_some_and(|x| x.contains(w)), "{got:?}"),
+            }
+        }
+    }
+}
