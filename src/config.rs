@@ -318,7 +318,7 @@ fn annotate(text: &str, table: &str, origins: &Origins) -> String {
             {
                 let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
                 let origin = origins.get(&key);
-                if origin != Origin::Default && !(toggles % 2 == 1) {
+                if origin != Origin::Default && toggles % 2 == 0 {
                     out.push_str("  # ");
                     out.push_str(&origin.to_string());
                 }
@@ -489,7 +489,8 @@ mod tests {
     fn precedence_is_default_recipe_set_flag() {
         let r = recipe("[demo]\nn = 2\nname = \"r\"\n[demo.inner]\nbatch = 2\n");
         let flag = |key, v: i64| FlagValue { key, value: toml::Value::Integer(v), flag: "--n" };
-        let cases: Vec<(Option<&Path>, Vec<&str>, Vec<FlagValue>, u32, usize)> = vec![
+        type Case<'a> = (Option<&'a Path>, Vec<&'a str>, Vec<FlagValue>, u32, usize);
+        let cases: Vec<Case> = vec![
             (None, vec![], vec![], 1, 1),
             (Some(r.path()), vec![], vec![], 2, 2),
             (Some(r.path()), vec!["n=3", "demo.inner.batch=5"], vec![], 3, 5),

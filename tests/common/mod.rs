@@ -53,3 +53,37 @@ pub fn chat_model_dir() -> tempfile::TempDir {
     model.save(dir.path(), DType::F32).expect("saves");
     dir
 }
+
+/// A running `distill teacher-sim` on a free loopback port (`url` is its base URL), killed on
+/// drop.
+pub struct Sim {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Sim {
+    /// Starts teacher-sim with two threads and these extra arguments.
+    pub fn start(args: &[&str]) -> Sim {
+        use std::io::BufRead as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["teacher-sim", "--port", "0", "--threads", "2"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starts teacher-sim");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("reads address");
+        let url = line.trim().rsplit(' ').next().expect("url").to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        Sim { child, url }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
