@@ -201,6 +201,69 @@ fn sigkill_twice_then_rerun_gives_the_uninterrupted_set() {
     let got = stable_set(&dir.path().join("killed"));
     assert_eq!(got.len(), 4000, "seed {seed}");
     assert!(got == want, "seed {seed}: the resumed set differs from the uninterrupted one");
+    assert_parts_are_closed(&dir.path().join("killed"), 4000);
+}
+
+/// Every part is a closed zstd file that standard tools read completely: the `zstd` CLI's
+/// test (where installed) and an independent decoder (the zstd crate, which fails on an
+/// unfinished frame) read all of it, and the parts hold `records` lines in all.
+fn assert_parts_are_closed(out: &Path, records: usize) {
+    let mut lines = 0;
+    for entry in std::fs::read_dir(out).expect("out dir") {
+        let path = entry.expect("entry").path();
+        if !path.to_string_lossy().ends_with(".jsonl.zst") {
+            continue;
+        }
+        let file = std::fs::File::open(&path).expect("opens part");
+        let bytes = zstd::stream::decode_all(file)
+            .unwrap_or_else(|e| panic!("{}: not a closed zstd file: {e}", path.display()));
+        lines += bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+        match Command::new("zstd").arg("-tq").arg(&path).output() {
+            Ok(o) => assert!(o.status.success(), "zstd -t {}: {}", path.display(), stderr(&o)),
+            Err(_) => eprintln!("zstd CLI not installed: only the crate's decoder checked {}", path.display()),
+        }
+    }
+    assert_eq!(lines, records, "lines across the parts");
+}
+
+/// Two collects into one directory: the second refuses at once naming the directory and the
+/// running process; the first finishes; every (prompt, sample) pair is there exactly once.
+#[test]
+fn a_second_collect_into_the_same_directory_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts = problems(dir.path(), "math", 200, "p.jsonl");
+    let sim = Sim::start(&["--latency-ms", "20"]);
+    let p = prompts.to_str().expect("utf-8");
+    let args = ["collect", "--prompts", p, "--endpoint", &sim.url, "--model", "r1-sim", "--out", "out", "-n", "2"];
+    let mut first = Command::new(BIN)
+        .args(args)
+        .args(["--concurrency", "4", "--no-progress"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns collect");
+    // Wait until the first one holds the lock (its part file appears).
+    let t0 = std::time::Instant::now();
+    while !dir.path().join("out/part-00000.jsonl.zst").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the first collect never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = distill(&args, dir.path());
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    let e = stderr(&second);
+    assert!(
+        e.contains("another distill collect is writing here") && e.contains(&format!("process {}", first.id())),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let status = first.wait().expect("waits");
+    assert!(status.success());
+    assert_eq!(records(&dir.path().join("out")).len(), 400, "each pair exactly once");
+    // The lock dies with its process: a later run goes ahead (and finds nothing to do).
+    let again = distill(&args, dir.path());
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(summary(&dir.path().join("out"))["samples_requested"].as_u64(), Some(0));
 }
 
 #[test]

@@ -139,6 +139,44 @@ fn lora_writes_a_peft_adapter_and_a_merged_final_model() {
     assert!(merged.lora_config().is_none());
 }
 
+/// `--max-steps` wins over `--epochs` (as in transformers' Trainer): 60 steps on a corpus of 24
+/// examples that 3 epochs would cover in far fewer, the corpus cycling; the closing line says
+/// why the run stopped.
+#[test]
+fn max_steps_wins_over_epochs_and_cycles_the_corpus() {
+    let model = common::chat_model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let data = corpus(work.path());
+    let out = work.path().join("run");
+    let m = model.path().to_str().unwrap();
+    let o = distill(&[
+        "finetune",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "60",
+        "--max-seq-len",
+        "256",
+        "--tokens-per-step",
+        "256",
+        "--save-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--no-progress",
+    ]);
+    let err = ok(&o);
+    let steps: Vec<u64> = metrics(&out).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=60).collect::<Vec<_>>(), "{err}");
+    let epochs: Vec<u64> = metrics(&out).iter().map(|r| r["epoch"].as_u64().unwrap()).collect();
+    assert!(epochs.last().copied().unwrap_or(0) >= 3, "the corpus cycled past --epochs: {epochs:?}");
+    assert!(err.contains("stopped after step 60: max_steps = 60 reached"), "{err}");
+}
+
 #[test]
 fn a_model_without_tokenizer_is_refused_clearly() {
     let work = tempfile::tempdir().unwrap();
