@@ -80,6 +80,14 @@ const CASES: &[Case] = &[
         other: &["--resume"],
     },
     Case {
+        args: &["filter", "--input", "s.jsonl", "--out", "o"],
+        table: "filter",
+        key: "max_foreign_words",
+        flag: "--max-foreign-words",
+        values: ["2", "3", "4"],
+        other: &["--no-progress"],
+    },
+    Case {
         args: &["convert", "m.gguf", "--out", "o"],
         table: "convert",
         key: "dtype",
