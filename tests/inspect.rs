@@ -176,3 +176,44 @@ fn token_lengths_with_a_tokenizer_json() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot load tokenizer"), "{}", stderr(&o));
 }
+
+/// A `filter` output directory: the funnel is shown, and rejects are broken down by the checks
+/// they failed.
+#[test]
+fn filter_output_shows_its_funnel_and_failed_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("filtered");
+    std::fs::create_dir_all(out.join("rejects")).expect("mkdir");
+    std::fs::create_dir_all(out.join("kept")).expect("mkdir");
+    let kept = json!({"id": "p/2", "prompt_id": "p", "task": "math", "messages": [{"role": "user", "content": "q"}]});
+    write_lines(&out.join("kept/train-00000.jsonl"), &[kept.to_string().into_bytes()]);
+    std::fs::write(out.join("funnel.json"), r#"{"samples_in": 3, "kept": 1}"#).expect("funnel");
+    let sample = |id: &str, checks: Value| {
+        json!({"id": id, "prompt_id": "p", "sample": 0, "task": "math", "prompt": "q",
+               "messages": [{"role": "user", "content": "q"}], "content": "a",
+               "teacher": {"model": "m", "endpoint": "e"}, "params": {"temperature": 0.6, "top_p": 0.95},
+               "verdict": {"pass": false, "checks": checks, "kept": false}})
+        .to_string()
+        .into_bytes()
+    };
+    write_lines(
+        &out.join("rejects/samples-00000.jsonl"),
+        &[
+            sample(
+                "p/0",
+                json!({"language": {"pass": false}, "repetition": {"pass": false}, "format": {"pass": true}}),
+            ),
+            sample("p/1", json!({"language": {"pass": false}})),
+        ],
+    );
+    let o = distill(&["inspect", "filtered", "--json"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["funnel"]["kept"], 1, "{v}");
+    assert_eq!(v["by_failed_check"]["language"], 2, "{v}");
+    assert_eq!(v["by_failed_check"]["repetition"], 1, "{v}");
+    assert!(v["by_failed_check"].get("format").is_none(), "{v}");
+    let o = distill(&["inspect", "filtered"], dir.path());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("failed checks: language 2") && text.contains("funnel (funnel.json)"), "{text}");
+}

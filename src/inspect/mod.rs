@@ -93,6 +93,10 @@ pub struct Report {
     pub by_source: Counter,
     pub by_finish_reason: Counter,
     pub by_verdict: Counter,
+    /// Failed checks of `filter`'s verdicts (`verdict.checks.NAME.pass == false`), by name.
+    pub by_failed_check: Counter,
+    /// `funnel.json` of a `filter` output directory, when the path is one.
+    pub funnel: Option<Value>,
     pub shown: Vec<Map<String, Value>>,
     pub rejects_path: Option<PathBuf>,
 }
@@ -179,6 +183,7 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
         if let Some(v) = verdict_key(m) {
             report.by_verdict.add(&v);
         }
+        count_failed_checks(m, &mut report.by_failed_check);
         // Which records to show: the one with --id, or a reservoir sample of --sample.
         let keep = match &cfg.id {
             Some(id) => rec.id().as_deref() == Some(id.as_str()),
@@ -218,6 +223,20 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
         count_tokens(tok, &mut tok_batch, d);
     }
     report.torn_tails = std::mem::take(&mut input.torn_tails);
+    // A filter output directory carries its funnel.
+    let funnel = cfg.path.join("funnel.json");
+    if cfg.path.is_dir()
+        && let Ok(text) = std::fs::read_to_string(&funnel)
+    {
+        report.funnel = serde_json::from_str(&text).ok();
+        // Its rejected samples (not records of the set) broken down by the checks they failed.
+        let rejects = cfg.path.join("rejects");
+        if rejects.is_dir() {
+            for rec in store::open(&rejects)?.flatten() {
+                count_failed_checks(&rec.value, &mut report.by_failed_check);
+            }
+        }
+    }
     report.invalid = input.rejects.count();
     if report.invalid > 0 {
         report.rejects_path = Some(input.rejects.path().to_path_buf());
@@ -229,6 +248,17 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
         return Err(InspectError::IdNotFound { id: id.clone(), path: cfg.path.clone() });
     }
     Ok(report)
+}
+
+/// Counts the checks a `filter` verdict failed (`verdict.checks.NAME.pass == false`).
+fn count_failed_checks(m: &Map<String, Value>, into: &mut Counter) {
+    if let Some(Value::Object(checks)) = m.get("verdict").and_then(|v| v.get("checks")) {
+        for (name, c) in checks {
+            if c.get("pass") == Some(&Value::Bool(false)) {
+                into.add(name);
+            }
+        }
+    }
 }
 
 fn counter_json(c: &Counter) -> Value {
@@ -252,6 +282,8 @@ impl Report {
             "by_source": counter_json(&self.by_source),
             "by_finish_reason": counter_json(&self.by_finish_reason),
             "by_verdict": counter_json(&self.by_verdict),
+            "by_failed_check": counter_json(&self.by_failed_check),
+            "funnel": self.funnel,
         })
     }
 
@@ -300,6 +332,7 @@ impl Report {
             ("source", &self.by_source),
             ("finish_reason", &self.by_finish_reason),
             ("verdict", &self.by_verdict),
+            ("failed checks", &self.by_failed_check),
         ] {
             if c.is_empty() {
                 continue;
@@ -311,6 +344,14 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v} ({:.1}%)", 100.0 * v as f64 / total))
                 .collect();
             let _ = writeln!(s, "\n{name}: {}", parts.join(", "));
+        }
+        if let Some(f) = &self.funnel {
+            let _ = writeln!(s, "\nfunnel (funnel.json):");
+            match serde_json::to_string_pretty(f) {
+                Ok(text) => s.push_str(&text),
+                Err(e) => s.push_str(&e.to_string()),
+            }
+            s.push('\n');
         }
         s
     }
