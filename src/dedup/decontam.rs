@@ -115,7 +115,8 @@ impl DecontamIndex {
                 }
             }
         }
-        self.benchmarks.push(Benchmark { name: name.to_string(), labels: items.iter().map(|(l, _)| l.clone()).collect() });
+        self.benchmarks
+            .push(Benchmark { name: name.to_string(), labels: items.iter().map(|(l, _)| l.clone()).collect() });
     }
 
     /// The first benchmark item a normalised prompt overlaps, if any.
@@ -133,7 +134,12 @@ impl DecontamIndex {
             }
         }
         if let Some(&(bench, item)) = self.exact.get(&seq_hash(&hs)) {
-            return Some(Hit { bench, item, method: Method::Exact, evidence: words(norm).collect::<Vec<_>>().join(" ") });
+            return Some(Hit {
+                bench,
+                item,
+                method: Method::Exact,
+                evidence: words(norm).collect::<Vec<_>>().join(" "),
+            });
         }
         if self.strip_numbers {
             let l = letters_only(norm);
@@ -168,15 +174,27 @@ mod tests {
         let ixs = index(true);
         let cases: &[(&str, Option<(u32, Method)>, Option<(u32, Method)>)] = &[
             // An 8-gram embedded in a longer prompt, re-cased and re-punctuated.
-            ("Solve this: NATALIA sold clips to 48 of her friends; in april and more text", Some((0, Method::Ngram)), Some((0, Method::Ngram))),
+            (
+                "Solve this: NATALIA sold clips to 48 of her friends; in april and more text",
+                Some((0, Method::Ngram)),
+                Some((0, Method::Ngram)),
+            ),
             // Seven shared words only.
             ("natalia sold clips to 48 of her enemies in april", None, None),
             // Short item: exact after normalisation.
             ("add 2 and 3", Some((1, Method::Exact)), Some((1, Method::Exact))),
             ("Add 2 and 4.", None, Some((1, Method::Stripped))),
             // Numbers changed throughout: only the stripped match sees it.
-            ("Natalia sold clips to 12 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether?", Some((0, Method::Ngram)), Some((0, Method::Ngram))),
-            ("Natalia sold clips to 12 of her friends in June, and then she sold half as many clips in May. How many clips did Natalia sell altogether?", Some((0, Method::Ngram)), Some((0, Method::Ngram))),
+            (
+                "Natalia sold clips to 12 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether?",
+                Some((0, Method::Ngram)),
+                Some((0, Method::Ngram)),
+            ),
+            (
+                "Natalia sold clips to 12 of her friends in June, and then she sold half as many clips in May. How many clips did Natalia sell altogether?",
+                Some((0, Method::Ngram)),
+                Some((0, Method::Ngram)),
+            ),
             ("Something else entirely about clips and friends.", None, None),
         ];
         for (prompt, want, want_strip) in cases {

@@ -57,11 +57,7 @@ pub fn normalized(text: &str) -> String {
 /// Is `c` part of a word (letters, digits, marks such as accents, `_`)?
 #[inline]
 fn is_word_char(c: char) -> bool {
-    if c.is_ascii() {
-        c.is_ascii_alphanumeric() || c == '_'
-    } else {
-        c.is_alphanumeric() || is_mark(c)
-    }
+    if c.is_ascii() { c.is_ascii_alphanumeric() || c == '_' } else { c.is_alphanumeric() || is_mark(c) }
 }
 
 /// Combining marks (devanagari vowel signs etc.) stay inside words.
@@ -144,10 +140,7 @@ mod tests {
     #[test]
     fn words_and_numbers() {
         let n = normalized("Find x: 3.5x + 12 = 19, then café_au lait.");
-        assert_eq!(
-            words(&n).collect::<Vec<_>>(),
-            ["find", "x", "3", "5x", "12", "19", "then", "café_au", "lait"]
-        );
+        assert_eq!(words(&n).collect::<Vec<_>>(), ["find", "x", "3", "5x", "12", "19", "then", "café_au", "lait"]);
         let a = numbers_hash(&normalized("What is 457+187?"));
         let b = numbers_hash(&normalized("What is 12+19?"));
         let c = numbers_hash(&normalized("what   IS 457 + 187 ?"));
