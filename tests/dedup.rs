@@ -48,7 +48,7 @@ fn removed(out: &Path) -> HashMap<String, (String, Option<String>)> {
         let v = r.expect("record").value;
         let pid = v["prompt_id"].as_str().expect("prompt_id").to_string();
         let stage = v["stage"].as_str().expect("stage").to_string();
-        let of = v.get("duplicate_of").and_then(Value::as_str).map(str::to_string);
+        let of = v.get("cluster").and_then(Value::as_str).map(str::to_string);
         m.insert(pid, (stage, of));
     }
     m
@@ -114,7 +114,7 @@ fn recall_false_merges_numbers_and_leaks() {
     let rm = removed(&out);
     let rep = |p: &str| -> String {
         match rm.get(p) {
-            Some((stage, Some(of))) if stage == "near_dup" => of.clone(),
+            Some((_, Some(of))) => of.clone(),
             _ => p.to_string(),
         }
     };

@@ -41,15 +41,7 @@ fn json_size(v: &Value) -> u64 {
 
 impl SplitWriter {
     fn new(dir: &Path, name: &'static str, limit: u64) -> Self {
-        SplitWriter {
-            dir: dir.to_path_buf(),
-            name,
-            limit: limit.max(1),
-            current: None,
-            bytes: 0,
-            records: 0,
-            finished: Vec::new(),
-        }
+        SplitWriter { dir: dir.to_path_buf(), name, limit: limit.max(1), current: None, bytes: 0, records: 0, finished: Vec::new() }
     }
 
     fn partial(&self, i: usize) -> PathBuf {
@@ -91,12 +83,7 @@ impl SplitWriter {
             let path = self.dir.join(format!("{}-{i:05}-of-{n:05}.parquet", self.name));
             std::fs::rename(partial, &path).map_err(|e| StoreError::io(&path, e))?;
             let bytes = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?.len();
-            out.push(ShardInfo {
-                path: path.display().to_string(),
-                records: *records,
-                bytes,
-                sha256: store::sha256_file(&path)?,
-            });
+            out.push(ShardInfo { path: path.display().to_string(), records: *records, bytes, sha256: store::sha256_file(&path)? });
         }
         Ok(out)
     }
@@ -119,10 +106,7 @@ fn clear_data_dir(dir: &Path) -> Result<(), DedupError> {
     for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with("train-")
-            || name.starts_with("validation-")
-            || name.starts_with(".train-")
-            || name.starts_with(".validation-");
+        let ours = name.starts_with("train-") || name.starts_with("validation-") || name.starts_with(".train-") || name.starts_with(".validation-");
         if ours && name.ends_with(".parquet") || ours && name.contains(".spool.") {
             std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
         }
@@ -201,10 +185,8 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
                     let (stage, reason) = match other {
                         Decision::Exact(first) => {
                             let e = &plan.examples[first as usize];
-                            (
-                                "exact",
-                                format!("prompt and response repeat {}:{}", plan.files[e.file as usize].path, e.line),
-                            )
+                            r["duplicate_of"] = plan.node_ids[plan.ex_node[first as usize] as usize].clone().into();
+                            ("exact", format!("prompt and response repeat {}:{}", plan.files[e.file as usize].path, e.line))
                         }
                         Decision::Contaminated(u) => {
                             let hit = plan.prompts[u as usize].hit.as_ref();
@@ -223,6 +205,9 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
                         }
                         _ => ("max_per_prompt", format!("more than {} examples of its prompt", cfg.max_per_prompt)),
                     };
+                    if let Some(&keep) = plan.node_keep.get(node).filter(|&&k| k != u32::MAX) {
+                        r["cluster"] = plan.node_ids[keep as usize].clone().into();
+                    }
                     r["stage"] = stage.into();
                     r["reason"] = reason.into();
                     removed.write_value(&r)?;
@@ -240,14 +225,12 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     invalid.finish()?;
     let mut shards = train.finish()?;
     shards.extend(validation.finish()?);
-    let manifest =
-        store::Manifest::new(&cfg.out, "distill dedup", serde_json::to_value(cfg).unwrap_or(Value::Null), shards);
+    let manifest = store::Manifest::new(&cfg.out, "distill dedup", serde_json::to_value(cfg).unwrap_or(Value::Null), shards);
     let features = features_of(&cfg.out, &manifest.shards)?;
     let upstream = upstream(&cfg.input);
     let mut m = serde_json::to_value(&manifest).unwrap_or(Value::Null);
     let split_counts = |name: &str| {
-        let s: Vec<&ShardInfo> =
-            manifest.shards.iter().filter(|s| s.path.starts_with(&format!("data/{name}-"))).collect();
+        let s: Vec<&ShardInfo> = manifest.shards.iter().filter(|s| s.path.starts_with(&format!("data/{name}-"))).collect();
         json!({"examples": s.iter().map(|x| x.records).sum::<u64>(), "bytes": s.iter().map(|x| x.bytes).sum::<u64>(), "shards": s.len()})
     };
     m["splits"] = json!({"train": split_counts("train"), "validation": split_counts("validation")});
@@ -258,8 +241,7 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     m["sources"] = json!(sources);
     m["tasks"] = json!(tasks);
     m["upstream"] = upstream;
-    let mut text =
-        serde_json::to_vec_pretty(&m).map_err(|e| DedupError::Output { path: cfg.out.clone(), msg: e.to_string() })?;
+    let mut text = serde_json::to_vec_pretty(&m).map_err(|e| DedupError::Output { path: cfg.out.clone(), msg: e.to_string() })?;
     text.push(b'\n');
     store::write_atomic(&cfg.out.join("manifest.json"), &text)?;
     let card = card(cfg, &m, &features);
@@ -274,6 +256,7 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
         bands: plan.bands,
         rows: plan.rows,
         out: cfg.out.clone(),
+        seconds: Vec::new(),
     })
 }
 
@@ -414,11 +397,7 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
     );
     s.push_str("```python\nfrom datasets import load_dataset\nds = load_dataset(\"path/to/this/dir\")\n```\n\n## Splits\n\n| split | examples | shards | bytes |\n|---|---|---|---|\n");
     for n in &splits {
-        let _ = writeln!(
-            s,
-            "| {n} | {} | {} | {} |",
-            m["splits"][n]["examples"], m["splits"][n]["shards"], m["splits"][n]["bytes"]
-        );
+        let _ = writeln!(s, "| {n} | {} | {} | {} |", m["splits"][n]["examples"], m["splits"][n]["shards"], m["splits"][n]["bytes"]);
     }
     let _ = writeln!(
         s,
@@ -450,11 +429,7 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
     if let Some(u) = up {
         for (path, v) in u {
             if path.ends_with("funnel.json") {
-                let _ = writeln!(
-                    s,
-                    "Earlier (`{path}`):\n\n```json\n{}\n```\n",
-                    serde_json::to_string_pretty(v).unwrap_or_default()
-                );
+                let _ = writeln!(s, "Earlier (`{path}`):\n\n```json\n{}\n```\n", serde_json::to_string_pretty(v).unwrap_or_default());
             }
         }
     }
@@ -493,24 +468,10 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
             );
             for r in b {
                 let ex = match r.get("example") {
-                    Some(e) => format!(
-                        "{} ~ {} ({}: \"{}\")",
-                        e["prompt_id"].as_str().unwrap_or(""),
-                        e["item"].as_str().unwrap_or(""),
-                        e["method"].as_str().unwrap_or(""),
-                        e["shared_text"].as_str().unwrap_or("").replace('|', "\\|")
-                    ),
+                    Some(e) => format!("{} ~ {} ({}: \"{}\")", e["prompt_id"].as_str().unwrap_or(""), e["item"].as_str().unwrap_or(""), e["method"].as_str().unwrap_or(""), e["shared_text"].as_str().unwrap_or("").replace('|', "\\|")),
                     None => "-".into(),
                 };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    r["benchmark"].as_str().unwrap_or(""),
-                    r["items"],
-                    r["prompts_removed"],
-                    r["examples_removed"],
-                    ex
-                );
+                let _ = writeln!(s, "| {} | {} | {} | {} | {} |", r["benchmark"].as_str().unwrap_or(""), r["items"], r["prompts_removed"], r["examples_removed"], ex);
             }
             s.push('\n');
         }

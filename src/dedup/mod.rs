@@ -119,21 +119,6 @@ impl Default for DedupConfig {
     }
 }
 
-impl crate::config::Settings for DedupConfig {
-    const TABLE: &'static str = "dedup";
-
-    fn validate(&self) -> Result<(), String> {
-        if self.input.as_os_str().is_empty() {
-            return Err("`input` is required: the SFT examples to deduplicate".into());
-        }
-        if self.out.as_os_str().is_empty() {
-            return Err("`out` is required: the corpus directory".into());
-        }
-        self.check().map_err(|e| e.to_string())?;
-        self.shard_spec().map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
 /// Errors of `dedup`: each names the file (and line or record id) and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
@@ -218,6 +203,8 @@ pub struct Report {
     pub bands: usize,
     pub rows: usize,
     pub out: PathBuf,
+    /// Seconds per step: scan, cluster, write.
+    pub seconds: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -237,15 +224,7 @@ impl Report {
         let _ = writeln!(
             s,
             "dedup: {} kept ({} train, {} validation) from {} prompt clusters of {} distinct prompts; LSH {}x{}, {} candidate pairs, {} verified",
-            f.kept,
-            f.train,
-            f.validation,
-            f.clusters,
-            f.distinct_prompts,
-            self.bands,
-            self.rows,
-            f.candidate_pairs,
-            f.verified_pairs
+            f.kept, f.train, f.validation, f.clusters, f.distinct_prompts, self.bands, self.rows, f.candidate_pairs, f.verified_pairs
         );
         for b in &self.decontam {
             let _ = writeln!(
@@ -258,7 +237,8 @@ impl Report {
                 b.examples_removed
             );
         }
-        let _ = writeln!(s, "dedup: corpus in {}", self.out.display());
+        let secs: Vec<String> = self.seconds.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
+        let _ = writeln!(s, "dedup: corpus in {} ({})", self.out.display(), secs.join(", "));
         s
     }
 }
@@ -451,9 +431,7 @@ pub fn scan(
                         Ok(raw) => chunk.push((f.index, raw)),
                         Err(_) => invalid += 1,
                     }
-                    if chunk.len() == CHUNK
-                        && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err()
-                    {
+                    if chunk.len() == CHUNK && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err() {
                         return invalid;
                     }
                 }
@@ -543,6 +521,8 @@ pub struct Plan {
     pub rows: usize,
     /// Per near-duplicate node, the signature agreement with its cluster's kept prompt.
     pub node_sim: Vec<f32>,
+    /// Per node, the kept node of its cluster (`u32::MAX` when contaminated).
+    pub node_keep: Vec<u32>,
 }
 
 /// Merges scan states (in input order) and decides every example's fate.
@@ -622,14 +602,12 @@ pub fn plan(cfg: &DedupConfig, mut states: Vec<ShardState>, index: &DecontamInde
     let (bands, rows) = cfg.lsh();
     let min_eq = minhash::min_equal_slots(cfg.threshold, np);
     let sig = |u: u32| &sigs[u as usize * np..(u as usize + 1) * np];
-    let eligible: Vec<u32> = (0..prompts.len() as u32)
-        .filter(|&u| prompts[u as usize].shingled && prompts[u as usize].hit.is_none())
-        .collect();
+    let eligible: Vec<u32> =
+        (0..prompts.len() as u32).filter(|&u| prompts[u as usize].shingled && prompts[u as usize].hit.is_none()).collect();
     let mut uf = UnionFind::new(prompts.len());
     for band in 0..bands {
         let roots: Vec<u32> = (0..prompts.len() as u32).map(|u| uf.find(u)).collect();
-        let mut keys: Vec<(u64, u32)> =
-            eligible.par_iter().map(|&u| (minhash::band_key(sig(u), band, rows), u)).collect();
+        let mut keys: Vec<(u64, u32)> = eligible.par_iter().map(|&u| (minhash::band_key(sig(u), band, rows), u)).collect();
         keys.par_sort_unstable();
         let mut buckets: Vec<&[(u64, u32)]> = Vec::new();
         let mut start = 0;
@@ -692,6 +670,12 @@ pub fn plan(cfg: &DedupConfig, mut states: Vec<ShardState>, index: &DecontamInde
         }
     }
     funnel.clusters = best.len() as u64;
+    let node_keep: Vec<u32> = (0..node_ids.len())
+        .map(|n| {
+            let u = node_u[n];
+            if prompts[u as usize].hit.is_some() { u32::MAX } else { best[&uf.find(u)] }
+        })
+        .collect();
     let mut node_sim = vec![1.0f32; node_ids.len()];
     let mut kept_per_node = vec![0usize; node_ids.len()];
     let mut decisions = Vec::with_capacity(examples.len());
@@ -750,7 +734,20 @@ pub fn plan(cfg: &DedupConfig, mut states: Vec<ShardState>, index: &DecontamInde
         };
         decisions.push(d);
     }
-    Ok(Plan { files, examples, decisions, node_ids, ex_node, prompts, funnel, decontam: bench, bands, rows, node_sim })
+    Ok(Plan {
+        files,
+        examples,
+        decisions,
+        node_ids,
+        ex_node,
+        prompts,
+        funnel,
+        decontam: bench,
+        bands,
+        rows,
+        node_sim,
+        node_keep,
+    })
 }
 
 /// The input's files, numbered.
@@ -783,10 +780,21 @@ pub fn run(cfg: &DedupConfig) -> Result<Report, DedupError> {
         let funnel = Funnel { input: st.examples.len() as u64 + st.invalid, invalid: st.invalid, ..Default::default() };
         return Ok(Report { funnel, signatures: Some(path), out: cfg.out.clone(), ..Default::default() });
     }
-    let states =
-        if cfg.merge { read_signatures(cfg, &sig_dir, &files)? } else { vec![scan(cfg, &files, &hasher, &index)?] };
+    let t = std::time::Instant::now();
+    let states = if cfg.merge {
+        read_signatures(cfg, &sig_dir, &files)?
+    } else {
+        vec![scan(cfg, &files, &hasher, &index)?]
+    };
+    let scan_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
     let plan = plan(cfg, states, &index)?;
-    corpus::write(cfg, &plan)
+    let plan_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let mut report = corpus::write(cfg, &plan)?;
+    report.seconds =
+        vec![(if cfg.merge { "read signatures" } else { "scan" }, scan_s), ("cluster", plan_s), ("write", t.elapsed().as_secs_f64())];
+    Ok(report)
 }
 
 fn read_signatures(cfg: &DedupConfig, dir: &Path, files: &[FileEntry]) -> Result<Vec<ShardState>, DedupError> {
@@ -826,9 +834,7 @@ fn read_signatures(cfg: &DedupConfig, dir: &Path, files: &[FileEntry]) -> Result
     covered.sort_by_key(|f| f.index);
     if covered.len() != files.len() || covered.iter().zip(files).any(|(a, b)| *a != b) {
         let what = match covered.iter().zip(files).find(|(a, b)| **a != *b) {
-            Some((a, b)) => {
-                format!("file {}: {} ({} bytes) then, {} ({} bytes) now", a.index, a.path, a.bytes, b.path, b.bytes)
-            }
+            Some((a, b)) => format!("file {}: {} ({} bytes) then, {} ({} bytes) now", a.index, a.path, a.bytes, b.path, b.bytes),
             None => format!("{} files then, {} now", covered.len(), files.len()),
         };
         return Err(DedupError::InputChanged { path: cfg.input.clone(), what });
