@@ -157,7 +157,8 @@ fn recall_false_merges_numbers_and_leaks() {
     let mut copies = 0u64;
     for l in &s.lines {
         let v: Value = serde_json::from_str(l).expect("json");
-        let norm = |x: &Value| x.as_str().expect("text").split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let norm =
+            |x: &Value| x.as_str().expect("text").split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
         copies += !seen.insert((norm(&v["messages"][0]["content"]), norm(&v["messages"][1]["content"]))) as u64;
     }
     assert!(copies >= s.exact_copies as u64);
@@ -178,7 +179,10 @@ fn recall_false_merges_numbers_and_leaks() {
         .sum();
     assert_eq!(Some(sum), f["input"].as_u64());
     assert_eq!(m["total_records"], f["kept"]);
-    assert_eq!(distill::store::Manifest::read(&out).expect("manifest").verify(&out).expect("verify"), Vec::<String>::new());
+    assert_eq!(
+        distill::store::Manifest::read(&out).expect("manifest").verify(&out).expect("verify"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -202,7 +206,16 @@ fn strip_numbers_catches_templated_leaks() {
     ok(&distill(&["dedup", "--input", "in.jsonl", "--out", "o1", "--decontam", "bench.jsonl:question"], dir.path()));
     assert!(removed(&dir.path().join("o1")).is_empty(), "no n-gram without a number is shared");
     ok(&distill(
-        &["dedup", "--input", "in.jsonl", "--out", "o2", "--decontam", "bench.jsonl:question", "--decontam-strip-numbers"],
+        &[
+            "dedup",
+            "--input",
+            "in.jsonl",
+            "--out",
+            "o2",
+            "--decontam",
+            "bench.jsonl:question",
+            "--decontam-strip-numbers",
+        ],
         dir.path(),
     ));
     let rm = removed(&dir.path().join("o2"));
@@ -229,7 +242,8 @@ fn byte_identical_runs_and_shard_merge() {
     write_lines(&input.join("part-1.jsonl"), &second);
     write_lines(&input.join("part-2.jsonl"), &s.lines[2 * third..]);
     let gsm = format!("{}:prompt", repo().join("datasets/benchmarks/gsm8k.jsonl").display());
-    let common = ["--input", "in", "--decontam", gsm.as_str(), "--shard-size", "300000", "--validation-fraction", "0.05"];
+    let common =
+        ["--input", "in", "--decontam", gsm.as_str(), "--shard-size", "300000", "--validation-fraction", "0.05"];
     let run = |extra: &[&str]| {
         let mut a = vec!["dedup"];
         a.extend_from_slice(&common);
@@ -249,7 +263,8 @@ fn byte_identical_runs_and_shard_merge() {
     assert!(dir.path().join("c/signatures/shard-00001-of-00002.sig").exists());
     let o = run(&["--out", "c", "--merge"]);
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
-    let (a, b, c) = (all_bytes(&dir.path().join("a")), all_bytes(&dir.path().join("b")), all_bytes(&dir.path().join("c")));
+    let (a, b, c) =
+        (all_bytes(&dir.path().join("a")), all_bytes(&dir.path().join("b")), all_bytes(&dir.path().join("c")));
     assert!(a.keys().filter(|k| k.starts_with("data/train-")).count() >= 2, "several shards: {:?}", a.keys());
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     let no_config = |bytes: &[u8]| {
@@ -294,7 +309,10 @@ fn max_per_prompt_and_representative() {
         rec("x", 2, &long.to_uppercase(), "e"),
     ];
     write_lines(&dir.path().join("in.jsonl"), &lines);
-    ok(&distill(&["dedup", "--input", "in.jsonl", "--out", "o", "--max-per-prompt", "1", "--validation-fraction", "0"], dir.path()));
+    ok(&distill(
+        &["dedup", "--input", "in.jsonl", "--out", "o", "--max-per-prompt", "1", "--validation-fraction", "0"],
+        dir.path(),
+    ));
     let rm = removed(&dir.path().join("o"));
     // y and x tie on kept examples (x/2 is an exact copy of x/1): the smaller id, x, wins.
     assert_eq!(rm["z"], ("near_dup".to_string(), Some("x".to_string())));
@@ -312,7 +330,9 @@ fn python_reads_the_corpus() {
     match probe {
         Ok(o) if o.status.success() => {}
         _ => {
-            eprintln!("skipped: {python} with pandas, pyarrow and datasets not found (set DISTILL_PYTHON to a venv's python)");
+            eprintln!(
+                "skipped: {python} with pandas, pyarrow and datasets not found (set DISTILL_PYTHON to a venv's python)"
+            );
             return;
         }
     }
@@ -320,8 +340,8 @@ fn python_reads_the_corpus() {
     let s = synth(3_000, 2, 0);
     write_lines(&dir.path().join("in.jsonl"), &s.lines);
     ok(&distill(&["dedup", "--input", "in.jsonl", "--out", "corpus", "--validation-fraction", "0.1"], dir.path()));
-    let m: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("corpus/manifest.json")).expect("manifest")).expect("json");
+    let m: Value = serde_json::from_slice(&std::fs::read(dir.path().join("corpus/manifest.json")).expect("manifest"))
+        .expect("json");
     let script = format!(
         r#"
 import glob, pandas, datasets

@@ -41,7 +41,15 @@ fn json_size(v: &Value) -> u64 {
 
 impl SplitWriter {
     fn new(dir: &Path, name: &'static str, limit: u64) -> Self {
-        SplitWriter { dir: dir.to_path_buf(), name, limit: limit.max(1), current: None, bytes: 0, records: 0, finished: Vec::new() }
+        SplitWriter {
+            dir: dir.to_path_buf(),
+            name,
+            limit: limit.max(1),
+            current: None,
+            bytes: 0,
+            records: 0,
+            finished: Vec::new(),
+        }
     }
 
     fn partial(&self, i: usize) -> PathBuf {
@@ -83,7 +91,12 @@ impl SplitWriter {
             let path = self.dir.join(format!("{}-{i:05}-of-{n:05}.parquet", self.name));
             std::fs::rename(partial, &path).map_err(|e| StoreError::io(&path, e))?;
             let bytes = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?.len();
-            out.push(ShardInfo { path: path.display().to_string(), records: *records, bytes, sha256: store::sha256_file(&path)? });
+            out.push(ShardInfo {
+                path: path.display().to_string(),
+                records: *records,
+                bytes,
+                sha256: store::sha256_file(&path)?,
+            });
         }
         Ok(out)
     }
@@ -106,8 +119,11 @@ fn clear_data_dir(dir: &Path) -> Result<(), DedupError> {
     for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with("train-") || name.starts_with("validation-") || name.starts_with(".train-") || name.starts_with(".validation-");
-        if ours && name.ends_with(".parquet") || ours && name.contains(".spool.") {
+        let ours = name.starts_with("train-")
+            || name.starts_with("validation-")
+            || name.starts_with(".train-")
+            || name.starts_with(".validation-");
+        if ours && (name.ends_with(".parquet") || name.contains(".spool.")) {
             std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
         }
     }
@@ -133,88 +149,125 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     let mut tasks: BTreeMap<String, u64> = BTreeMap::new();
     let mut cursor = 0usize;
     let mut torn = Vec::new();
-    for f in &plan.files {
-        for item in store::open(Path::new(&f.path))? {
-            let raw = match item {
-                Ok(raw) => raw,
-                Err(e) => {
-                    if e.is_torn_tail() {
-                        torn.push(e.to_string());
+    // A reader thread parses the input (JSON) while this one decides and writes.
+    type Chunk = Result<Vec<(u32, Result<store::RawRecord, StoreError>)>, StoreError>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+    let files = &plan.files;
+    std::thread::scope(|scope| -> Result<(), DedupError> {
+        scope.spawn(move || {
+            for f in files {
+                let it = match store::open(Path::new(&f.path)) {
+                    Ok(it) => it,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
                     }
-                    invalid.reject(&e, None)?;
+                };
+                let mut chunk = Vec::with_capacity(1024);
+                for item in it {
+                    chunk.push((f.index, item));
+                    if chunk.len() == 1024
+                        && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(1024)))).is_err()
+                    {
+                        return;
+                    }
+                }
+                if !chunk.is_empty() && tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        for chunk in rx {
+            for (findex, item) in chunk? {
+                let raw = match item {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        if e.is_torn_tail() {
+                            torn.push(e.to_string());
+                        }
+                        invalid.reject(&e, None)?;
+                        continue;
+                    }
+                };
+                let matches = plan.examples.get(cursor).is_some_and(|e| e.file == findex && e.line == raw.loc.line);
+                if !matches {
+                    let msg = match parse_example(&raw) {
+                        Err(DedupError::Store(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(_) => "changed since the scan".to_string(),
+                    };
+                    let e = StoreError::Schema { loc: raw.loc.clone(), id: IdSuffix(raw.id()), msg };
+                    invalid.reject(&e, Some(&raw.value))?;
                     continue;
                 }
-            };
-            let matches = plan.examples.get(cursor).is_some_and(|e| e.file == f.index && e.line == raw.loc.line);
-            if !matches {
-                let msg = match parse_example(&raw) {
-                    Err(DedupError::Store(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(_) => "changed since the scan".to_string(),
-                };
-                let e = StoreError::Schema { loc: raw.loc.clone(), id: IdSuffix(raw.id()), msg };
-                invalid.reject(&e, Some(&raw.value))?;
-                continue;
-            }
-            let d = plan.decisions[cursor];
-            let node = plan.ex_node[cursor] as usize;
-            cursor += 1;
-            match d {
-                Decision::Train | Decision::Validation => {
-                    let v = Value::Object(raw.value);
-                    if let Some(t) = v.pointer("/meta/num_tokens").and_then(Value::as_u64) {
-                        tokens.push(t);
-                    }
-                    if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-                        let a: u64 = msgs
-                            .iter()
-                            .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
-                            .filter_map(|m| m.get("content").and_then(Value::as_str))
-                            .map(|s| s.chars().count() as u64)
-                            .sum();
-                        chars.push(a);
-                    }
-                    let src = v.get("source").and_then(Value::as_str).unwrap_or("(none)").to_string();
-                    *sources.entry(src).or_insert(0) += 1;
-                    let task = v.get("task").and_then(Value::as_str).unwrap_or("(none)").to_string();
-                    *tasks.entry(task).or_insert(0) += 1;
-                    if d == Decision::Train { train.write(&v)? } else { validation.write(&v)? }
-                }
-                other => {
-                    let mut r = json!({"id": raw.id(), "prompt_id": plan.node_ids[node], "file": raw.loc.file.display().to_string(), "line": raw.loc.line});
-                    let (stage, reason) = match other {
-                        Decision::Exact(first) => {
-                            let e = &plan.examples[first as usize];
-                            r["duplicate_of"] = plan.node_ids[plan.ex_node[first as usize] as usize].clone().into();
-                            ("exact", format!("prompt and response repeat {}:{}", plan.files[e.file as usize].path, e.line))
+                let d = plan.decisions[cursor];
+                let node = plan.ex_node[cursor] as usize;
+                cursor += 1;
+                match d {
+                    Decision::Train | Decision::Validation => {
+                        let v = Value::Object(raw.value);
+                        if let Some(t) = v.pointer("/meta/num_tokens").and_then(Value::as_u64) {
+                            tokens.push(t);
                         }
-                        Decision::Contaminated(u) => {
-                            let hit = plan.prompts[u as usize].hit.as_ref();
-                            let b = hit.map(|h| plan.decontam[h.bench as usize].benchmark.clone()).unwrap_or_default();
-                            r["benchmark"] = b.clone().into();
-                            if let Some(h) = hit {
-                                r["method"] = h.method.as_str().into();
-                                r["shared_text"] = h.evidence.clone().into();
+                        if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
+                            let a: u64 = msgs
+                                .iter()
+                                .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+                                .filter_map(|m| m.get("content").and_then(Value::as_str))
+                                .map(|s| s.chars().count() as u64)
+                                .sum();
+                            chars.push(a);
+                        }
+                        let src = v.get("source").and_then(Value::as_str).unwrap_or("(none)").to_string();
+                        *sources.entry(src).or_insert(0) += 1;
+                        let task = v.get("task").and_then(Value::as_str).unwrap_or("(none)").to_string();
+                        *tasks.entry(task).or_insert(0) += 1;
+                        if d == Decision::Train { train.write(&v)? } else { validation.write(&v)? }
+                    }
+                    other => {
+                        let mut r = json!({"id": raw.id(), "prompt_id": plan.node_ids[node], "file": raw.loc.file.display().to_string(), "line": raw.loc.line});
+                        let (stage, reason) = match other {
+                            Decision::Exact(first) => {
+                                let e = &plan.examples[first as usize];
+                                r["duplicate_of"] = plan.node_ids[plan.ex_node[first as usize] as usize].clone().into();
+                                (
+                                    "exact",
+                                    format!(
+                                        "prompt and response repeat {}:{}",
+                                        plan.files[e.file as usize].path, e.line
+                                    ),
+                                )
                             }
-                            ("decontam", format!("overlaps benchmark {b}"))
+                            Decision::Contaminated(u) => {
+                                let hit = plan.prompts[u as usize].hit.as_ref();
+                                let b =
+                                    hit.map(|h| plan.decontam[h.bench as usize].benchmark.clone()).unwrap_or_default();
+                                r["benchmark"] = b.clone().into();
+                                if let Some(h) = hit {
+                                    r["method"] = h.method.as_str().into();
+                                    r["shared_text"] = h.evidence.clone().into();
+                                }
+                                ("decontam", format!("overlaps benchmark {b}"))
+                            }
+                            Decision::NearDup(n, keep) => {
+                                r["duplicate_of"] = plan.node_ids[keep as usize].clone().into();
+                                r["similarity"] = json!((plan.node_sim[n as usize] as f64 * 1000.0).round() / 1000.0);
+                                ("near_dup", format!("near-duplicate prompt of {}", plan.node_ids[keep as usize]))
+                            }
+                            _ => ("max_per_prompt", format!("more than {} examples of its prompt", cfg.max_per_prompt)),
+                        };
+                        if let Some(&keep) = plan.node_keep.get(node).filter(|&&k| k != u32::MAX) {
+                            r["cluster"] = plan.node_ids[keep as usize].clone().into();
                         }
-                        Decision::NearDup(n, keep) => {
-                            r["duplicate_of"] = plan.node_ids[keep as usize].clone().into();
-                            r["similarity"] = json!((plan.node_sim[n as usize] as f64 * 1000.0).round() / 1000.0);
-                            ("near_dup", format!("near-duplicate prompt of {}", plan.node_ids[keep as usize]))
-                        }
-                        _ => ("max_per_prompt", format!("more than {} examples of its prompt", cfg.max_per_prompt)),
-                    };
-                    if let Some(&keep) = plan.node_keep.get(node).filter(|&&k| k != u32::MAX) {
-                        r["cluster"] = plan.node_ids[keep as usize].clone().into();
+                        r["stage"] = stage.into();
+                        r["reason"] = reason.into();
+                        removed.write_value(&r)?;
                     }
-                    r["stage"] = stage.into();
-                    r["reason"] = reason.into();
-                    removed.write_value(&r)?;
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     if cursor != plan.examples.len() {
         return Err(DedupError::InputChanged {
             path: cfg.input.clone(),
@@ -225,12 +278,14 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     invalid.finish()?;
     let mut shards = train.finish()?;
     shards.extend(validation.finish()?);
-    let manifest = store::Manifest::new(&cfg.out, "distill dedup", serde_json::to_value(cfg).unwrap_or(Value::Null), shards);
+    let manifest =
+        store::Manifest::new(&cfg.out, "distill dedup", serde_json::to_value(cfg).unwrap_or(Value::Null), shards);
     let features = features_of(&cfg.out, &manifest.shards)?;
     let upstream = upstream(&cfg.input);
     let mut m = serde_json::to_value(&manifest).unwrap_or(Value::Null);
     let split_counts = |name: &str| {
-        let s: Vec<&ShardInfo> = manifest.shards.iter().filter(|s| s.path.starts_with(&format!("data/{name}-"))).collect();
+        let s: Vec<&ShardInfo> =
+            manifest.shards.iter().filter(|s| s.path.starts_with(&format!("data/{name}-"))).collect();
         json!({"examples": s.iter().map(|x| x.records).sum::<u64>(), "bytes": s.iter().map(|x| x.bytes).sum::<u64>(), "shards": s.len()})
     };
     m["splits"] = json!({"train": split_counts("train"), "validation": split_counts("validation")});
@@ -241,7 +296,8 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     m["sources"] = json!(sources);
     m["tasks"] = json!(tasks);
     m["upstream"] = upstream;
-    let mut text = serde_json::to_vec_pretty(&m).map_err(|e| DedupError::Output { path: cfg.out.clone(), msg: e.to_string() })?;
+    let mut text =
+        serde_json::to_vec_pretty(&m).map_err(|e| DedupError::Output { path: cfg.out.clone(), msg: e.to_string() })?;
     text.push(b'\n');
     store::write_atomic(&cfg.out.join("manifest.json"), &text)?;
     let card = card(cfg, &m, &features);
@@ -397,7 +453,11 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
     );
     s.push_str("```python\nfrom datasets import load_dataset\nds = load_dataset(\"path/to/this/dir\")\n```\n\n## Splits\n\n| split | examples | shards | bytes |\n|---|---|---|---|\n");
     for n in &splits {
-        let _ = writeln!(s, "| {n} | {} | {} | {} |", m["splits"][n]["examples"], m["splits"][n]["shards"], m["splits"][n]["bytes"]);
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} |",
+            m["splits"][n]["examples"], m["splits"][n]["shards"], m["splits"][n]["bytes"]
+        );
     }
     let _ = writeln!(
         s,
@@ -429,7 +489,11 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
     if let Some(u) = up {
         for (path, v) in u {
             if path.ends_with("funnel.json") {
-                let _ = writeln!(s, "Earlier (`{path}`):\n\n```json\n{}\n```\n", serde_json::to_string_pretty(v).unwrap_or_default());
+                let _ = writeln!(
+                    s,
+                    "Earlier (`{path}`):\n\n```json\n{}\n```\n",
+                    serde_json::to_string_pretty(v).unwrap_or_default()
+                );
             }
         }
     }
@@ -468,10 +532,24 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
             );
             for r in b {
                 let ex = match r.get("example") {
-                    Some(e) => format!("{} ~ {} ({}: \"{}\")", e["prompt_id"].as_str().unwrap_or(""), e["item"].as_str().unwrap_or(""), e["method"].as_str().unwrap_or(""), e["shared_text"].as_str().unwrap_or("").replace('|', "\\|")),
+                    Some(e) => format!(
+                        "{} ~ {} ({}: \"{}\")",
+                        e["prompt_id"].as_str().unwrap_or(""),
+                        e["item"].as_str().unwrap_or(""),
+                        e["method"].as_str().unwrap_or(""),
+                        e["shared_text"].as_str().unwrap_or("").replace('|', "\\|")
+                    ),
                     None => "-".into(),
                 };
-                let _ = writeln!(s, "| {} | {} | {} | {} | {} |", r["benchmark"].as_str().unwrap_or(""), r["items"], r["prompts_removed"], r["examples_removed"], ex);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    r["benchmark"].as_str().unwrap_or(""),
+                    r["items"],
+                    r["prompts_removed"],
+                    r["examples_removed"],
+                    ex
+                );
             }
             s.push('\n');
         }

@@ -172,7 +172,8 @@ mod tests {
     fn table() {
         let ix = index(false);
         let ixs = index(true);
-        let cases: &[(&str, Option<(u32, Method)>, Option<(u32, Method)>)] = &[
+        type Want = Option<(u32, Method)>;
+        let cases: &[(&str, Want, Want)] = &[
             // An 8-gram embedded in a longer prompt, re-cased and re-punctuated.
             (
                 "Solve this: NATALIA sold clips to 48 of her friends; in april and more text",

@@ -224,7 +224,15 @@ impl Report {
         let _ = writeln!(
             s,
             "dedup: {} kept ({} train, {} validation) from {} prompt clusters of {} distinct prompts; LSH {}x{}, {} candidate pairs, {} verified",
-            f.kept, f.train, f.validation, f.clusters, f.distinct_prompts, self.bands, self.rows, f.candidate_pairs, f.verified_pairs
+            f.kept,
+            f.train,
+            f.validation,
+            f.clusters,
+            f.distinct_prompts,
+            self.bands,
+            self.rows,
+            f.candidate_pairs,
+            f.verified_pairs
         );
         for b in &self.decontam {
             let _ = writeln!(
@@ -431,7 +439,9 @@ pub fn scan(
                         Ok(raw) => chunk.push((f.index, raw)),
                         Err(_) => invalid += 1,
                     }
-                    if chunk.len() == CHUNK && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err() {
+                    if chunk.len() == CHUNK
+                        && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err()
+                    {
                         return invalid;
                     }
                 }
@@ -449,8 +459,9 @@ pub fn scan(
             // Distinct prompts, in first-occurrence order.
             let mut fresh: Vec<usize> = Vec::new();
             for (i, sc) in scanned.iter().enumerate() {
-                if !seen.contains_key(&sc.key) {
-                    seen.insert(sc.key, st.prompts.len() as u32 + fresh.len() as u32);
+                let next = st.prompts.len() as u32 + fresh.len() as u32;
+                if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(sc.key) {
+                    v.insert(next);
                     fresh.push(i);
                 }
             }
@@ -602,12 +613,14 @@ pub fn plan(cfg: &DedupConfig, mut states: Vec<ShardState>, index: &DecontamInde
     let (bands, rows) = cfg.lsh();
     let min_eq = minhash::min_equal_slots(cfg.threshold, np);
     let sig = |u: u32| &sigs[u as usize * np..(u as usize + 1) * np];
-    let eligible: Vec<u32> =
-        (0..prompts.len() as u32).filter(|&u| prompts[u as usize].shingled && prompts[u as usize].hit.is_none()).collect();
+    let eligible: Vec<u32> = (0..prompts.len() as u32)
+        .filter(|&u| prompts[u as usize].shingled && prompts[u as usize].hit.is_none())
+        .collect();
     let mut uf = UnionFind::new(prompts.len());
     for band in 0..bands {
         let roots: Vec<u32> = (0..prompts.len() as u32).map(|u| uf.find(u)).collect();
-        let mut keys: Vec<(u64, u32)> = eligible.par_iter().map(|&u| (minhash::band_key(sig(u), band, rows), u)).collect();
+        let mut keys: Vec<(u64, u32)> =
+            eligible.par_iter().map(|&u| (minhash::band_key(sig(u), band, rows), u)).collect();
         keys.par_sort_unstable();
         let mut buckets: Vec<&[(u64, u32)]> = Vec::new();
         let mut start = 0;
@@ -781,19 +794,19 @@ pub fn run(cfg: &DedupConfig) -> Result<Report, DedupError> {
         return Ok(Report { funnel, signatures: Some(path), out: cfg.out.clone(), ..Default::default() });
     }
     let t = std::time::Instant::now();
-    let states = if cfg.merge {
-        read_signatures(cfg, &sig_dir, &files)?
-    } else {
-        vec![scan(cfg, &files, &hasher, &index)?]
-    };
+    let states =
+        if cfg.merge { read_signatures(cfg, &sig_dir, &files)? } else { vec![scan(cfg, &files, &hasher, &index)?] };
     let scan_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let plan = plan(cfg, states, &index)?;
     let plan_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let mut report = corpus::write(cfg, &plan)?;
-    report.seconds =
-        vec![(if cfg.merge { "read signatures" } else { "scan" }, scan_s), ("cluster", plan_s), ("write", t.elapsed().as_secs_f64())];
+    report.seconds = vec![
+        (if cfg.merge { "read signatures" } else { "scan" }, scan_s),
+        ("cluster", plan_s),
+        ("write", t.elapsed().as_secs_f64()),
+    ];
     Ok(report)
 }
 
@@ -834,7 +847,9 @@ fn read_signatures(cfg: &DedupConfig, dir: &Path, files: &[FileEntry]) -> Result
     covered.sort_by_key(|f| f.index);
     if covered.len() != files.len() || covered.iter().zip(files).any(|(a, b)| *a != b) {
         let what = match covered.iter().zip(files).find(|(a, b)| **a != *b) {
-            Some((a, b)) => format!("file {}: {} ({} bytes) then, {} ({} bytes) now", a.index, a.path, a.bytes, b.path, b.bytes),
+            Some((a, b)) => {
+                format!("file {}: {} ({} bytes) then, {} ({} bytes) now", a.index, a.path, a.bytes, b.path, b.bytes)
+            }
             None => format!("{} files then, {} now", covered.len(), files.len()),
         };
         return Err(DedupError::InputChanged { path: cfg.input.clone(), what });

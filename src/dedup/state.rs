@@ -2,7 +2,7 @@
 //! `--merge` reads them all). Little-endian binary, written atomically:
 //! `DDSIG001`, settings fingerprint, shard I and N, files, examples, prompts, signatures.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::DedupError;
 use super::decontam::{Hit, Method};
@@ -216,7 +216,7 @@ impl ShardState {
         Self::from_bytes(&b, path, num_perm)
     }
 
-    pub fn write(&self, path: &PathBuf, num_perm: usize) -> Result<(), DedupError> {
+    pub fn write(&self, path: &Path, num_perm: usize) -> Result<(), DedupError> {
         crate::store::write_atomic(path, &self.to_bytes(num_perm))?;
         Ok(())
     }
