@@ -119,6 +119,21 @@ impl Default for DedupConfig {
     }
 }
 
+impl crate::config::Settings for DedupConfig {
+    const TABLE: &'static str = "dedup";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.input.as_os_str().is_empty() {
+            return Err("`input` is required: the SFT examples to deduplicate".into());
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err("`out` is required: the corpus directory".into());
+        }
+        self.check().map_err(|e| e.to_string())?;
+        self.shard_spec().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 /// Errors of `dedup`: each names the file (and line or record id) and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
