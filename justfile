@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code bench-filter
+bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code bench-filter bench-dedup
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -59,3 +59,7 @@ bench-code N="200" WORKERS="2":
 build-cuda DIR="$HOME/.cache/distill/cuda13" CAP="90":
     test -x {{DIR}}/bin/nvcc || bash scripts/cuda-toolkit.sh {{DIR}} {{CAP}}
     . {{DIR}}/env.sh && cargo build --release --features cuda
+
+# Dedup: 200k/400k/800k generated examples (wall, examples/s, RSS) and datatrove's MinHash on the same prompts (creates a venv).
+bench-dedup SIZES="200000 400000 800000" DATATROVE="200000":
+    bash benches/dedup_bench.sh "{{SIZES}}" {{DATATROVE}}

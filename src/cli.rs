@@ -65,6 +65,9 @@ enum Command {
     /// Rejection sampling and chain-of-thought checks: samples in, kept SFT examples,
     /// rejects with reasons and a funnel out.
     Filter(Box<FilterArgs>),
+    /// Deduplicate SFT examples (exact, MinHash near-duplicate prompts), decontaminate against
+    /// benchmarks, and write a sharded Parquet corpus with a manifest and a dataset card.
+    Dedup(Box<DedupArgs>),
 }
 
 /// A command's flags as the settings keys they set.
@@ -779,6 +782,16 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }
             run_filter(&r.value)
         }
+        Command::Dedup(args) => {
+            let r = resolve(*args, recipe, sets)?;
+            if cli.show_config {
+                return show(&r);
+            }
+            let cfg = r.value;
+            let report = crate::dedup::run(&cfg).with_context(|| format!("dedup --input {}", cfg.input.display()))?;
+            eprint!("{}", report.to_text());
+            Ok(if report.funnel.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
+        }
         Command::Convert(args) => {
             let r = resolve(args, recipe, sets)?;
             if cli.show_config {
@@ -968,4 +981,96 @@ fn run_filter(cfg: &crate::filter::FilterConfig) -> anyhow::Result<Outcome> {
         .with_context(|| format!("filter --input {} --out {}", cfg.input.display(), cfg.out.display()))?;
     eprint!("{}", report.funnel.to_text());
     Ok(if report.funnel.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
+}
+
+/// Arguments of `distill dedup`. Every flag is optional and sets only its own key of the
+/// `[dedup]` settings (`DedupConfig::default()` < recipe table < `--set` < flags).
+///
+/// Near-duplicates: MinHash over word 5-grams (character 5-grams for prompts under 10 words),
+/// LSH bands × rows derived from --threshold (128 permutations at 0.8: 14 × 9), every candidate
+/// verified by signature agreement >= threshold and, unless --ignore-numbers, equal number
+/// sequences. Chance that a pair with word-5-gram Jaccard s is merged at the defaults:
+/// s=0.6 <1e-6, 0.7 0.002, 0.75 0.06, 0.8 0.43, 0.85 0.91, 0.9 0.999.
+///
+/// Many machines: `--shard I/N` (one per task, same --input/--out, shared filesystem) writes
+/// OUT/signatures/shard-I-of-N.sig for input files f with f % N == I; then one
+/// `--merge` clusters them and writes the corpus, byte-identical to a one-process run.
+#[derive(Debug, Args)]
+struct DedupArgs {
+    /// SFT examples: a file or a directory of shards (e.g. filter's DIR/kept/).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output directory: data/{train,validation}-*.parquet, manifest.json, README.md, rejects/.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Benchmark to decontaminate against, FILE:FIELD (JSONL or Parquet); repeat for more.
+    #[arg(long, value_name = "FILE:FIELD")]
+    decontam: Vec<String>,
+    /// Words per decontamination n-gram [default 8].
+    #[arg(long, value_name = "N")]
+    decontam_ngram: Option<usize>,
+    /// Also remove prompts equal to a benchmark item once digits and non-letters are stripped.
+    #[arg(long)]
+    decontam_strip_numbers: bool,
+    /// Jaccard similarity at which prompts are near-duplicates [default 0.8].
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Words per shingle [default 5].
+    #[arg(long, value_name = "N")]
+    ngram: Option<usize>,
+    /// MinHash permutations [default 128].
+    #[arg(long, value_name = "N")]
+    num_perm: Option<usize>,
+    /// LSH bands (with --rows; default: derived from --threshold).
+    #[arg(long)]
+    bands: Option<usize>,
+    /// LSH rows per band (with --bands).
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Merge near-duplicate prompts even when their numbers differ (web-style data).
+    #[arg(long)]
+    ignore_numbers: bool,
+    /// Keep at most K examples per kept prompt [default: all].
+    #[arg(long, value_name = "K")]
+    max_per_prompt: Option<usize>,
+    /// Fraction of prompt clusters in the validation split [default 0.01].
+    #[arg(long)]
+    validation_fraction: Option<f64>,
+    /// Bytes of record JSON per Parquet shard at most [default 500000000].
+    #[arg(long, value_name = "BYTES")]
+    shard_size: Option<u64>,
+    /// Seed of the MinHash functions [default 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Scan only slice I of N of the input files and write OUT/signatures/shard-I-of-N.sig.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<String>,
+    /// Cluster the signature files in OUT/signatures/ and write the corpus.
+    #[arg(long)]
+    merge: bool,
+}
+
+impl StageArgs for DedupArgs {
+    type Config = crate::dedup::DedupConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("input", "--input", self.input);
+        f.opt("out", "--out", self.out);
+        f.list("decontam", "--decontam", self.decontam);
+        f.opt("decontam_ngram", "--decontam-ngram", self.decontam_ngram);
+        f.switch("decontam_strip_numbers", "--decontam-strip-numbers", self.decontam_strip_numbers, true);
+        f.opt("threshold", "--threshold", self.threshold);
+        f.opt("ngram", "--ngram", self.ngram);
+        f.opt("num_perm", "--num-perm", self.num_perm);
+        f.opt("bands", "--bands", self.bands);
+        f.opt("rows", "--rows", self.rows);
+        f.switch("ignore_numbers", "--ignore-numbers", self.ignore_numbers, true);
+        f.opt("max_per_prompt", "--max-per-prompt", self.max_per_prompt);
+        f.opt("validation_fraction", "--validation-fraction", self.validation_fraction);
+        f.opt("shard_size", "--shard-size", self.shard_size);
+        f.opt("seed", "--seed", self.seed);
+        f.opt("shard", "--shard", self.shard);
+        f.switch("merge", "--merge", self.merge, true);
+        Ok(f)
+    }
 }

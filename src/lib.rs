@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod collect;
 pub mod config;
+pub mod dedup;
 pub mod eval;
 pub mod filter;
 pub mod inspect;
