@@ -210,3 +210,23 @@ fn broken_layout_rows_are_rejected_with_their_line() {
     assert_eq!(rej.len(), 2);
     assert_eq!(rej[0]["record"]["uuid"], "u-9", "the row as read is kept: {:?}", rej[0]);
 }
+
+/// The public datasets ship as Parquet (`data/train-*.parquet`): the same rows read from Parquet
+/// are the same records.
+#[test]
+fn parquet_rows_read_like_jsonl_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, n, by_task, by_layout) in cases() {
+        let text = std::fs::read_to_string(fixture(name)).expect("fixture");
+        let pq = dir.path().join(name.replace(".jsonl", ".parquet"));
+        let mut w = distill::store::create(&pq).expect("parquet writer");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("json");
+            w.write_value(&v).expect("writes");
+        }
+        w.finish().expect("finishes");
+        let v = inspect_json(dir.path(), &[pq.to_str().expect("path")]);
+        assert_eq!((v["records"].as_u64(), v["invalid"].as_u64()), (Some(n), Some(0)), "{name}: {v}");
+        assert_eq!((&v["by_task"], &v["by_layout"]), (&by_task, &by_layout), "{name}: {v}");
+    }
+}

@@ -315,6 +315,16 @@ impl Report {
         for t in &self.torn_tails {
             let _ = writeln!(s, "  torn tail: {t}");
         }
+        let foreign: Vec<String> = self
+            .by_layout
+            .sorted()
+            .into_iter()
+            .filter(|(k, _)| k != "distill")
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !foreign.is_empty() {
+            let _ = writeln!(s, "  read from rows of public layouts: {}", foreign.join(", "));
+        }
         let _ =
             writeln!(s, "\n{:<18}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}", "length", "min", "p50", "p90", "p99", "max", "mean");
         let mut rows = |unit: &str, d: &[Dist; 3]| {
@@ -337,16 +347,6 @@ impl Report {
         rows("chars", &self.chars);
         if let Some(t) = &self.tokens {
             rows("tokens", t);
-        }
-        let foreign: Vec<String> = self
-            .by_layout
-            .sorted()
-            .into_iter()
-            .filter(|(k, _)| k != "distill")
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        if !foreign.is_empty() {
-            let _ = writeln!(s, "  read as distill records from rows of the layouts: {}", foreign.join(", "));
         }
         let total = self.records.max(1) as f64;
         for (name, c) in [
