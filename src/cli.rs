@@ -85,7 +85,9 @@ fn map_flag(f: &mut Flags, key: &'static str, values: Vec<String>) -> anyhow::Re
             Some((field, column)) if !field.trim().is_empty() && !column.trim().is_empty() => {
                 map.insert(field.trim().to_string(), column.trim().to_string());
             }
-            _ => anyhow::bail!("--map {v:?}: expected FIELD=COLUMN, e.g. --map prompt=question (distill's field = the file's column)"),
+            _ => anyhow::bail!(
+                "--map {v:?}: expected FIELD=COLUMN, e.g. --map prompt=question (distill's field = the file's column)"
+            ),
         }
     }
     if !map.is_empty() {

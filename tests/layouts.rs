@@ -49,7 +49,10 @@ fn inspect_counts_every_layout_without_rejects() {
         assert_eq!(v["invalid"], 0, "{name}: {v}");
         assert_eq!(v["by_task"], by_task, "{name}: {v}");
         assert_eq!(v["by_layout"], by_layout, "{name}: {v}");
-        assert!(v["chars"]["prompt"]["count"].as_u64().is_some_and(|c| c == n), "{name}: every record has a prompt: {v}");
+        assert!(
+            v["chars"]["prompt"]["count"].as_u64().is_some_and(|c| c == n),
+            "{name}: every record has a prompt: {v}"
+        );
     }
     assert!(!dir.path().join("distill-rejects.jsonl").exists());
 
@@ -68,7 +71,10 @@ fn inspect_counts_every_layout_without_rejects() {
     let (think, answer) = (text.find("THINKING").expect("thinking"), text.find("ANSWER (").expect("answer"));
     assert!(think < answer && text.contains("12 + 30 = 42") && text.contains("The sum is \\boxed{42}."), "{text}");
     assert!(!text.contains("<|begin_of_thought|>"), "{text}");
-    let o = distill_in(&["inspect", fixture("openr1_math.jsonl").to_str().expect("path"), "--id", "5c7a1e2b-0002/1"], dir.path());
+    let o = distill_in(
+        &["inspect", fixture("openr1_math.jsonl").to_str().expect("path"), "--id", "5c7a1e2b-0002/1"],
+        dir.path(),
+    );
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     ok(&o);
     assert!(text.contains("1/2 + 1/3 = 2/5"), "{text}");
@@ -103,7 +109,10 @@ fn verify_judges_every_layout() {
         let v = inspect_json(dir.path(), &[out.to_str().expect("path")]);
         assert_eq!((v["records"].as_u64(), v["invalid"].as_u64()), (Some(rows.len() as u64), Some(0)), "{name}: {v}");
         assert!(v["by_layout"].get("distill").is_some(), "{name}: {v}");
-        assert!(rows.iter().all(|r| r.get("teacher").is_none() && r.get("usage").is_none()), "{name}: no made-up provenance");
+        assert!(
+            rows.iter().all(|r| r.get("teacher").is_none() && r.get("usage").is_none()),
+            "{name}: no made-up provenance"
+        );
     }
 }
 
@@ -112,9 +121,13 @@ fn finetune_and_score_train_on_every_layout() {
     let model = chat_model_dir();
     let dir = tempfile::tempdir().expect("tempdir");
     let m = model.path().to_str().expect("path");
-    for name in
-        ["trl_messages.jsonl", "openthoughts_sharegpt.jsonl", "openr1_math.jsonl", "samples_no_provenance.jsonl", "pairs.jsonl"]
-    {
+    for name in [
+        "trl_messages.jsonl",
+        "openthoughts_sharegpt.jsonl",
+        "openr1_math.jsonl",
+        "samples_no_provenance.jsonl",
+        "pairs.jsonl",
+    ] {
         let out = dir.path().join(name.replace('.', "_"));
         let data = fixture(name);
         let o = distill_in(
@@ -140,7 +153,11 @@ fn finetune_and_score_train_on_every_layout() {
         assert!(err.contains("final model"), "{name}: {err}");
         assert!(!err.contains(" 0 samples used"), "{name}: {err}");
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
-        let steps: Vec<Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &Value| v.get("loss").is_some()).collect();
+        let steps: Vec<Value> = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &Value| v.get("loss").is_some())
+            .collect();
         assert_eq!(steps.len(), 1, "{name}: {metrics}");
         assert!(steps[0]["loss"].as_f64().is_some_and(f64::is_finite), "{name}: {metrics}");
 
@@ -169,8 +186,10 @@ fn map_names_other_columns() {
     ok(&o);
     let got: Vec<Value> =
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-    let verdicts: Vec<(&str, bool)> =
-        got.iter().map(|r| (r["id"].as_str().unwrap_or("?"), r["verdict"]["pass"].as_bool().unwrap_or(false))).collect();
+    let verdicts: Vec<(&str, bool)> = got
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap_or("?"), r["verdict"]["pass"].as_bool().unwrap_or(false)))
+        .collect();
     assert_eq!(verdicts, vec![("a", true), ("b", false)]);
 
     // Without --map the file is not a layout: inspect names what is missing.

@@ -531,10 +531,7 @@ async fn process(ctx: Arc<Ctx>, job: Job) {
                         content,
                         finish_reason: c.choices[i].finish_reason.clone(),
                         usage: Some(Usage { prompt_tokens, completion_tokens: outs[i] }),
-                        teacher: Some(Teacher {
-                            model: cfg.model.clone(),
-                            endpoint: ctx.endpoints[ep].label.clone(),
-                        }),
+                        teacher: Some(Teacher { model: cfg.model.clone(), endpoint: ctx.endpoints[ep].label.clone() }),
                         params: Some(Params {
                             temperature: cfg.temperature,
                             top_p: cfg.top_p,

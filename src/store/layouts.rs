@@ -96,9 +96,9 @@ fn has(m: &Map<String, Value>, k: &str) -> bool {
 /// The pair a record's columns form: (prompt column, response column).
 fn pair_keys(m: &Map<String, Value>) -> Option<(&'static str, &'static str)> {
     let p = PROMPT_KEYS.into_iter().find(|k| has(m, k))?;
-    let r = RESPONSE_KEYS.into_iter().find(|&k| {
-        k != p && has(m, k) && (k != "answer" || matches!(p, "question" | "query")) && !(p == "input" && k == "answer")
-    })?;
+    let r = RESPONSE_KEYS
+        .into_iter()
+        .find(|&k| k != p && has(m, k) && (k != "answer" || matches!(p, "question" | "query")))?;
     // `instruction` + `input` + `output` (Alpaca): `input` is part of the prompt.
     Some((p, r))
 }
@@ -572,7 +572,8 @@ mod tests {
         let ot = "<|begin_of_thought|>\n\nadd them\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\n\\boxed{4}\n\n<|end_of_solution|>";
         let keys = ["id", "prompt_id", "sample", "task", "prompt", "reasoning", "content"];
         // (input, map, layout, fields wanted of the single output)
-        let cases: Vec<(Value, &[(&str, &str)], Layout, Value)> = vec![
+        type Case = (Value, &'static [(&'static str, &'static str)], Layout, Value);
+        let cases: Vec<Case> = vec![
             (
                 json!({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": think}]}),
                 &[],
@@ -715,7 +716,10 @@ mod tests {
         );
         for s in &out {
             assert_eq!(s["messages"], json!([{"role": "user", "content": "2+2?"}]));
-            assert_eq!((s["prompt"].as_str(), s["solution"].as_str(), s["source"].as_str()), (Some("2+2?"), Some("2+2=4"), Some("olympiads")));
+            assert_eq!(
+                (s["prompt"].as_str(), s["solution"].as_str(), s["source"].as_str()),
+                (Some("2+2?"), Some("2+2=4"), Some("olympiads"))
+            );
             assert!(s.get("generations").is_none() && s.get("problem").is_none() && s.get("finish_reasons").is_none());
         }
     }
