@@ -68,6 +68,7 @@ enum Command {
     Convert(ConvertArgs),
     /// Rejection sampling and chain-of-thought checks: samples in, kept SFT examples,
     /// rejects with reasons and a funnel out.
+    #[command(after_help = LAYOUTS_HELP)]
     Filter(Box<FilterArgs>),
     /// Deduplicate SFT examples (exact, MinHash near-duplicate prompts), decontaminate against
     /// benchmarks, and write a sharded Parquet corpus with a manifest and a dataset card.
@@ -985,6 +986,10 @@ struct FilterArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
+    /// by themselves: `--map prompt=question_text --map answer=gold`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
 }
 
 impl StageArgs for FilterArgs {
@@ -1018,6 +1023,7 @@ impl StageArgs for FilterArgs {
         f.opt("chunk", "--chunk", self.chunk);
         f.opt("records_per_shard", "--records-per-shard", self.records_per_shard);
         f.switch("progress", "--no-progress", self.no_progress, false);
+        map_flag(&mut f, "map", self.map)?;
         Ok(f)
     }
 }
