@@ -46,9 +46,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Statistics and pretty-printed records of any record file or shard directory.
+    #[command(after_help = LAYOUTS_HELP)]
     Inspect(InspectArgs),
     /// Judge each record's response (math: answer equivalence; code: tests run in a sandbox)
     /// and write it back with a verdict.
+    #[command(after_help = LAYOUTS_HELP)]
     Verify(VerifyArgs),
     /// Generate math or code problems with exact answers / tests, as Prompt records.
     Problems(ProblemsArgs),
@@ -57,17 +59,42 @@ enum Command {
     /// Collect teacher samples for prompts from OpenAI-compatible endpoints, resumably.
     Collect(Box<CollectArgs>),
     /// Mean per-token loss and perplexity of a corpus's assistant tokens under a model.
+    #[command(after_help = LAYOUTS_HELP)]
     Score(ScoreArgs),
     /// Fine-tune a student (full or LoRA) on an SFT corpus: checkpoints, metrics.jsonl, loss.png, final/.
+    #[command(after_help = LAYOUTS_HELP)]
     Finetune(Box<FinetuneArgs>),
     /// Convert a llama/qwen2 GGUF file into a Hugging Face model directory.
     Convert(ConvertArgs),
     /// Rejection sampling and chain-of-thought checks: samples in, kept SFT examples,
     /// rejects with reasons and a funnel out.
+    #[command(after_help = LAYOUTS_HELP)]
     Filter(Box<FilterArgs>),
     /// Deduplicate SFT examples (exact, MinHash near-duplicate prompts), decontaminate against
     /// benchmarks, and write a sharded Parquet corpus with a manifest and a dataset card.
     Dedup(Box<DedupArgs>),
+}
+
+/// What the reading commands say in `--help` about the layouts they read.
+const LAYOUTS_HELP: &str = crate::store::layouts::HELP;
+
+/// `--map field=column` flags as the `map` table (`field = "column"`).
+fn map_flag(f: &mut Flags, key: &'static str, values: Vec<String>) -> anyhow::Result<()> {
+    let mut map = std::collections::BTreeMap::new();
+    for v in values {
+        match v.split_once('=') {
+            Some((field, column)) if !field.trim().is_empty() && !column.trim().is_empty() => {
+                map.insert(field.trim().to_string(), column.trim().to_string());
+            }
+            _ => anyhow::bail!(
+                "--map {v:?}: expected FIELD=COLUMN, e.g. --map prompt=question (distill's field = the file's column)"
+            ),
+        }
+    }
+    if !map.is_empty() {
+        f.opt(key, "--map", Some(map));
+    }
+    Ok(())
 }
 
 /// A command's flags as the settings keys they set.
@@ -96,6 +123,10 @@ struct ScoreArgs {
     /// Where records that cannot be scored go, with file, line and reason (default distill-rejects.jsonl).
     #[arg(long, value_name = "FILE")]
     rejects: Option<PathBuf>,
+    /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
+    /// by themselves: `--map prompt=question_text --map answer=gold`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
 }
 
 impl StageArgs for ScoreArgs {
@@ -108,6 +139,7 @@ impl StageArgs for ScoreArgs {
         f.opt("dtype", "--dtype", self.dtype);
         f.opt("limit", "--limit", self.limit);
         f.opt("rejects", "--rejects", self.rejects);
+        map_flag(&mut f, "map", self.map)?;
         Ok(f)
     }
 }
@@ -391,6 +423,10 @@ struct VerifyArgs {
     /// beside --out, else distill-rejects.jsonl).
     #[arg(long, value_name = "FILE")]
     rejects: Option<PathBuf>,
+    /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
+    /// by themselves: `--map prompt=question_text --map answer=gold`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
 }
 
 impl StageArgs for VerifyArgs {
@@ -406,6 +442,7 @@ impl StageArgs for VerifyArgs {
         f.opt("code.isolation", "--code-isolation", self.code_isolation);
         f.switch("code.early_exit", "--all-tests", self.all_tests, false);
         f.opt("rejects", "--rejects", self.rejects);
+        map_flag(&mut f, "map", self.map)?;
         Ok(f)
     }
 }
@@ -439,6 +476,10 @@ struct InspectArgs {
     /// Seed for --sample (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
+    /// by themselves: `--map prompt=question_text --map answer=gold`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
 }
 
 impl StageArgs for InspectArgs {
@@ -454,6 +495,7 @@ impl StageArgs for InspectArgs {
         f.opt("rejects", "--rejects", self.rejects);
         f.switch("full", "--full", self.full, true);
         f.opt("seed", "--seed", self.seed);
+        map_flag(&mut f, "map", self.map)?;
         Ok(f)
     }
 }
@@ -568,6 +610,10 @@ struct FinetuneArgs {
     /// input and are recomputed in backward — much less memory for long traces, more compute.
     #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all")]
     checkpoint_layers: Option<Checkpointing>,
+    /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
+    /// by themselves: `--map prompt=question_text --map answer=gold`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
 }
 
 impl StageArgs for FinetuneArgs {
@@ -609,6 +655,7 @@ impl StageArgs for FinetuneArgs {
         f.switch("progress", "--no-progress", self.no_progress, false);
         f.opt("device", "--device", self.device);
         f.opt("checkpoint_layers", "--checkpoint-layers", self.checkpoint_layers);
+        map_flag(&mut f, "loader.map", self.map)?;
         Ok(f)
     }
 }
@@ -939,6 +986,10 @@ struct FilterArgs {
     /// Hide the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
+    /// by themselves: `--map prompt=question_text --map answer=gold`.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
 }
 
 impl StageArgs for FilterArgs {
@@ -972,6 +1023,7 @@ impl StageArgs for FilterArgs {
         f.opt("chunk", "--chunk", self.chunk);
         f.opt("records_per_shard", "--records-per-shard", self.records_per_shard);
         f.switch("progress", "--no-progress", self.no_progress, false);
+        map_flag(&mut f, "map", self.map)?;
         Ok(f)
     }
 }

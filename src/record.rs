@@ -169,14 +169,18 @@ pub struct Sample {
     pub content: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
-    #[serde(default)]
-    pub usage: Usage,
-    pub teacher: Teacher,
-    pub params: Params,
-    #[serde(default)]
-    pub latency_ms: u64,
-    #[serde(default)]
-    pub request_sha256: String,
+    // Provenance: written by `collect` for every sample, absent from samples made elsewhere
+    // (public datasets), so optional when read and left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<Teacher>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Params>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
     #[serde(flatten)]
@@ -270,6 +274,23 @@ pub fn split_thinking(text: &str) -> (&str, &str) {
     }
 }
 
+/// The chat a record trains on (and is scored on): its `messages`, plus the assistant turn
+/// built from `reasoning` and `content` when the messages end without one (a sample, whose
+/// `messages` are what was sent). `None` when the record has no `messages` list.
+pub fn training_messages(record: &Map<String, Value>) -> Option<std::borrow::Cow<'_, [Value]>> {
+    let msgs = record.get("messages")?.as_array()?;
+    let ends_with_answer = msgs.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant");
+    match record.get("content").and_then(Value::as_str) {
+        Some(content) if !ends_with_answer => {
+            let reasoning = record.get("reasoning").and_then(Value::as_str).unwrap_or("");
+            let mut chat = msgs.clone();
+            chat.push(serde_json::json!({"role": "assistant", "content": assistant_turn(reasoning, content)}));
+            Some(std::borrow::Cow::Owned(chat))
+        }
+        _ => Some(std::borrow::Cow::Borrowed(msgs)),
+    }
+}
+
 /// Accepts a string, a number (kept as its JSON text) or null.
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let v = Option::<Value>::deserialize(d)?;
@@ -332,6 +353,30 @@ mod tests {
             "source": "gen", "task": "math", "prompt_id": "p1",
             "meta": {"pass_rate": 0.5, "n_samples": 4, "difficulty": "hard"}, "lang": "en"});
         assert_eq!(roundtrip::<SftExample>(e.clone()), e);
+    }
+
+    #[test]
+    fn sample_without_provenance_parses_and_adds_none() {
+        let s = json!({"id": "p1/0", "prompt_id": "p1", "sample": 0, "task": "math", "prompt": "1+1?",
+            "messages": [{"role": "user", "content": "1+1?"}], "reasoning": "r", "content": "\\boxed{2}"});
+        assert_eq!(roundtrip::<Sample>(s.clone()), s);
+    }
+
+    #[test]
+    fn training_messages_of_each_kind() {
+        let user = json!({"role": "user", "content": "q"});
+        let turn = json!({"role": "assistant", "content": assistant_turn("r", "a")});
+        let cases = [
+            (json!({"messages": [user, turn]}), Some(json!([user, turn]))),
+            (json!({"messages": [user], "reasoning": "r", "content": "a"}), Some(json!([user, turn]))),
+            (json!({"messages": [user, turn], "reasoning": "x", "content": "y"}), Some(json!([user, turn]))),
+            (json!({"messages": [user]}), Some(json!([user]))),
+            (json!({"prompt": "q", "content": "a"}), None),
+        ];
+        for (v, want) in cases {
+            let got = training_messages(v.as_object().expect("object")).map(|c| Value::Array(c.into_owned()));
+            assert_eq!(got, want, "{v}");
+        }
     }
 
     #[test]

@@ -530,16 +530,16 @@ async fn process(ctx: Arc<Ctx>, job: Job) {
                         reasoning,
                         content,
                         finish_reason: c.choices[i].finish_reason.clone(),
-                        usage: Usage { prompt_tokens, completion_tokens: outs[i] },
-                        teacher: Teacher { model: cfg.model.clone(), endpoint: ctx.endpoints[ep].label.clone() },
-                        params: Params {
+                        usage: Some(Usage { prompt_tokens, completion_tokens: outs[i] }),
+                        teacher: Some(Teacher { model: cfg.model.clone(), endpoint: ctx.endpoints[ep].label.clone() }),
+                        params: Some(Params {
                             temperature: cfg.temperature,
                             top_p: cfg.top_p,
                             max_tokens: cfg.max_tokens,
                             seed,
-                        },
-                        latency_ms,
-                        request_sha256: sha.clone(),
+                        }),
+                        latency_ms: Some(latency_ms),
+                        request_sha256: Some(sha.clone()),
                         verdict: None,
                         extra: extra.clone(),
                     };

@@ -30,6 +30,10 @@ pub struct ScoreConfig {
     pub limit: usize,
     /// Where records that cannot be scored go, with file, line and reason.
     pub rejects: PathBuf,
+    /// Column renames applied before the public layouts are recognised: `field = "column"`
+    /// reads `column` as distill's `field` (`--map field=column`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ScoreConfig {
@@ -41,6 +45,7 @@ impl Default for ScoreConfig {
             dtype: "float32".into(),
             limit: 0,
             rejects: PathBuf::from(store::DEFAULT_REJECTS),
+            map: Default::default(),
         }
     }
 }
@@ -130,15 +135,15 @@ pub fn run(cfg: &ScoreConfig) -> Result<ScoreReport, ScoreError> {
     model.freeze_base();
     let tok = load_tokenizer(&cfg.model)?;
     let rejects = store::Rejects::new("score", cfg.rejects.clone());
-    let mut input = store::Lenient::open(&cfg.path, rejects)?;
+    let mut input = store::Lenient::open(&cfg.path, rejects)?.with_layouts(store::Layouts::with_map(cfg.map.clone()));
     let (mut sum, mut tokens, mut examples) = (0f64, 0u64, 0u64);
     while let Some(item) = input.next_record() {
         let rec = item?;
-        let Some(Value::Array(messages)) = rec.value.get("messages") else {
-            input.rejects.reject_record(&rec, "no `messages` list; score reads SFT examples")?;
+        let Some(messages) = crate::record::training_messages(&rec.value) else {
+            input.rejects.reject_record(&rec, "no `messages` list; score reads SFT examples and samples")?;
             continue;
         };
-        match score_example(&model, &tok, messages) {
+        match score_example(&model, &tok, &messages) {
             Ok((s, t)) => {
                 sum += s;
                 tokens += t;

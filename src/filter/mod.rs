@@ -116,6 +116,10 @@ pub struct FilterConfig {
     pub format: Format,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Column renames applied before the public layouts are recognised: `field = "column"`
+    /// reads `column` as distill's `field` (`--map field=column`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 impl crate::config::Settings for FilterConfig {
@@ -177,6 +181,7 @@ impl Default for FilterConfig {
             records_per_shard: 100_000,
             format: Format::JsonlZst,
             progress: true,
+            map: Default::default(),
         }
     }
 }
@@ -867,7 +872,7 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
 
     let chunk = cfg.chunk.max(1);
     let mut batch: Vec<store::RawRecord> = Vec::with_capacity(chunk);
-    let mut reader = store::open(&cfg.input)?;
+    let mut reader = store::open_with(&cfg.input, &store::Layouts::with_map(cfg.map.clone()))?;
     let mut done = false;
     while !done {
         batch.clear();

@@ -41,6 +41,10 @@ pub struct InspectConfig {
     /// Print whole texts instead of eliding long ones.
     pub full: bool,
     pub seed: u64,
+    /// Column renames applied before the public layouts are recognised: `field = "column"`
+    /// reads `column` as distill's `field` (`--map field=column`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for InspectConfig {
@@ -55,6 +59,7 @@ impl Default for InspectConfig {
             rejects: PathBuf::from("distill-rejects.jsonl"),
             full: false,
             seed: 0,
+            map: Default::default(),
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct Report {
     pub by_failed_check: Counter,
     /// `funnel.json` of a `filter` output directory, when the path is one.
     pub funnel: Option<Value>,
+    /// Rows read per layout recognised (`distill` for distill's own records).
+    pub by_layout: Counter,
     pub shown: Vec<Map<String, Value>>,
     pub rejects_path: Option<PathBuf>,
 }
@@ -159,7 +166,8 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
     let mut report = Report { tokens: tokenizer.as_ref().map(|_| Default::default()), ..Report::default() };
     // inspect stops at the first bad record unless asked to skip them.
     let limit = (!cfg.skip_invalid).then_some(0);
-    let mut input = Lenient::open(&cfg.path, Rejects::new("inspect", cfg.rejects.clone()).with_limit(limit))?;
+    let mut input = Lenient::open(&cfg.path, Rejects::new("inspect", cfg.rejects.clone()).with_limit(limit))?
+        .with_layouts(store::Layouts::with_map(cfg.map.clone()));
     let mut rng = crate::rng::SplitMix(cfg.seed ^ 0x5EED);
     let mut tok_batch: TokBatch = Vec::new();
     while let Some(item) = input.next_record() {
@@ -221,6 +229,9 @@ pub fn inspect(cfg: &InspectConfig) -> Result<Report, InspectError> {
     }
     if let (Some(tok), Some(d)) = (tokenizer.as_ref(), report.tokens.as_mut()) {
         count_tokens(tok, &mut tok_batch, d);
+    }
+    for (layout, n) in input.layouts_seen() {
+        report.by_layout.add_n(layout.name(), *n);
     }
     report.torn_tails = std::mem::take(&mut input.torn_tails);
     // A filter output directory carries its funnel.
@@ -284,6 +295,7 @@ impl Report {
             "by_verdict": counter_json(&self.by_verdict),
             "by_failed_check": counter_json(&self.by_failed_check),
             "funnel": self.funnel,
+            "by_layout": counter_json(&self.by_layout),
         })
     }
 
@@ -302,6 +314,16 @@ impl Report {
         }
         for t in &self.torn_tails {
             let _ = writeln!(s, "  torn tail: {t}");
+        }
+        let foreign: Vec<String> = self
+            .by_layout
+            .sorted()
+            .into_iter()
+            .filter(|(k, _)| k != "distill")
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !foreign.is_empty() {
+            let _ = writeln!(s, "  read from rows of public layouts: {}", foreign.join(", "));
         }
         let _ =
             writeln!(s, "\n{:<18}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}", "length", "min", "p50", "p90", "p99", "max", "mean");

@@ -123,6 +123,10 @@ impl Counter {
         }
     }
 
+    pub fn add_n(&mut self, key: &str, n: u64) {
+        *self.0.entry(key.to_string()).or_insert(0) += n;
+    }
+
     /// Most frequent first, ties by name.
     pub fn sorted(&self) -> Vec<(String, u64)> {
         let mut v: Vec<_> = self.0.iter().map(|(k, c)| (k.clone(), *c)).collect();

@@ -10,6 +10,7 @@
 //! [`StoreError::TornTail`] item, which callers report rather than fail on.
 
 mod jsonl;
+pub mod layouts;
 mod parquet;
 mod rejects;
 mod shard;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use jsonl::{Durability, JsonlWriter};
+pub use layouts::{Layout, Layouts};
 pub use parquet::ParquetWriter;
 pub use rejects::{Lenient, Rejects};
 
@@ -82,6 +84,10 @@ pub enum StoreError {
     Utf8 { loc: Loc, offset: usize },
     #[error("{loc}{id}: {msg}")]
     Schema { loc: Loc, id: IdSuffix, msg: String },
+    /// A row of a recognised public layout that cannot be converted (the row is kept for the
+    /// rejects file).
+    #[error("{loc}{id}: {msg}")]
+    Layout { loc: Loc, id: IdSuffix, msg: String, record: Box<Map<String, Value>> },
     #[error(
         "{path}: torn tail after line {after_line}: {detail} (the writer was probably killed; every complete record before it was read)"
     )]
@@ -106,7 +112,16 @@ impl StoreError {
             StoreError::Json { loc, .. }
             | StoreError::NotAnObject { loc, .. }
             | StoreError::Utf8 { loc, .. }
-            | StoreError::Schema { loc, .. } => Some(loc),
+            | StoreError::Schema { loc, .. }
+            | StoreError::Layout { loc, .. } => Some(loc),
+            _ => None,
+        }
+    }
+
+    /// The record the error concerns, when it was readable.
+    pub fn record(&self) -> Option<&Map<String, Value>> {
+        match self {
+            StoreError::Layout { record, .. } => Some(record),
             _ => None,
         }
     }
@@ -218,19 +233,64 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Streams the records of a file or directory (see [`list_inputs`]).
+/// Streams the records of a file or directory (see [`list_inputs`]), each public-layout row
+/// converted into distill's records ([`layouts`]).
 pub struct RecordReader {
     files: std::vec::IntoIter<(PathBuf, Format)>,
     current: Option<Box<dyn Iterator<Item = Result<RawRecord, StoreError>> + Send>>,
+    layouts: Layouts,
+    /// Records converted but not yet given out (the samples of a `generations` row).
+    pending: std::collections::VecDeque<RawRecord>,
+    /// Rows read per layout recognised.
+    seen: std::collections::BTreeMap<Layout, u64>,
 }
 
-/// Opens a file, a directory of shards, or `-` for standard input.
+/// Opens a file, a directory of shards, or `-` for standard input. Rows of the public layouts
+/// come out as distill's records ([`layouts`]); [`RecordReader::with_layouts`] adds `--map`.
 pub fn open(path: &Path) -> Result<RecordReader, StoreError> {
     let files = list_inputs(path)?;
-    Ok(RecordReader { files: files.into_iter(), current: None })
+    Ok(RecordReader {
+        files: files.into_iter(),
+        current: None,
+        layouts: Layouts::default(),
+        pending: Default::default(),
+        seen: Default::default(),
+    })
+}
+
+/// [`open`] with column renames (`--map field=column`).
+pub fn open_with(path: &Path, layouts: &Layouts) -> Result<RecordReader, StoreError> {
+    Ok(open(path)?.with_layouts(layouts.clone()))
 }
 
 impl RecordReader {
+    /// Reads with these column renames.
+    pub fn with_layouts(mut self, layouts: Layouts) -> Self {
+        self.layouts = layouts;
+        self
+    }
+
+    /// How many rows of each layout were read so far (distill's own records included).
+    pub fn layouts_seen(&self) -> &std::collections::BTreeMap<Layout, u64> {
+        &self.seen
+    }
+
+    /// The next record as stored.
+    fn next_raw(&mut self) -> Option<Result<RawRecord, StoreError>> {
+        loop {
+            if let Some(cur) = self.current.as_mut() {
+                match cur.next() {
+                    Some(item) => return Some(item),
+                    None => self.current = None,
+                }
+            }
+            match self.open_next()? {
+                Ok(()) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
     fn open_next(&mut self) -> Option<Result<(), StoreError>> {
         let (path, format) = self.files.next()?;
         let it: Result<Box<dyn Iterator<Item = _> + Send>, StoreError> = match format {
@@ -246,14 +306,14 @@ impl Iterator for RecordReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(cur) = self.current.as_mut() {
-                match cur.next() {
-                    Some(item) => return Some(item),
-                    None => self.current = None,
-                }
+            if let Some(rec) = self.pending.pop_front() {
+                return Some(Ok(rec));
             }
-            match self.open_next()? {
-                Ok(()) => continue,
+            match self.next_raw()? {
+                Ok(rec) => match layouts::normalize(rec, &self.layouts, &mut self.pending) {
+                    Ok(layout) => *self.seen.entry(layout).or_insert(0) += 1,
+                    Err(e) => return Some(Err(e)),
+                },
                 Err(e) => return Some(Err(e)),
             }
         }

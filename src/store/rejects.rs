@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{IdSuffix, RawRecord, RecordReader, RejectsWriter, StoreError};
+use super::{IdSuffix, Layouts, RawRecord, RecordReader, RejectsWriter, StoreError};
 
 /// How many rejects are printed on stderr before only counting.
 const SHOWN: u64 = 5;
@@ -92,6 +92,18 @@ impl Lenient {
         Ok(Lenient { reader: super::open(path)?, rejects, torn_tails: Vec::new() })
     }
 
+    /// Reads with these column renames (`--map field=column`); the public layouts are
+    /// recognised either way.
+    pub fn with_layouts(mut self, layouts: Layouts) -> Self {
+        self.reader = self.reader.with_layouts(layouts);
+        self
+    }
+
+    /// How many rows of each layout were read so far.
+    pub fn layouts_seen(&self) -> &std::collections::BTreeMap<super::Layout, u64> {
+        self.reader.layouts_seen()
+    }
+
     /// The next readable record; `Err` only when the rejects file cannot be written or the
     /// stage's limit is passed.
     pub fn next_record(&mut self) -> Option<Result<RawRecord, StoreError>> {
@@ -103,7 +115,8 @@ impl Lenient {
                     self.torn_tails.push(e.to_string());
                 }
                 Err(e) if e.loc().is_some() => {
-                    if let Err(e) = self.rejects.reject(e, None) {
+                    let record = e.record().cloned();
+                    if let Err(e) = self.rejects.reject(e, record.as_ref()) {
                         return Some(Err(e));
                     }
                 }

@@ -78,6 +78,10 @@ pub struct DataConfig {
     /// masked from attention and loss). With packing the sequences are already full, so this
     /// matters mostly with `packing = false`.
     pub batch: usize,
+    /// Column renames applied before the public layouts are recognised: `field = "column"`
+    /// reads `column` as distill's `field` (`--map field=column`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for DataConfig {
@@ -91,6 +95,7 @@ impl Default for DataConfig {
             shuffle_buffer: 4096,
             seed: 42,
             batch: 1,
+            map: Default::default(),
         }
     }
 }
@@ -158,10 +163,12 @@ struct EpochStream {
     rng: Rng,
     /// Items (records or record errors) given out so far.
     emitted: u64,
+    layouts: store::Layouts,
 }
 
 impl EpochStream {
-    fn new(files: &[PathBuf], seed: u64, epoch: u64, capacity: usize) -> Self {
+    fn new(files: &[PathBuf], cfg: &DataConfig, epoch: u64) -> Self {
+        let (seed, capacity) = (cfg.seed, cfg.shuffle_buffer);
         let mut rng = Rng::derive(seed, epoch.wrapping_add(1));
         let mut files = files.to_vec();
         rng.shuffle(&mut files);
@@ -172,6 +179,7 @@ impl EpochStream {
             capacity: capacity.max(1),
             rng,
             emitted: 0,
+            layouts: store::Layouts::with_map(cfg.map.clone()),
         }
     }
 
@@ -185,7 +193,7 @@ impl EpochStream {
                 self.reader = None;
             }
             let file = self.files.next()?;
-            match store::open(&file) {
+            match store::open_with(&file, &self.layouts) {
                 Ok(r) => self.reader = Some(r),
                 Err(e) => return Some(Err(e)),
             }
@@ -433,7 +441,7 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader positioned at `pos` (replaying that epoch's stream to it).
     pub fn new(files: Vec<PathBuf>, cfg: DataConfig, encoder: &'a dyn Encode, pos: Position) -> Self {
-        let mut stream = EpochStream::new(&files, cfg.seed, pos.epoch, cfg.shuffle_buffer);
+        let mut stream = EpochStream::new(&files, &cfg, pos.epoch);
         while stream.emitted < pos.index {
             if stream.next().is_none() {
                 break;
@@ -526,7 +534,7 @@ impl<'a> Loader<'a> {
         }
         if samples.is_empty() {
             self.pos = Position { epoch: self.pos.epoch + 1, index: 0 };
-            self.stream = EpochStream::new(&self.files, self.cfg.seed, self.pos.epoch, self.cfg.shuffle_buffer);
+            self.stream = EpochStream::new(&self.files, &self.cfg, self.pos.epoch);
             self.pending = None;
             return None;
         }

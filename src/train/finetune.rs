@@ -54,11 +54,9 @@ pub struct ChatEncoder(pub ChatTokenizer);
 
 impl Encode for ChatEncoder {
     fn encode(&self, record: &Map<String, Value>) -> Result<Encoded, String> {
-        let msgs = record
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or("the record has no `messages` list (SFT examples carry one)")?;
-        let e = self.0.encode_chat(msgs, record.get("tools")).map_err(|e| e.to_string())?;
+        let msgs = crate::record::training_messages(record)
+            .ok_or("the record has no `messages` list (SFT examples and samples carry one)")?;
+        let e = self.0.encode_chat(&msgs, record.get("tools")).map_err(|e| e.to_string())?;
         let targets = e.assistant_mask.iter().map(|&m| m == 1).collect();
         Ok(Encoded { ids: e.ids, targets })
     }

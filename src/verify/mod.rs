@@ -119,6 +119,10 @@ pub struct VerifyConfig {
     /// Where unreadable records go, with file, line and reason (default: `OUT.rejects.jsonl`
     /// beside `out`, else `distill-rejects.jsonl`).
     pub rejects: Option<PathBuf>,
+    /// Column renames applied before the public layouts are recognised: `field = "column"`
+    /// reads `column` as distill's `field` (`--map field=column`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 impl VerifyConfig {
@@ -145,6 +149,7 @@ impl Default for VerifyConfig {
             chunk: 4096,
             code: code::CodeConfig::default(),
             rejects: None,
+            map: Default::default(),
         }
     }
 }
@@ -287,7 +292,8 @@ pub fn run(cfg: &VerifyConfig, verifiers: &Verifiers) -> Result<Summary, VerifyE
         }
         Ok::<(), VerifyError>(())
     };
-    let mut input = store::Lenient::open(&cfg.input, store::Rejects::new("verify", cfg.rejects_path()))?;
+    let mut input = store::Lenient::open(&cfg.input, store::Rejects::new("verify", cfg.rejects_path()))?
+        .with_layouts(store::Layouts::with_map(cfg.map.clone()));
     while let Some(item) = input.next_record() {
         batch.push(item?);
         if batch.len() >= chunk {
