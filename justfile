@@ -9,7 +9,7 @@ test:
     cargo test --release
 
 # Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code bench-filter bench-dedup
+bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code bench-filter bench-dedup bench-generate
 
 bench-inspect:
     bash benches/inspect_bench.sh
@@ -46,6 +46,10 @@ bench-train:
 # LoRA r16 step at 1,024 and 2,048 tokens (long chain-of-thought), distill vs PyTorch+PEFT.
 bench-lora-long:
     bash benches/lora_long_bench.sh
+
+# Generation tokens/s of SmolLM2-135M (batch 1 and 8, 128-token prompts, 256 new tokens): distill vs transformers' generate.
+bench-generate:
+    bash benches/generate_bench.sh
 
 # LoRA fine-tuning of SmolLM2-135M-Instruct (from its GGUF): distill vs transformers + PEFT.
 bench-smollm2:

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::collect::{self, CollectConfig};
 use crate::config::{self, ConfigError, Flags, Layers, Resolved, Settings};
 use crate::eval::score::{self, ScoreConfig};
+use crate::eval::{self as evaluate, EvalConfig};
 use crate::inspect::{self, InspectConfig};
 use crate::model::Checkpointing;
 use crate::model::gguf::{self, ConvertConfig};
@@ -73,6 +74,9 @@ enum Command {
     /// Deduplicate SFT examples (exact, MinHash near-duplicate prompts), decontaminate against
     /// benchmarks, and write a sharded Parquet corpus with a manifest and a dataset card.
     Dedup(Box<DedupArgs>),
+    /// Generate answers to problems with a model (or an endpoint) and score them: pass@1,
+    /// pass@k, format, truncation and EOS rates, lengths, tokens/s.
+    Eval(Box<EvalArgs>),
 }
 
 /// What the reading commands say in `--help` about the layouts they read.
@@ -140,6 +144,120 @@ impl StageArgs for ScoreArgs {
         f.opt("limit", "--limit", self.limit);
         f.opt("rejects", "--rejects", self.rejects);
         map_flag(&mut f, "map", self.map)?;
+        Ok(f)
+    }
+}
+
+/// Arguments of `distill eval`.
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// A model directory (HF layout, e.g. finetune's DIR/final) or a .gguf file; with
+    /// --endpoint, the served model's name.
+    #[arg(long)]
+    model: Option<String>,
+    /// Evaluate an OpenAI-compatible server instead (requests go to URL/chat/completions).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Prompt records (math, code, open): a file, a directory of them, or - for stdin.
+    #[arg(long, value_name = "FILE")]
+    problems: Option<PathBuf>,
+    /// Write the JSON summary here.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Write the generations as Sample records with verdicts (.jsonl, .jsonl.zst, .parquet).
+    #[arg(long, value_name = "FILE")]
+    samples: Option<PathBuf>,
+    /// Samples per problem (default 4).
+    #[arg(short = 'n')]
+    n: Option<u32>,
+    /// Sampling temperature (default 0.6; 0: greedy).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Nucleus sampling (default 0.95).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Top-k sampling (default 0: off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Longest answer in tokens (default 4096).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Sequences generated at once with a local model (default 16).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Seed of the samples (default 0): sample k of a problem always gets the same seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop sequence (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Start every answer with `<think>\n` (DeepSeek's recommendation for R1-style models).
+    #[arg(long)]
+    think_prefill: bool,
+    /// System message (as given to collect).
+    #[arg(long)]
+    system: Option<String>,
+    /// Appended to math prompts after a blank line, as collect does ("" for none).
+    #[arg(long)]
+    math_instruction: Option<String>,
+    /// Appended to code prompts after a blank line.
+    #[arg(long)]
+    code_instruction: Option<String>,
+    /// Local model weights in float32 (default) or bfloat16.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Evaluate at most N problems (default 0: all).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Endpoint: requests in flight at most (default 32).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Endpoint: environment variable holding the API key (default OPENAI_API_KEY).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Endpoint: per-attempt timeout in seconds (default 600).
+    #[arg(long)]
+    timeout_s: Option<f64>,
+    /// Endpoint: retries of a failed request (default 8).
+    #[arg(long)]
+    max_retries: Option<u32>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Where unreadable problems go, with file, line and reason (default distill-rejects.jsonl).
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
+}
+
+impl StageArgs for EvalArgs {
+    type Config = EvalConfig;
+    fn flags(self) -> anyhow::Result<Flags> {
+        let mut f = Flags::default();
+        f.opt("model", "--model", self.model);
+        f.opt("endpoint", "--endpoint", self.endpoint);
+        f.opt("problems", "--problems", self.problems);
+        f.opt("out", "--out", self.out);
+        f.opt("samples", "--samples", self.samples);
+        f.opt("n", "-n", self.n);
+        f.opt("temperature", "--temperature", self.temperature);
+        f.opt("top_p", "--top-p", self.top_p);
+        f.opt("top_k", "--top-k", self.top_k);
+        f.opt("max_new_tokens", "--max-new-tokens", self.max_new_tokens);
+        f.opt("batch", "--batch", self.batch);
+        f.opt("seed", "--seed", self.seed);
+        f.list("stop", "--stop", self.stop);
+        f.switch("think_prefill", "--think-prefill", self.think_prefill, true);
+        f.opt("system", "--system", self.system);
+        f.opt("math_instruction", "--math-instruction", self.math_instruction);
+        f.opt("code_instruction", "--code-instruction", self.code_instruction);
+        f.opt("dtype", "--dtype", self.dtype);
+        f.opt("limit", "--limit", self.limit);
+        f.opt("concurrency", "--concurrency", self.concurrency);
+        f.opt("api_key_env", "--api-key-env", self.api_key_env);
+        f.opt("timeout_s", "--timeout-s", self.timeout_s);
+        f.opt("max_retries", "--max-retries", self.max_retries);
+        f.switch("progress", "--no-progress", self.no_progress, false);
+        f.opt("rejects", "--rejects", self.rejects);
         Ok(f)
     }
 }
@@ -838,6 +956,19 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let report = crate::dedup::run(&cfg).with_context(|| format!("dedup --input {}", cfg.input.display()))?;
             eprint!("{}", report.to_text());
             Ok(if report.funnel.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
+        }
+        Command::Eval(args) => {
+            let r = resolve(*args, recipe, sets)?;
+            if cli.show_config {
+                return show(&r);
+            }
+            let cfg = r.value;
+            let report = evaluate::run(&cfg).with_context(|| format!("eval --problems {}", cfg.problems.display()))?;
+            emit(&report.summary.to_text())?;
+            if let Some(out) = &cfg.out {
+                eprintln!("eval: summary written to {}", out.display());
+            }
+            Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
         }
         Command::Convert(args) => {
             let r = resolve(args, recipe, sets)?;

@@ -252,6 +252,27 @@ pub struct SftExample {
     pub extra: Extra,
 }
 
+/// The DeepSeek-R1 recommendation for math prompts.
+pub const DEFAULT_MATH_INSTRUCTION: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
+
+/// The messages a prompt is asked with: an optional system message, then the prompt with its
+/// task's instruction appended after a blank line (none for `open`). `collect` asks the teacher
+/// with these and `eval` asks the student the same, so a student is asked what it was taught.
+pub fn prompt_messages(p: &Prompt, system: Option<&str>, math_instruction: &str, code_instruction: &str) -> Vec<Message> {
+    let mut msgs = Vec::with_capacity(2);
+    if let Some(sys) = system.filter(|s| !s.is_empty()) {
+        msgs.push(Message::new("system", sys));
+    }
+    let instr = match p.task {
+        Task::Math => math_instruction,
+        Task::Code => code_instruction,
+        Task::Open => "",
+    };
+    let text = if instr.is_empty() { p.prompt.clone() } else { format!("{}\n\n{instr}", p.prompt) };
+    msgs.push(Message::new("user", text));
+    msgs
+}
+
 /// The assistant turn of an SFT example: `<think>\n{reasoning}\n</think>\n\n{content}`.
 pub fn assistant_turn(reasoning: &str, content: &str) -> String {
     format!("<think>\n{reasoning}\n</think>\n\n{content}")

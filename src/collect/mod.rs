@@ -37,12 +37,11 @@ use sha2::{Digest, Sha256};
 use crate::client::limiter::{Balancer, TokenBucket};
 use crate::client::retry::{self, Backoff};
 use crate::client::{Client, extract};
-use crate::record::{Message, Params, Prompt, Sample, Task, Teacher, Usage};
+use crate::record::{Message, Params, Prompt, Sample, Teacher, Usage};
 use crate::store::{self, Durability, JsonlWriter, Lenient, Rejects, StoreError};
 use resume::{Done, id_key};
 
-/// The DeepSeek-R1 recommendation for math prompts.
-pub const DEFAULT_MATH_INSTRUCTION: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
+pub use crate::record::DEFAULT_MATH_INSTRUCTION;
 
 /// Which existing samples to request again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -380,18 +379,7 @@ const SAMPLE_FIELDS: [&str; 20] = [
 ];
 
 fn build_messages(cfg: &CollectConfig, p: &Prompt) -> Vec<Message> {
-    let mut msgs = Vec::with_capacity(2);
-    if let Some(sys) = cfg.system.as_deref().filter(|s| !s.is_empty()) {
-        msgs.push(Message::new("system", sys));
-    }
-    let instr = match p.task {
-        Task::Math => cfg.math_instruction.as_str(),
-        Task::Code => cfg.code_instruction.as_str(),
-        Task::Open => "",
-    };
-    let text = if instr.is_empty() { p.prompt.clone() } else { format!("{}\n\n{instr}", p.prompt) };
-    msgs.push(Message::new("user", text));
-    msgs
+    crate::record::prompt_messages(p, cfg.system.as_deref(), &cfg.math_instruction, &cfg.code_instruction)
 }
 
 /// The request body without transport fields, and its sha256.

@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod config;
 pub mod decoder;
+pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod lora;
