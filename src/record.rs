@@ -258,7 +258,12 @@ pub const DEFAULT_MATH_INSTRUCTION: &str = "Please reason step by step, and put 
 /// The messages a prompt is asked with: an optional system message, then the prompt with its
 /// task's instruction appended after a blank line (none for `open`). `collect` asks the teacher
 /// with these and `eval` asks the student the same, so a student is asked what it was taught.
-pub fn prompt_messages(p: &Prompt, system: Option<&str>, math_instruction: &str, code_instruction: &str) -> Vec<Message> {
+pub fn prompt_messages(
+    p: &Prompt,
+    system: Option<&str>,
+    math_instruction: &str,
+    code_instruction: &str,
+) -> Vec<Message> {
     let mut msgs = Vec::with_capacity(2);
     if let Some(sys) = system.filter(|s| !s.is_empty()) {
         msgs.push(Message::new("system", sys));

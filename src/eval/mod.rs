@@ -275,12 +275,8 @@ fn read_problems(cfg: &EvalConfig) -> Result<(Vec<Problem>, store::Rejects), Eva
     while let Some(item) = input.next_record() {
         let rec = item?;
         let Some(p) = input.parse::<Prompt>(rec)? else { continue };
-        let messages = crate::record::prompt_messages(
-            &p,
-            cfg.system.as_deref(),
-            &cfg.math_instruction,
-            &cfg.code_instruction,
-        );
+        let messages =
+            crate::record::prompt_messages(&p, cfg.system.as_deref(), &cfg.math_instruction, &cfg.code_instruction);
         problems.push(Problem { prompt: p, messages });
         if cfg.limit > 0 && problems.len() >= cfg.limit {
             break;

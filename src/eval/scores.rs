@@ -310,10 +310,10 @@ mod tests {
             (1, 0, 1, 0.0),
             (4, 1, 1, 0.25),
             (4, 2, 1, 0.5),
-            (4, 1, 2, 0.5),            // 1 - C(3,2)/C(4,2) = 1 - 3/6
-            (4, 2, 2, 5.0 / 6.0),      // 1 - C(2,2)/C(4,2) = 1 - 1/6
-            (4, 3, 2, 1.0),            // fewer failures than k
-            (5, 2, 3, 0.9),            // 1 - C(3,3)/C(5,3) = 1 - 1/10
+            (4, 1, 2, 0.5),                 // 1 - C(3,2)/C(4,2) = 1 - 3/6
+            (4, 2, 2, 5.0 / 6.0),           // 1 - C(2,2)/C(4,2) = 1 - 1/6
+            (4, 3, 2, 1.0),                 // fewer failures than k
+            (5, 2, 3, 0.9),                 // 1 - C(3,3)/C(5,3) = 1 - 1/10
             (10, 3, 4, 1.0 - 35.0 / 210.0), // 1 - C(7,4)/C(10,4)
             (4, 0, 4, 0.0),
             (4, 4, 4, 1.0),
@@ -361,13 +361,8 @@ mod tests {
             samples: vec![s(true, 10), s(false, 20)],
             failed: 2,
         };
-        let open = ProblemScore {
-            id: "c".into(),
-            task: "open".into(),
-            scored: false,
-            samples: vec![s(false, 5)],
-            failed: 0,
-        };
+        let open =
+            ProblemScore { id: "c".into(), task: "open".into(), scored: false, samples: vec![s(false, 5)], failed: 0 };
         let sum = Summary { problems: vec![a, b, open], n: 4, seconds: 2.0 };
         let (p1, se) = sum.pass_at_1().expect("scored");
         assert!((p1 - (0.25 + 0.5) / 2.0).abs() < 1e-12);
@@ -380,7 +375,8 @@ mod tests {
         // pass@4: only a has 4 samples: 1 - C(3,4)/C(4,4) = 1.
         assert_eq!(pk[&4], (1.0, 1));
         let j = sum.to_json(Map::new());
-        for key in ["pass_at_1", "pass_at_k", "format_rate", "truncated_rate", "eos_rate", "mean_tokens", "n", "problems"]
+        for key in
+            ["pass_at_1", "pass_at_k", "format_rate", "truncated_rate", "eos_rate", "mean_tokens", "n", "problems"]
         {
             assert!(j.get(key).is_some(), "{key} in {j}");
         }
