@@ -216,16 +216,16 @@ fn judge(cfg: &EvalConfig, problems: &[Problem], verifiers: &Verifiers, g: &Gen)
         reasoning,
         content: content.clone(),
         finish_reason: g.finish_reason.clone(),
-        usage: Usage { prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens },
-        teacher: Teacher { model: cfg.model.clone(), endpoint: g.endpoint.clone() },
-        params: Params {
+        usage: Some(Usage { prompt_tokens: g.prompt_tokens, completion_tokens: g.tokens }),
+        teacher: Some(Teacher { model: cfg.model.clone(), endpoint: g.endpoint.clone() }),
+        params: Some(Params {
             temperature: cfg.temperature,
             top_p: cfg.top_p,
             max_tokens: Some(cfg.max_new_tokens as u64),
             seed: g.seed,
-        },
-        latency_ms: g.latency_ms,
-        request_sha256: String::new(),
+        }),
+        latency_ms: Some(g.latency_ms),
+        request_sha256: None,
         verdict: None,
         extra: Default::default(),
     };
