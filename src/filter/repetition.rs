@@ -261,7 +261,10 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
             let mut h = words[..n].iter().fold(0u64, |a, w| a.wrapping_mul(ROLL).wrapping_add(w.0));
             for i in 0..=m - n {
                 if i > 0 {
-                    h = h.wrapping_sub(words[i - 1].0.wrapping_mul(top)).wrapping_mul(ROLL).wrapping_add(words[i + n - 1].0);
+                    h = h
+                        .wrapping_sub(words[i - 1].0.wrapping_mul(top))
+                        .wrapping_mul(ROLL)
+                        .wrapping_add(words[i + n - 1].0);
                 }
                 let slot = t.add(h, chars(i, i + n));
                 if k < 3 {
