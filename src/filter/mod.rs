@@ -725,9 +725,50 @@ impl Spill {
     }
 }
 
+/// A [`ShardedWriter`] on its own thread (serialising and compressing overlap the checks);
+/// records are written in the order they are sent.
+struct WriterThread {
+    tx: Option<std::sync::mpsc::SyncSender<Value>>,
+    handle: Option<std::thread::JoinHandle<Result<Vec<store::ShardInfo>, StoreError>>>,
+}
+
+impl WriterThread {
+    fn spawn(mut w: ShardedWriter) -> WriterThread {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Value>(256);
+        let handle = std::thread::spawn(move || {
+            for v in rx {
+                w.write_value(&v)?;
+            }
+            w.finish()
+        });
+        WriterThread { tx: Some(tx), handle: Some(handle) }
+    }
+
+    fn write_value(&mut self, v: Value) -> Result<(), FilterError> {
+        if self.tx.as_ref().is_some_and(|tx| tx.send(v).is_ok()) {
+            return Ok(());
+        }
+        // The thread stopped early: it holds the error.
+        self.join().map(|_| ())
+    }
+
+    fn join(&mut self) -> Result<Vec<store::ShardInfo>, FilterError> {
+        self.tx = None;
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => Ok(r?),
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => Err(FilterError::Config("output writer already stopped".into())),
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<store::ShardInfo>, FilterError> {
+        self.join()
+    }
+}
+
 struct Outputs {
-    kept: ShardedWriter,
-    rejects: ShardedWriter,
+    kept: WriterThread,
+    rejects: WriterThread,
     invalid: RejectsWriter,
 }
 
@@ -739,7 +780,7 @@ impl Outputs {
             v.insert("reject_reason".into(), Value::String(w));
             v.insert("kept".into(), Value::Bool(false));
         }
-        Ok(self.rejects.write_value(&Value::Object(rec))?)
+        self.rejects.write_value(Value::Object(rec))
     }
 }
 
@@ -774,7 +815,7 @@ fn finish_prompt(
     for (i, h) in held.into_iter().enumerate() {
         if keep.binary_search(&i).is_ok() {
             let ex = sft_example(&h.record, &h.id, &h.prompt_id, pass_rate, st.n);
-            outs.kept.write_value(&ex)?;
+            outs.kept.write_value(ex)?;
             funnel.samples_out += 1;
         } else {
             funnel.selection_removed_samples += 1;
@@ -843,8 +884,13 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
         }
     }
     let mut outs = Outputs {
-        kept: ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?,
-        rejects: ShardedWriter::new(&out.join("rejects"), "samples", cfg.format, cfg.records_per_shard)?,
+        kept: WriterThread::spawn(ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?),
+        rejects: WriterThread::spawn(ShardedWriter::new(
+            &out.join("rejects"),
+            "samples",
+            cfg.format,
+            cfg.records_per_shard,
+        )?),
         invalid: RejectsWriter::new(out.join("rejects").join("invalid.jsonl")),
     };
     let mut funnel = Funnel { selection_policy: policy_name(cfg.policy), ..Funnel::default() };
@@ -872,24 +918,49 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
 
     let chunk = cfg.chunk.max(1);
     let mut batch: Vec<store::RawRecord> = Vec::with_capacity(chunk);
-    let mut reader = store::open_with(&cfg.input, &store::Layouts::with_map(cfg.map.clone()))?;
-    let mut done = false;
-    while !done {
-        batch.clear();
-        while batch.len() < chunk {
-            match reader.next() {
-                None => {
-                    done = true;
-                    break;
+    // Reading and parsing run on their own thread, a few batches ahead: each batch holds
+    // `chunk` records (or the rest), with the read errors met on the way, in order.
+    let reader = store::open_with(&cfg.input, &store::Layouts::with_map(cfg.map.clone()))?;
+    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Vec<Result<store::RawRecord, StoreError>>>(2);
+    let reader_thread = std::thread::spawn(move || {
+        let mut reader = reader;
+        loop {
+            let mut b = Vec::with_capacity(chunk);
+            let (mut oks, mut done) = (0usize, false);
+            while oks < chunk {
+                match reader.next() {
+                    None => {
+                        done = true;
+                        break;
+                    }
+                    Some(r) => {
+                        let fatal = matches!(&r, Err(e) if !e.is_torn_tail() && e.loc().is_none());
+                        oks += usize::from(r.is_ok());
+                        b.push(r);
+                        if fatal {
+                            done = true;
+                            break;
+                        }
+                    }
                 }
-                Some(Ok(r)) => batch.push(r),
-                Some(Err(e)) if e.is_torn_tail() => eprintln!("warning: {e}"),
-                Some(Err(e)) if e.loc().is_some() => {
+            }
+            if batch_tx.send(b).is_err() || done {
+                break;
+            }
+        }
+    });
+    for got in batch_rx.iter() {
+        batch.clear();
+        for r in got {
+            match r {
+                Ok(r) => batch.push(r),
+                Err(e) if e.is_torn_tail() => eprintln!("warning: {e}"),
+                Err(e) if e.loc().is_some() => {
                     funnel.records_in += 1;
                     funnel.invalid += 1;
                     outs.invalid.reject(&e, None)?;
                 }
-                Some(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
             }
         }
         let items: Vec<Item> = batch.par_drain(..).map_init(Scratch::default, |s, raw| judge(&ctx, raw, s)).collect();
@@ -966,6 +1037,7 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             }
         }
     }
+    let _ = reader_thread.join();
     pb.finish_and_clear();
     funnel.prompts_in = prompts.len() as u64;
     for st in prompts.values() {

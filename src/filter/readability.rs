@@ -24,22 +24,73 @@ pub struct ReadReport {
 
 /// Words of the longest blank-line-separated paragraph.
 pub fn longest_paragraph(text: &str) -> usize {
-    text.split("\n\n").map(|p| p.split_whitespace().count()).max().unwrap_or(0)
+    measure(text).longest
+}
+
+/// What one pass over the chain-of-thought counts.
+struct Counts {
+    /// Words of the longest paragraph (paragraphs split at `"\n\n"` as `str::split` does;
+    /// words separated by Unicode whitespace).
+    longest: usize,
+    /// Non-whitespace characters, and those of them neither letters nor digits.
+    all: usize,
+    sym: usize,
+}
+
+/// One pass over `text` (ASCII bytes directly, other characters decoded).
+fn measure(text: &str) -> Counts {
+    let b = text.as_bytes();
+    let (mut longest, mut cur, mut all, mut sym) = (0usize, 0usize, 0usize, 0usize);
+    let mut prev_ws = true;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let (ws, alnum) = if c < 0x80 {
+            if c == b'\n' && b.get(i + 1) == Some(&b'\n') {
+                longest = longest.max(cur);
+                cur = 0;
+                prev_ws = true;
+                i += 2;
+                continue;
+            }
+            i += 1;
+            (c == b' ' || (0x09..=0x0d).contains(&c), c.is_ascii_alphanumeric())
+        } else {
+            let ch = text[i..].chars().next().unwrap_or(' ');
+            i += ch.len_utf8();
+            (ch.is_whitespace(), ch.is_alphanumeric())
+        };
+        if ws {
+            prev_ws = true;
+        } else {
+            cur += usize::from(prev_ws);
+            prev_ws = false;
+            all += 1;
+            sym += usize::from(!alnum);
+        }
+    }
+    Counts { longest: longest.max(cur), all, sym }
+}
+
+/// Non-overlapping occurrences of "```", left to right (as `str::matches` counts them).
+fn count_fences(text: &str) -> usize {
+    let b = text.as_bytes();
+    let (mut n, mut i) = (0, 0);
+    while i + 3 <= b.len() {
+        if b[i] == b'`' && b[i + 1] == b'`' && b[i + 2] == b'`' {
+            n += 1;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    n
 }
 
 /// Measures and judges.
 pub fn check(reasoning: &str, answer: &str, code_task: bool, p: &ReadParams) -> ReadReport {
-    let longest = longest_paragraph(reasoning);
-    let fences = reasoning.matches("```").count();
-    let (mut sym, mut all) = (0usize, 0usize);
-    for c in reasoning.chars() {
-        if !c.is_whitespace() {
-            all += 1;
-            if !c.is_alphanumeric() {
-                sym += 1;
-            }
-        }
-    }
+    let Counts { longest, all, sym } = measure(reasoning);
+    let fences = count_fences(reasoning);
     let share = if all == 0 { 0.0 } else { sym as f64 / all as f64 };
     let mut problem = None;
     if longest > p.max_paragraph_words {
@@ -52,7 +103,7 @@ pub fn check(reasoning: &str, answer: &str, code_task: bool, p: &ReadParams) -> 
             share * 100.0,
             p.max_symbol_share * 100.0
         ));
-    } else if fences % 2 == 1 || answer.matches("```").count() % 2 == 1 {
+    } else if fences % 2 == 1 || count_fences(answer) % 2 == 1 {
         problem = Some("unclosed ``` code fence".into());
     } else if super::format::boxed_values(answer).is_err() {
         problem = Some("unclosed \\boxed{ in the answer".into());

@@ -5,8 +5,6 @@
 //!
 //! In: a text and [`RepParams`]. Out: a [`RepReport`]. Self-contained (std only).
 
-use std::hash::Hasher;
-
 /// Thresholds; a share above its threshold fails.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RepParams {
@@ -60,88 +58,172 @@ pub struct RepReport {
     pub problem: Option<String>,
 }
 
-/// FNV-1a-style 64-bit hasher with a final mix (fast, deterministic).
-#[derive(Default)]
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^ (x >> 33)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
+/// FNV-1a 64-bit over bytes with a final mix (words: short, so byte by byte is fine).
 fn hash(s: &[u8]) -> u64 {
-    let mut h = Fx::default();
-    h.write(s);
-    h.finish()
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in s {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    fmix(h)
 }
 
-fn mix(a: u64, b: u64) -> u64 {
-    (a.rotate_left(5) ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+fn fmix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
+
+/// A 64-bit hash of a longer byte string (lines, paragraphs, sentences), 8 bytes a step. Only
+/// equality of hashes is used, so any well-mixed 64-bit hash does.
+fn hash_long(s: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = (s.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(K);
+    }
+    fmix(h)
+}
+
+/// The base of the n-grams' rolling hash (odd).
+const ROLL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// An open-addressing table (linear probing) of 64-bit hashes to a count and a length,
+/// reused from sample to sample: a slot is live when its stamp is the current generation.
+/// Slots are 16 bytes and the load stays under 3/4, so a 3,000-word trace's table is 64 KiB.
+#[derive(Default)]
+struct Table {
+    slots: Vec<Slot>,
+    shift: u32,
+    generation: u16,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Slot {
+    key: u64,
+    count: u32,
+    /// The first occurrence's length (saturating).
+    len: u16,
+    stamp: u16,
+}
+
+impl Table {
+    /// Empties the table and makes room for `n` keys.
+    fn reset(&mut self, n: usize) {
+        let mut cap = n.next_power_of_two().max(16);
+        if n * 4 > cap * 3 {
+            cap *= 2;
+        }
+        if self.slots.len() != cap || self.generation == u16::MAX {
+            self.slots.clear();
+            self.slots.resize(cap, Slot::default());
+            self.shift = 64 - cap.trailing_zeros();
+            self.generation = 0;
+        }
+        self.generation += 1;
+    }
+
+    /// Counts one occurrence of `key` (whose item is `len` long); returns the slot (its count
+    /// includes this occurrence; its `len` is the first occurrence's).
+    #[inline]
+    fn add(&mut self, key: u64, len: usize) -> Slot {
+        let mask = self.slots.len() - 1;
+        let mut i = (fmix(key) >> self.shift) as usize;
+        loop {
+            let s = &mut self.slots[i];
+            if s.stamp != self.generation {
+                *s = Slot { key, count: 1, len: len.min(u16::MAX as usize) as u16, stamp: self.generation };
+                return *s;
+            }
+            if s.key == key {
+                s.count += 1;
+                return *s;
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// Reusable buffers.
 #[derive(Default)]
 pub struct RepScratch {
+    /// Hash and length (bytes kept) of each word.
     words: Vec<(u64, u32)>,
-    keys: Vec<(u64, u32)>,
-    marks: Vec<bool>,
+    /// Prefix sums of word lengths.
+    cum: Vec<u32>,
     sents: Vec<u64>,
+    items: Vec<(u64, u32)>,
+    table: Table,
 }
 
-/// Share of characters in items (split by `sep`) whose text occurs more than once, counting
-/// every occurrence after the first (as Gopher does).
-fn dup_share(text: &str, sep: &str, keys: &mut Vec<(u64, u32)>) -> f64 {
-    keys.clear();
-    let mut total = 0usize;
-    for (i, item) in text.split(sep).enumerate() {
-        let t = item.trim();
-        if t.is_empty() {
-            continue;
-        }
-        total += t.len();
-        keys.push((hash(t.as_bytes()), i as u32));
-        let _ = i;
-    }
+/// Share of characters in items whose text occurs more than once, counting every occurrence
+/// after the first (as Gopher does). `items`: (hash, trimmed length) of the non-empty items.
+fn dup_share(items: &[(u64, u32)], t: &mut Table) -> f64 {
+    let total: usize = items.iter().map(|x| x.1 as usize).sum();
     if total == 0 {
         return 0.0;
     }
-    // Lengths by hash: sort by (hash, index); every item after the first of its hash is a dup.
-    let lens: Vec<usize> = text.split(sep).map(|x| x.trim().len()).collect();
-    keys.sort_unstable();
+    t.reset(items.len());
     let mut dup = 0usize;
-    for w in keys.windows(2) {
-        if w[0].0 == w[1].0 {
-            dup += lens[w[1].1 as usize];
+    for &(h, len) in items {
+        if t.add(h, len as usize).count > 1 {
+            dup += len as usize;
         }
     }
     dup as f64 / total as f64
 }
 
+/// (hash, trimmed length) of the non-empty trimmed items of `text` split at `sep`
+/// (`"\n"` or `"\n\n"`, split left to right as `str::split` does).
+fn split_items(text: &str, para: bool, out: &mut Vec<(u64, u32)>) {
+    out.clear();
+    let b = text.as_bytes();
+    let mut push = |item: &str| {
+        let t = item.trim();
+        if !t.is_empty() {
+            out.push((hash_long(t.as_bytes()), t.len() as u32));
+        }
+    };
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\n' {
+            if !para {
+                push(&text[start..i]);
+                start = i + 1;
+            } else if i + 1 < b.len() && b[i + 1] == b'\n' {
+                push(&text[start..i]);
+                i += 2;
+                start = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    push(&text[start..]);
+}
+
 /// Measures `text` and judges it.
 pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
-    let mut r = RepReport {
-        dup_line_chars: dup_share(text, "\n", &mut s.keys),
-        dup_para_chars: dup_share(text, "\n\n", &mut s.keys),
-        ..RepReport::default()
-    };
+    let mut r = RepReport::default();
+    split_items(text, false, &mut s.items);
+    r.dup_line_chars = dup_share(&s.items, &mut s.table);
+    split_items(text, true, &mut s.items);
+    r.dup_para_chars = dup_share(&s.items, &mut s.table);
     // Words: hash and length of each (lower-cased ASCII, punctuation stripped).
     s.words.clear();
     let mut buf = [0u8; 64];
     let mut total_chars = 0usize;
-    for w in text.split_ascii_whitespace() {
+    for w in text.as_bytes().split(|b| b.is_ascii_whitespace()) {
         let mut n = 0;
-        for &b in w.as_bytes() {
+        for &b in w {
             if (b.is_ascii_alphanumeric() || b >= 0x80) && n < buf.len() {
                 buf[n] = b.to_ascii_lowercase();
                 n += 1;
@@ -155,60 +237,79 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
     }
     let words = &s.words;
     if total_chars > 0 && words.len() >= MIN_WORDS {
-        // Top n-gram share for n = 2, 3, 4: characters of the most frequent n-gram's
-        // occurrences over all characters.
-        for (k, n) in [2usize, 3, 4].into_iter().enumerate() {
-            s.keys.clear();
-            for (i, win) in words.windows(n).enumerate() {
-                let h = win.iter().fold(0u64, |a, w| mix(a, w.0));
-                s.keys.push((h, i as u32));
-            }
-            s.keys.sort_unstable();
-            let (mut best, mut i) = (0usize, 0usize);
-            while i < s.keys.len() {
-                let mut j = i;
-                while j < s.keys.len() && s.keys[j].0 == s.keys[i].0 {
-                    j += 1;
-                }
-                let start = s.keys[i].1 as usize;
-                let chars: usize = words[start..start + n].iter().map(|w| w.1 as usize).sum();
-                best = best.max(chars * (j - i));
-                i = j;
-            }
-            r.top_ngram[k] = best as f64 / total_chars as f64;
+        s.cum.clear();
+        s.cum.push(0);
+        let mut acc = 0u32;
+        for w in words {
+            acc += w.1;
+            s.cum.push(acc);
         }
-        // Duplicated n-grams, n = 5 and 10: characters of words covered by an n-gram seen
-        // earlier in the text.
-        for (n, slot) in [(5usize, &mut r.dup_5gram), (10usize, &mut r.dup_10gram)] {
-            if words.len() < n {
-                continue;
-            }
-            s.keys.clear();
-            for (i, win) in words.windows(n).enumerate() {
-                s.keys.push((win.iter().fold(0u64, |a, w| mix(a, w.0)), i as u32));
-            }
-            s.keys.sort_unstable();
-            s.marks.clear();
-            s.marks.resize(words.len(), false);
-            for w in s.keys.windows(2) {
-                if w[0].0 == w[1].0 {
-                    let st = w[1].1 as usize;
-                    for m in &mut s.marks[st..st + n] {
-                        *m = true;
-                    }
+        let cum = &s.cum;
+        let chars = |a: usize, b: usize| (cum[b] - cum[a]) as usize;
+        // Top n-gram (n = 2, 3, 4): characters of the most frequent n-gram's occurrences.
+        // Duplicated n-grams (n = 5, 10): characters of words covered by an n-gram seen
+        // earlier in the text. One pass (and one cache-sized table) per n.
+        let m = words.len();
+        let mut best = [0usize; 3];
+        let mut dup = [0usize; 2];
+        for (k, n) in [2usize, 3, 4, 5, 10].into_iter().enumerate() {
+            let t = &mut s.table;
+            t.reset(m + 1 - n);
+            let mut covered = 0usize;
+            // A rolling polynomial hash of the window's word hashes (only equality matters).
+            let top = (1..n).fold(1u64, |a, _| a.wrapping_mul(ROLL));
+            let mut h = words[..n].iter().fold(0u64, |a, w| a.wrapping_mul(ROLL).wrapping_add(w.0));
+            for i in 0..=m - n {
+                if i > 0 {
+                    h = h
+                        .wrapping_sub(words[i - 1].0.wrapping_mul(top))
+                        .wrapping_mul(ROLL)
+                        .wrapping_add(words[i + n - 1].0);
+                }
+                let slot = t.add(h, chars(i, i + n));
+                if k < 3 {
+                    best[k] = best[k].max(slot.len as usize * slot.count as usize);
+                } else if slot.count > 1 {
+                    let from = i.max(covered);
+                    dup[k - 3] += chars(from, i + n);
+                    covered = i + n;
                 }
             }
-            let dup: usize = words.iter().zip(&s.marks).filter(|(_, m)| **m).map(|(w, _)| w.1 as usize).sum();
-            *slot = dup as f64 / total_chars as f64;
         }
+        for k in 0..3 {
+            r.top_ngram[k] = best[k] as f64 / total_chars as f64;
+        }
+        r.dup_5gram = dup[0] as f64 / total_chars as f64;
+        r.dup_10gram = dup[1] as f64 / total_chars as f64;
     }
-    // Back-to-back repeats of units of 1..=4 sentences.
+    // Back-to-back repeats of units of 1..=4 sentences (sentences end at . ! ? \n and 。).
     s.sents.clear();
-    for sent in text.split(['.', '!', '?', '\n', '。']) {
-        let t = sent.trim();
-        if !t.is_empty() {
-            s.sents.push(hash(t.as_bytes()));
+    {
+        let b = text.as_bytes();
+        let mut push = |a: usize, e: usize| {
+            let t = text[a..e].trim();
+            if !t.is_empty() {
+                s.sents.push(hash_long(t.as_bytes()));
+            }
+        };
+        let (mut start, mut i) = (0usize, 0usize);
+        while i < b.len() {
+            match b[i] {
+                b'.' | b'!' | b'?' | b'\n' => {
+                    push(start, i);
+                    start = i + 1;
+                }
+                0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x82) => {
+                    push(start, i);
+                    start = i + 3;
+                    i += 3;
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
         }
+        push(start, b.len());
     }
     for period in 1..=4usize {
         let mut run = 0usize;
