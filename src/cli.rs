@@ -73,6 +73,20 @@ enum Command {
     /// Deduplicate SFT examples (exact, MinHash near-duplicate prompts), decontaminate against
     /// benchmarks, and write a sharded Parquet corpus with a manifest and a dataset card.
     Dedup(Box<DedupArgs>),
+    /// Run a recipe's stages in order (problems, collect, filter, dedup, student, eval-before,
+    /// finetune, eval-after, report), skipping those already done with the same settings and
+    /// inputs; report.json and report.md under the recipe's out_dir.
+    Run(RunArgs),
+}
+
+/// Arguments of `distill run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The recipe (TOML; see recipes/). `--set TABLE.KEY=VALUE` overrides one of its keys.
+    recipe_file: PathBuf,
+    /// Run only these stages (comma-separated), in pipeline order.
+    #[arg(long, value_delimiter = ',')]
+    stages: Vec<String>,
 }
 
 /// What the reading commands say in `--help` about the layouts they read.
@@ -838,6 +852,18 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let report = crate::dedup::run(&cfg).with_context(|| format!("dedup --input {}", cfg.input.display()))?;
             eprint!("{}", report.to_text());
             Ok(if report.funnel.invalid > 0 { Outcome::Rejected } else { Outcome::Ok })
+        }
+        Command::Run(args) => {
+            if recipe.is_some() {
+                anyhow::bail!("distill run takes the recipe as its argument: distill run RECIPE (drop --recipe)");
+            }
+            if cli.show_config {
+                emit(&crate::run::show_config(&args.recipe_file, sets)?)?;
+                return Ok(Outcome::Ok);
+            }
+            crate::run::run(&args.recipe_file, &args.stages, sets)
+                .with_context(|| format!("run {}", args.recipe_file.display()))?;
+            Ok(Outcome::Ok)
         }
         Command::Convert(args) => {
             let r = resolve(args, recipe, sets)?;
