@@ -217,7 +217,12 @@ pub fn resolve_unchecked<T: Settings>(layers: &Layers) -> Result<Resolved<T>, Co
         leaf_keys(&raw, "", &mut leaves);
         for key in leaves {
             let name = spelled.get(&key).map_or_else(|| key.rsplit('.').next().unwrap_or(&key), String::as_str);
-            let line = key_line(&text, name).or_else(|| key_line(&text, &format!("[{table}]"))).unwrap_or(1);
+            // The key's line inside its table (`[table]` or `[table.sub]`), else the header's.
+            let header = key_line(&text, &format!("[{table}]")).unwrap_or(1);
+            let sub = key.rsplit_once('.').map(|(parent, _)| format!("[{table}.{parent}]"));
+            let from = sub.as_deref().and_then(|h| key_line(&text, h)).unwrap_or(header);
+            let after: String = text.lines().skip(from).collect::<Vec<_>>().join("\n");
+            let line = key_line(&after, name).map(|l| l + from).unwrap_or(header);
             origins.insert(key, Origin::Recipe { path: path.clone(), line });
         }
         merge(&mut merged, raw);

@@ -177,6 +177,16 @@ impl Recipe {
     /// Resolves `T` from its table and the `--set`s; `fill` are the runner's values, applied
     /// only to keys no layer set (a recipe naming `[collect] prompts` keeps its own).
     pub fn resolve<T: Settings>(&self, fill: &[(&'static str, toml::Value)]) -> Result<Resolved<T>, ConfigError> {
+        self.resolve_checked(fill, true)
+    }
+
+    /// [`Recipe::resolve`]; with `check` false, required keys may stay empty (`--show-config`
+    /// of a recipe whose stage gets them later). Unknown keys and wrong types fail either way.
+    fn resolve_checked<T: Settings>(
+        &self,
+        fill: &[(&'static str, toml::Value)],
+        check: bool,
+    ) -> Result<Resolved<T>, ConfigError> {
         let layers = Layers {
             recipe: self.has(T::TABLE).then(|| self.path.clone()),
             sets: self.sets_for(T::TABLE),
@@ -188,12 +198,10 @@ impl Recipe {
             .filter(|(k, _)| !first.origins.is_set(k))
             .map(|(k, v)| FlagValue { key: k, value: v.clone(), flag: "distill run" })
             .collect();
-        if flags.is_empty() {
-            first.value.validate().map_err(|msg| self.invalid::<T>(msg))?;
-            return Ok(first);
+        let r = if flags.is_empty() { first } else { config::resolve_unchecked::<T>(&Layers { flags, ..layers })? };
+        if check {
+            r.value.validate().map_err(|msg| self.invalid::<T>(msg))?;
         }
-        let r = config::resolve_unchecked::<T>(&Layers { flags, ..layers })?;
-        r.value.validate().map_err(|msg| self.invalid::<T>(msg))?;
         Ok(r)
     }
 
@@ -212,6 +220,10 @@ impl Recipe {
             table: T::TABLE.into(),
             msg: format!("{msg} (recipe {}: add it to [{}] or --set {}.KEY=VALUE)", self.path.display(), T::TABLE, T::TABLE),
         }
+    }
+
+    fn show_one<T: Settings>(&self, fill: &[(&'static str, toml::Value)]) -> Result<Resolved<T>, ConfigError> {
+        self.resolve_checked(fill, false)
     }
 
     /// `[run]`, with the name and output directory filled in.
@@ -234,10 +246,10 @@ impl Recipe {
         let p = |s: &str| toml::Value::String(out.join(s).display().to_string());
         let mut text = run.show()?;
         text.push('\n');
-        text.push_str(&self.resolve::<ProblemsConfig>(&problems_fill(&out))?.show()?);
+        text.push_str(&self.show_one::<ProblemsConfig>(&problems_fill(&out))?.show()?);
         text.push('\n');
         if run.value.teacher == Teacher::Sim {
-            text.push_str(&self.resolve::<SimConfig>(&[])?.show()?);
+            text.push_str(&self.show_one::<SimConfig>(&[])?.show()?);
             text.push('\n');
         }
         let endpoint = toml::Value::Array(vec![toml::Value::String("http://127.0.0.1:PORT/v1".into())]);
@@ -251,11 +263,11 @@ impl Recipe {
         } else {
             vec![("prompts", p("problems/train.jsonl")), ("out", p("collect"))]
         };
-        text.push_str(&self.resolve::<CollectConfig>(&collect_fill)?.show()?);
+        text.push_str(&self.show_one::<CollectConfig>(&collect_fill)?.show()?);
         text.push('\n');
-        text.push_str(&self.resolve::<FilterConfig>(&[("input", p("collect")), ("out", p("filter"))])?.show()?);
+        text.push_str(&self.show_one::<FilterConfig>(&[("input", p("collect")), ("out", p("filter"))])?.show()?);
         text.push('\n');
-        text.push_str(&self.resolve::<StudentConfig>(&[])?.show()?);
+        text.push_str(&self.show_one::<StudentConfig>(&[])?.show()?);
         text.push('\n');
         text.push_str(
             &self
