@@ -264,6 +264,8 @@ pub fn resolve_unchecked<T: Settings>(layers: &Layers) -> Result<Resolved<T>, Co
         });
         let key = culprit.cloned().unwrap_or(named);
         let origin = culprit.map(|k| origins.get(k));
+        // serde names no key for a wrong type: say which one.
+        let msg = if !key.is_empty() && !msg.contains(&format!("`{key}`")) { format!("`{key}`: {msg}") } else { msg };
         match (origin, &layers.recipe, &recipe_text) {
             (Some(Origin::Recipe { path, line }), _, _) => {
                 ConfigError::Table { path: path.display().to_string(), line, table: table.into(), msg }
