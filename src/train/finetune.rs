@@ -218,7 +218,7 @@ mod tests {
             sets: vec!["learning_rate=1.0".into(), "max_seq_length=64".into(), "lora_r=4".into()],
             ..Default::default()
         };
-        let r = crate::config::resolve::<FinetuneConfig>(&layers).expect("aliases resolve");
+        let r = crate::config::resolve_unchecked::<FinetuneConfig>(&layers).expect("aliases resolve");
         assert_eq!(r.value.train.lr, 1.0);
         assert_eq!(r.value.train.loader.max_seq_len, 64);
         assert_eq!(r.value.lora.as_ref().map(|l| (l.rank, l.alpha)), Some((4, 8.0)));
