@@ -69,7 +69,9 @@ fn set_reaches_the_stage_and_aliases_read_as_keys() {
     assert!(shown.contains("lr = 0.5  # --set"), "{shown}");
     assert!(shown.contains("max_seq_len = 96  # --set"), "{shown}");
     // A recipe spelling keys the transformers way reads the same.
-    let r = recipe("[run]\nname = \"x\"\n[finetune]\nlearning_rate = 1e-3\nnum_train_epochs = 2\nlora_r = 4\n[collect]\nnum_generations = 3\n");
+    let r = recipe(
+        "[run]\nname = \"x\"\n[finetune]\nlearning_rate = 1e-3\nnum_train_epochs = 2\nlora_r = 4\n[collect]\nnum_generations = 3\n",
+    );
     let o = run(&["run", r.path().to_str().expect("utf-8"), "--show-config"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let shown = String::from_utf8_lossy(&o.stdout);
@@ -148,12 +150,13 @@ fn demo_recipe_end_to_end_small_then_skips_everything() {
     assert_eq!(st["filter"]["samples_in"].as_u64(), Some(collected));
     let kept = st["filter"]["samples_out"].as_u64().expect("kept");
     assert!(kept > 0 && kept < collected, "the faults leave something to filter: {kept}/{collected}");
-    let (train, val, dups) = (
-        st["dedup"]["train"].as_u64().expect("train"),
-        st["dedup"]["validation"].as_u64().expect("validation"),
-        st["dedup"]["exact_duplicates"].as_u64().expect("dups"),
-    );
-    assert_eq!(train + val + dups, kept);
+    let d = &st["dedup"];
+    let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("dedup {k}: {d}"));
+    let (train, val) = (n("train"), n("validation"));
+    assert_eq!(n("input"), kept);
+    let removed =
+        n("invalid") + n("exact_duplicates") + n("near_duplicates") + n("contaminated") + n("over_max_per_prompt");
+    assert_eq!(train + val + removed, kept, "{d}");
     assert!(val > 0 && train > 0);
     // Held-out prompts are disjoint from the training prompts.
     let prompts = |p: &Path| -> Vec<String> {

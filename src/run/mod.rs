@@ -22,12 +22,16 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::collect::{self, CollectConfig};
+use crate::dedup::{self, DedupConfig};
 use crate::eval::score::{self, ScoreConfig};
 use crate::filter::{self, FilterConfig};
 use crate::problems::{self, ProblemsConfig};
-use crate::store::{self, Format, Manifest, ShardedWriter};
+use crate::store;
 use crate::teacher_sim::{self, SimConfig};
-use crate::train::{checkpoint, finetune::{self, FinetuneConfig}};
+use crate::train::{
+    checkpoint,
+    finetune::{self, FinetuneConfig},
+};
 use crate::verify::Verifiers;
 
 use recipe::{Recipe, RunConfig, STAGES, Teacher};
@@ -297,7 +301,6 @@ impl Runner {
         })
     }
 
-
     fn filter(&mut self) -> anyhow::Result<()> {
         let fill = [
             ("input", self.path("collect")),
@@ -317,46 +320,27 @@ impl Runner {
         })
     }
 
-    /// The corpus: exact duplicates removed, prompts split into train and validation.
-    /// (`distill dedup` — MinHash near-duplicates and decontamination — plugs in here once merged.)
+    /// The corpus: `distill dedup` (exact and near-duplicate prompts, decontamination against
+    /// the held-out problems, a validation split of prompt clusters) into Parquet shards.
     fn dedup(&mut self) -> anyhow::Result<()> {
-        let share = self.run.validation_share;
-        let sha = sha_hex(format!("split-exact/{share}").as_bytes());
-        let kept = self.dir("filter").join("kept");
-        self.stage("dedup", sha, &["filter"], move |r| {
-            let dir = r.dir("dedup");
-            let data = dir.join("data");
-            let _ = std::fs::remove_dir_all(&data);
-            let mut train = ShardedWriter::new(&data, "train", Format::JsonlZst, 100_000)?;
-            let mut val = ShardedWriter::new(&data, "validation", Format::JsonlZst, 100_000)?;
-            let mut seen = std::collections::HashSet::new();
-            let (mut n_in, mut dups, mut n_train, mut n_val) = (0u64, 0u64, 0u64, 0u64);
-            for rec in store::open(&kept)? {
-                let rec = rec?;
-                n_in += 1;
-                let msgs = rec.value.get("messages").map(Value::to_string).unwrap_or_default();
-                if !seen.insert(sha_hex(msgs.as_bytes())) {
-                    dups += 1;
-                    continue;
-                }
-                let pid = rec.value.get("prompt_id").and_then(Value::as_str).map(str::to_string).or_else(|| rec.id());
-                let h = Sha256::digest(pid.unwrap_or_default().as_bytes());
-                let u = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) as f64 / u64::MAX as f64;
-                if u < share {
-                    val.write_value(&Value::Object(rec.value))?;
-                    n_val += 1;
-                } else {
-                    train.write_value(&Value::Object(rec.value))?;
-                    n_train += 1;
-                }
-            }
-            let mut shards = train.finish()?;
-            shards.extend(val.finish()?);
-            let config = json!({"exact_dedup": "sha256 of messages", "validation_share": share});
-            Manifest::new(&dir, "distill run (corpus split; distill dedup pending)", config, shards).write(&dir)?;
-            eprintln!("run: corpus: {n_in} examples in, {dups} exact duplicates removed, {n_train} train, {n_val} validation");
-            Ok(json!({"examples_in": n_in, "exact_duplicates": dups, "train": n_train, "validation": n_val,
-                      "method": "exact dedup + prompt-level split (distill dedup not merged yet)"}))
+        let heldout = self.dir("problems").join("heldout.jsonl");
+        let mut fill = vec![
+            ("input", self.path("filter/kept")),
+            ("out", self.path("dedup")),
+            ("validation_fraction", toml::Value::Float(self.run.validation_share)),
+        ];
+        if heldout.is_file() {
+            let spec = format!("{}:prompt", heldout.display());
+            fill.push(("decontam", toml::Value::Array(vec![toml::Value::String(spec)])));
+        }
+        let cfg = self.recipe.resolve::<DedupConfig>(&fill)?.value;
+        let sha = settings_sha(&cfg, &["input", "out", "decontam"]);
+        let inputs: &[&str] = if heldout.is_file() { &["filter", "problems"] } else { &["filter"] };
+        self.stage("dedup", sha, inputs, move |_| {
+            let _ = std::fs::remove_dir_all(cfg.out.join("data"));
+            let report = dedup::run(&cfg).map_err(anyhow::Error::from)?;
+            eprint!("{}", report.to_text());
+            Ok(serde_json::to_value(&report.funnel)?)
         })
     }
 
@@ -369,12 +353,17 @@ impl Runner {
             let dir = r.dir("student");
             if let Some(model) = &cfg.model {
                 if !model.exists() {
-                    bail!("[student] model = {:?} does not exist; point it at a Hugging Face model directory or a .gguf", model);
+                    bail!(
+                        "[student] model = {:?} does not exist; point it at a Hugging Face model directory or a .gguf",
+                        model
+                    );
                 }
                 if model.extension().is_some_and(|e| e == "gguf") {
                     let rep = crate::model::gguf::convert(model, &dir, candle_core::DType::F32)
                         .with_context(|| format!("[student] model = {}", model.display()))?;
-                    return Ok(json!({"source": model.display().to_string(), "params": rep.params, "layers": rep.layers}));
+                    return Ok(
+                        json!({"source": model.display().to_string(), "params": rep.params, "layers": rep.layers}),
+                    );
                 }
                 return Ok(json!({"source": model.display().to_string()}));
             }
@@ -392,7 +381,11 @@ impl Runner {
             let t = student::make_tiny(&cfg, &texts, &dir).map_err(anyhow::Error::msg)?;
             eprintln!(
                 "run: student: tiny qwen2 ({} layers, hidden {}, {} parameters), BPE vocabulary {} trained on {} texts",
-                t.layers, t.hidden_size, t.params, t.vocab_size, texts.len()
+                t.layers,
+                t.hidden_size,
+                t.params,
+                t.vocab_size,
+                texts.len()
             );
             Ok(serde_json::to_value(&t)?)
         })
@@ -422,7 +415,10 @@ impl Runner {
             };
             cfg.path = first.clone();
             let rep = score::run(&cfg).map_err(anyhow::Error::from)?;
-            eprintln!("run: {stage}: held-out loss {:.4} nats/token over {} tokens ({} examples)", rep.loss, rep.tokens, rep.examples);
+            eprintln!(
+                "run: {stage}: held-out loss {:.4} nats/token over {} tokens ({} examples)",
+                rep.loss, rep.tokens, rep.examples
+            );
             let v = json!({"heldout_loss": rep.loss, "perplexity": rep.perplexity, "tokens": rep.tokens,
                            "examples": rep.examples, "pass_at_1": null, "format_rate": null,
                            "note": "held-out loss from distill score; pass@1 and format rate need distill eval"});
@@ -509,7 +505,12 @@ fn num(v: &Value, path: &[&str]) -> String {
 }
 
 fn render_md(r: &Value, out: &Path) -> String {
-    let mut s = format!("# distill run: {}\n\nRecipe `{}`, outputs in `{}`.\n\n", num(r, &["name"]).trim_matches('"'), num(r, &["recipe"]).trim_matches('"'), out.display());
+    let mut s = format!(
+        "# distill run: {}\n\nRecipe `{}`, outputs in `{}`.\n\n",
+        num(r, &["name"]).trim_matches('"'),
+        num(r, &["recipe"]).trim_matches('"'),
+        out.display()
+    );
     s.push_str("## Funnel\n\n| step | count |\n|---|---|\n");
     let st = &r["stages"];
     for (label, path) in [
@@ -521,6 +522,8 @@ fn render_md(r: &Value, out: &Path) -> String {
         ("samples kept by filter", &["filter", "samples_out"]),
         ("prompts kept by filter", &["filter", "prompts_out"]),
         ("exact duplicates removed", &["dedup", "exact_duplicates"]),
+        ("near duplicates removed", &["dedup", "near_duplicates"]),
+        ("contaminated (held-out) removed", &["dedup", "contaminated"]),
         ("corpus train examples", &["dedup", "train"]),
         ("corpus validation examples", &["dedup", "validation"]),
     ] {
@@ -546,8 +549,16 @@ fn render_md(r: &Value, out: &Path) -> String {
         num(st, &["finetune", "last_loss"])
     ));
     s.push_str("\n## Scores on held-out data\n\n| | before | after |\n|---|---|---|\n");
-    for (label, key) in [("pass@1 (distill eval)", "pass_at_1"), ("format rate (distill eval)", "format_rate"), ("held-out loss, nats/token (distill score)", "heldout_loss")] {
-        s.push_str(&format!("| {label} | {} | {} |\n", num(&r["eval"], &["before", key]), num(&r["eval"], &["after", key])));
+    for (label, key) in [
+        ("pass@1 (distill eval)", "pass_at_1"),
+        ("format rate (distill eval)", "format_rate"),
+        ("held-out loss, nats/token (distill score)", "heldout_loss"),
+    ] {
+        s.push_str(&format!(
+            "| {label} | {} | {} |\n",
+            num(&r["eval"], &["before", key]),
+            num(&r["eval"], &["after", key])
+        ));
     }
     s.push_str("\n`-`: not measured in this run (pass@1 and format rate need `distill eval`).\n");
     s.push_str("\n## Wall time\n\n| stage | seconds |\n|---|---|\n");

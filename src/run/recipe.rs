@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collect::CollectConfig;
 use crate::config::{self, ConfigError, FlagValue, Layers, Resolved, Settings};
+use crate::dedup::DedupConfig;
 use crate::eval::score::ScoreConfig;
 use crate::filter::FilterConfig;
 use crate::problems::ProblemsConfig;
@@ -137,9 +138,7 @@ impl Recipe {
             line: e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1),
             msg: e.message().to_string(),
         })?;
-        let line_of = |needle: &str| {
-            text.lines().position(|l| l.trim_start().starts_with(needle)).map_or(1, |i| i + 1)
-        };
+        let line_of = |needle: &str| text.lines().position(|l| l.trim_start().starts_with(needle)).map_or(1, |i| i + 1);
         let mut tables = Vec::new();
         for (k, v) in &doc {
             if !v.is_table() {
@@ -218,7 +217,12 @@ impl Recipe {
     fn invalid<T: Settings>(&self, msg: String) -> ConfigError {
         ConfigError::Invalid {
             table: T::TABLE.into(),
-            msg: format!("{msg} (recipe {}: add it to [{}] or --set {}.KEY=VALUE)", self.path.display(), T::TABLE, T::TABLE),
+            msg: format!(
+                "{msg} (recipe {}: add it to [{}] or --set {}.KEY=VALUE)",
+                self.path.display(),
+                T::TABLE,
+                T::TABLE
+            ),
         }
     }
 
@@ -266,6 +270,16 @@ impl Recipe {
         text.push_str(&self.show_one::<CollectConfig>(&collect_fill)?.show()?);
         text.push('\n');
         text.push_str(&self.show_one::<FilterConfig>(&[("input", p("collect")), ("out", p("filter"))])?.show()?);
+        text.push('\n');
+        text.push_str(
+            &self
+                .show_one::<DedupConfig>(&[
+                    ("input", p("filter/kept")),
+                    ("out", p("dedup")),
+                    ("validation_fraction", toml::Value::Float(run.value.validation_share)),
+                ])?
+                .show()?,
+        );
         text.push('\n');
         text.push_str(&self.show_one::<StudentConfig>(&[])?.show()?);
         text.push('\n');

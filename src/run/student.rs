@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::ModelWrapper;
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -22,7 +22,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 use crate::model::{Config, Model};
 
 /// Qwen2's pre-tokenizer pattern (digits split one by one).
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Qwen2.5's ChatML layout, without tools: `<|im_start|>role\ncontent<|im_end|>\n`, a default
 /// system turn, and `<|im_start|>assistant\n` as the generation prompt.
@@ -196,5 +197,10 @@ pub fn make_tiny(cfg: &StudentConfig, texts: &[String], out: &Path) -> Result<Ti
     });
     let bytes = serde_json::to_vec_pretty(&tcfg).map_err(|e| e.to_string())?;
     crate::store::write_atomic(&out.join("tokenizer_config.json"), &bytes).map_err(|e| e.to_string())?;
-    Ok(TinyStudent { vocab_size: vocab, params: model.num_params(), hidden_size: mcfg.hidden_size, layers: mcfg.num_hidden_layers })
+    Ok(TinyStudent {
+        vocab_size: vocab,
+        params: model.num_params(),
+        hidden_size: mcfg.hidden_size,
+        layers: mcfg.num_hidden_layers,
+    })
 }
