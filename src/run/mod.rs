@@ -395,7 +395,7 @@ impl Runner {
     fn student_dir(&self) -> anyhow::Result<PathBuf> {
         let cfg = self.recipe.resolve::<StudentConfig>(&[])?.value;
         Ok(match cfg.model {
-            Some(m) if !m.extension().is_some_and(|e| e == "gguf") => m,
+            Some(m) if m.extension().is_none_or(|e| e != "gguf") => m,
             _ => self.dir("student"),
         })
     }
