@@ -1,7 +1,16 @@
 # Recipes wrap commands that also work without just (see README.md).
 
-# Run the main job on the embedded demo data.
+# The whole loop offline: generated problems, in-process teacher-sim, collect, filter, corpus,
+# a tiny student with its own tokenizer, held-out scores before/after, report (runs/demo/).
 demo:
+    cargo run --release -- run recipes/demo.toml
+
+# Any recipe (e.g. just run recipes/smollm2-arith.toml); a second run skips finished stages.
+run RECIPE *ARGS:
+    cargo run --release -- run {{RECIPE}} {{ARGS}}
+
+# Inspect the embedded canned teacher traces.
+inspect-demo:
     cargo run --release -- inspect datasets/demo-samples.jsonl.zst --sample 1
 
 # Run the tests, as CI does.

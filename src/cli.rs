@@ -77,6 +77,20 @@ enum Command {
     /// Generate answers to problems with a model (or an endpoint) and score them: pass@1,
     /// pass@k, format, truncation and EOS rates, lengths, tokens/s.
     Eval(Box<EvalArgs>),
+    /// Run a recipe's stages in order (problems, collect, filter, dedup, student, eval-before,
+    /// finetune, eval-after, report), skipping those already done with the same settings and
+    /// inputs; report.json and report.md under the recipe's out_dir.
+    Run(RunArgs),
+}
+
+/// Arguments of `distill run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The recipe (TOML; see recipes/). `--set TABLE.KEY=VALUE` overrides one of its keys.
+    recipe_file: PathBuf,
+    /// Run only these stages (comma-separated), in pipeline order.
+    #[arg(long, value_delimiter = ',')]
+    stages: Vec<String>,
 }
 
 /// What the reading commands say in `--help` about the layouts they read.
@@ -969,6 +983,18 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 eprintln!("eval: summary written to {}", out.display());
             }
             Ok(if report.rejected > 0 { Outcome::Rejected } else { Outcome::Ok })
+        }
+        Command::Run(args) => {
+            if recipe.is_some() {
+                anyhow::bail!("distill run takes the recipe as its argument: distill run RECIPE (drop --recipe)");
+            }
+            if cli.show_config {
+                emit(&crate::run::show_config(&args.recipe_file, sets)?)?;
+                return Ok(Outcome::Ok);
+            }
+            crate::run::run(&args.recipe_file, &args.stages, sets)
+                .with_context(|| format!("run {}", args.recipe_file.display()))?;
+            Ok(Outcome::Ok)
         }
         Command::Convert(args) => {
             let r = resolve(args, recipe, sets)?;

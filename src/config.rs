@@ -119,6 +119,11 @@ pub trait Settings: Serialize + DeserializeOwned + Default {
     /// The recipe table it is read from (`finetune`, `collect`, …).
     const TABLE: &'static str;
 
+    /// Other names a recipe or `--set` may use for a key, as (alias, dotted key): the names
+    /// practitioners bring from transformers/TRL/axolotl (`learning_rate` for `lr`, `lora_r`
+    /// for `lora.rank`). `--show-config` always prints the key's own name.
+    const ALIASES: &'static [(&'static str, &'static str)] = &[];
+
     /// Fills values that depend on other settings when no layer set them, and records them in
     /// `origins` as derived.
     fn derive(&mut self, _origins: &mut Origins) {}
@@ -201,13 +206,23 @@ pub fn resolve_unchecked<T: Settings>(layers: &Layers) -> Result<Resolved<T>, Co
     let mut origins = Origins::default();
     let mut recipe_text = None;
     if let Some(path) = &layers.recipe {
-        let (raw, text) = read_table(path, table)?;
+        let (mut raw, text) = read_table(path, table)?;
+        let spelled = rename_aliases::<T>(&mut raw).map_err(|msg| ConfigError::Table {
+            path: path.display().to_string(),
+            line: key_line(&text, &format!("[{table}]")).unwrap_or(1),
+            table: table.into(),
+            msg,
+        })?;
         let mut leaves = Vec::new();
         leaf_keys(&raw, "", &mut leaves);
         for key in leaves {
-            let line = key_line(&text, key.rsplit('.').next().unwrap_or(&key))
-                .or_else(|| key_line(&text, &format!("[{table}]")))
-                .unwrap_or(1);
+            let name = spelled.get(&key).map_or_else(|| key.rsplit('.').next().unwrap_or(&key), String::as_str);
+            // The key's line inside its table (`[table]` or `[table.sub]`), else the header's.
+            let header = key_line(&text, &format!("[{table}]")).unwrap_or(1);
+            let sub = key.rsplit_once('.').map(|(parent, _)| format!("[{table}.{parent}]"));
+            let from = sub.as_deref().and_then(|h| key_line(&text, h)).unwrap_or(header);
+            let after: String = text.lines().skip(from).collect::<Vec<_>>().join("\n");
+            let line = key_line(&after, name).map(|l| l + from).unwrap_or(header);
             origins.insert(key, Origin::Recipe { path: path.clone(), line });
         }
         merge(&mut merged, raw);
@@ -217,6 +232,7 @@ pub fn resolve_unchecked<T: Settings>(layers: &Layers) -> Result<Resolved<T>, Co
         let (key, text) = given.split_once('=').ok_or_else(|| ConfigError::SetSyntax { given: given.clone() })?;
         let key = key.trim();
         let key = key.strip_prefix(table).and_then(|k| k.strip_prefix('.')).unwrap_or(key);
+        let key = T::ALIASES.iter().find(|(alias, _)| *alias == key).map_or(key, |(_, k)| *k);
         if key.is_empty() {
             return Err(ConfigError::SetSyntax { given: given.clone() });
         }
@@ -248,6 +264,8 @@ pub fn resolve_unchecked<T: Settings>(layers: &Layers) -> Result<Resolved<T>, Co
         });
         let key = culprit.cloned().unwrap_or(named);
         let origin = culprit.map(|k| origins.get(k));
+        // serde names no key for a wrong type: say which one.
+        let msg = if !key.is_empty() && !msg.contains(&format!("`{key}`")) { format!("`{key}`: {msg}") } else { msg };
         match (origin, &layers.recipe, &recipe_text) {
             (Some(Origin::Recipe { path, line }), _, _) => {
                 ConfigError::Table { path: path.display().to_string(), line, table: table.into(), msg }
@@ -366,6 +384,28 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
             }
         }
     }
+}
+
+/// Moves the keys of a recipe table spelled by an alias of `T` to their own names; returns,
+/// by key, the alias it was spelled with (to find its line).
+fn rename_aliases<T: Settings>(raw: &mut toml::Table) -> Result<BTreeMap<String, String>, String> {
+    let mut spelled = BTreeMap::new();
+    for (alias, key) in T::ALIASES {
+        let Some(v) = raw.remove(*alias) else { continue };
+        if lookup(raw, key).is_some() {
+            return Err(format!("`{alias}` and `{key}` name the same setting; keep one"));
+        }
+        set_path(raw, key, v.clone());
+        let mut leaves = Vec::new();
+        match &v {
+            toml::Value::Table(t) => leaf_keys(t, key, &mut leaves),
+            _ => leaves.push(key.to_string()),
+        }
+        for l in leaves {
+            spelled.insert(l, alias.to_string());
+        }
+    }
+    Ok(spelled)
 }
 
 /// Lays `over` onto `base`, table by table.

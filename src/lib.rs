@@ -15,6 +15,7 @@ pub mod model;
 pub mod problems;
 pub mod record;
 pub mod rng;
+pub mod run;
 pub mod store;
 pub mod teacher_sim;
 pub mod train;

@@ -76,7 +76,7 @@ fn stages_import_no_stage_and_not_the_command_line() {
             let stage_to_stage = STAGES.contains(&m.as_str())
                 && STAGES.contains(&d.as_str())
                 && !SEAMS.contains(&(m.as_str(), d.as_str()));
-            let cli = d == "cli" && !matches!(m.as_str(), "main" | "lib");
+            let cli = (d == "cli" || d == "run") && !matches!(m.as_str(), "main" | "lib" | "cli");
             let shared_to_stage = SHARED.contains(&m.as_str()) && STAGES.contains(&d.as_str());
             let shared_to_top = SHARED.contains(&m.as_str()) && matches!(d.as_str(), "cli" | "run");
             if stage_to_stage || cli || shared_to_stage || shared_to_top {

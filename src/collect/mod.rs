@@ -145,6 +145,9 @@ impl Default for CollectConfig {
 
 impl crate::config::Settings for CollectConfig {
     const TABLE: &'static str = "collect";
+    /// The names open-r1 / TRL / OpenAI clients use.
+    const ALIASES: &'static [(&'static str, &'static str)] =
+        &[("num_generations", "n"), ("max_new_tokens", "max_tokens"), ("max_concurrent", "concurrency")];
 
     fn validate(&self) -> Result<(), String> {
         for (key, missing) in [

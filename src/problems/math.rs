@@ -5,6 +5,51 @@
 use super::{Family, Solved};
 use crate::record::Task;
 
+/// Easy families outside the default rotation, asked for by name (`family = "add2"`): the tiny
+/// student of the demo learns two-digit additions in minutes; `add3` is the real small student's.
+pub(super) const EXTRA: &[Family] = &[
+    Family {
+        name: "add2",
+        kind: "integer",
+        task: Task::Math,
+        template: "Compute $# + #$.",
+        params: gen_add2,
+        solve: solve_add,
+        tests: None,
+    },
+    Family {
+        name: "add3",
+        kind: "integer",
+        task: Task::Math,
+        template: "Compute $# + #$.",
+        params: gen_add3,
+        solve: solve_add,
+        tests: None,
+    },
+];
+
+fn gen_add2(r: &mut fastrand::Rng) -> Vec<i64> {
+    vec![r.i64(10..100), r.i64(10..100)]
+}
+
+fn gen_add3(r: &mut fastrand::Rng) -> Vec<i64> {
+    vec![r.i64(100..1000), r.i64(100..1000)]
+}
+
+fn solve_add(p: &[i64]) -> Option<Solved> {
+    let [a, b] = p[..] else { return None };
+    let (ones, tens) = (a % 10 + b % 10, a / 10 + b / 10);
+    let sum = a + b;
+    Some(Solved::math(
+        sum.to_string(),
+        (sum + 10).to_string(),
+        vec![
+            format!("I add {a} and {b}: the ones give {ones} and the rest gives {tens} tens."),
+            format!("So {a} + {b} = {sum}."),
+        ],
+    ))
+}
+
 pub(super) const FAMILIES: &[Family] = &[
     Family {
         name: "integer-arith",

@@ -41,11 +41,14 @@ pub struct ProblemsConfig {
     pub seed: u64,
     /// Output file (.jsonl, .jsonl.zst or .parquet).
     pub out: PathBuf,
+    /// Only this family (a name from the kind's rotation, or `add2` / `add3`); unset: all
+    /// families of the kind in turn.
+    pub family: Option<String>,
 }
 
 impl Default for ProblemsConfig {
     fn default() -> Self {
-        ProblemsConfig { kind: None, count: 0, seed: 0, out: PathBuf::new() }
+        ProblemsConfig { kind: None, count: 0, seed: 0, out: PathBuf::new(), family: None }
     }
 }
 
@@ -61,6 +64,11 @@ impl crate::config::Settings for ProblemsConfig {
         }
         if self.out.as_os_str().is_empty() {
             return Err("problems needs `out` (a .jsonl, .jsonl.zst or .parquet file)".into());
+        }
+        if let Some(name) = &self.family
+            && family_by_name(name).is_none()
+        {
+            return Err(format!("problems `family` {name:?} is unknown; known: {}", family_names().join(", ")));
         }
         Ok(())
     }
@@ -115,11 +123,34 @@ fn families(kind: ProblemKind) -> &'static [Family] {
     }
 }
 
+fn all_families() -> impl Iterator<Item = &'static Family> {
+    math::FAMILIES.iter().chain(code::FAMILIES).chain(math::EXTRA)
+}
+
+fn family_by_name(name: &str) -> Option<&'static Family> {
+    all_families().find(|f| f.name == name)
+}
+
+/// The names `family` accepts.
+pub fn family_names() -> Vec<&'static str> {
+    all_families().map(|f| f.name).collect()
+}
+
 /// Problem `index` of the set of `kind` with `seed`: families in turn, parameters drawn from a
 /// generator seeded by (seed, index), so any problem can be made without the ones before it.
 pub fn problem(kind: ProblemKind, seed: u64, index: u64) -> Prompt {
     let fams = families(kind);
-    let fam = &fams[(index % fams.len() as u64) as usize];
+    make(&fams[(index % fams.len() as u64) as usize], kind, seed, index)
+}
+
+/// Problem `index` of one named family (`None` when no family has that name).
+pub fn problem_of(family: &str, seed: u64, index: u64) -> Option<Prompt> {
+    let fam = family_by_name(family)?;
+    let kind = if fam.task == Task::Code { ProblemKind::Code } else { ProblemKind::Math };
+    Some(make(fam, kind, seed, index))
+}
+
+fn make(fam: &Family, kind: ProblemKind, seed: u64, index: u64) -> Prompt {
     let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index);
     let params = (fam.params)(&mut rng);
     let text = template::fill(fam.template, &params);
@@ -148,7 +179,7 @@ pub fn problem(kind: ProblemKind, seed: u64, index: u64) -> Prompt {
 /// solves it.
 pub fn solve(text: &str) -> Option<Solved> {
     let text = text.trim_start();
-    for fam in math::FAMILIES.iter().chain(code::FAMILIES) {
+    for fam in all_families() {
         if let Some(params) = template::parse(fam.template, text)
             && let Some(s) = (fam.solve)(&params)
         {
@@ -163,7 +194,13 @@ pub fn generate(cfg: &ProblemsConfig) -> Result<u64, ProblemsError> {
     let kind = cfg.kind.unwrap_or(ProblemKind::Math);
     let mut sink = store::create(&cfg.out)?;
     for i in 0..cfg.count {
-        let p = problem(kind, cfg.seed, i);
+        let p = match &cfg.family {
+            Some(name) => problem_of(name, cfg.seed, i).ok_or_else(|| ProblemsError::Serialise {
+                id: format!("#{i}"),
+                msg: format!("unknown family {name:?}; known: {}", family_names().join(", ")),
+            })?,
+            None => problem(kind, cfg.seed, i),
+        };
         let v =
             serde_json::to_value(&p).map_err(|e| ProblemsError::Serialise { id: p.id.clone(), msg: e.to_string() })?;
         sink.write_value(&v)?;

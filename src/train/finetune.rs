@@ -130,6 +130,35 @@ impl Default for FinetuneConfig {
 
 impl crate::config::Settings for FinetuneConfig {
     const TABLE: &'static str = "finetune";
+    /// The names transformers' `TrainingArguments`, TRL's `SFTConfig`, PEFT and axolotl use.
+    const ALIASES: &'static [(&'static str, &'static str)] = &[
+        ("model_name_or_path", "model"),
+        ("base_model", "model"),
+        ("output_dir", "out"),
+        ("learning_rate", "lr"),
+        ("num_train_epochs", "epochs"),
+        ("num_epochs", "epochs"),
+        ("lr_scheduler_type", "schedule"),
+        ("lr_scheduler", "schedule"),
+        ("weight_decay", "optim.weight_decay"),
+        ("adam_beta1", "optim.beta1"),
+        ("adam_beta2", "optim.beta2"),
+        ("adam_epsilon", "optim.eps"),
+        ("max_seq_length", "loader.max_seq_len"),
+        ("sequence_len", "loader.max_seq_len"),
+        ("packing", "loader.packing"),
+        ("sample_packing", "loader.packing"),
+        ("per_device_train_batch_size", "loader.batch"),
+        ("micro_batch_size", "loader.batch"),
+        ("seed", "loader.seed"),
+        ("eval_steps", "eval_every"),
+        ("save_steps", "save_every"),
+        ("save_total_limit", "keep_last"),
+        ("lora_r", "lora.rank"),
+        ("lora_alpha", "lora.alpha"),
+        ("lora_dropout", "lora.dropout"),
+        ("lora_target_modules", "lora.targets"),
+    ];
 
     fn derive(&mut self, origins: &mut crate::config::Origins) {
         let seed = self.train.loader.seed;
@@ -182,9 +211,17 @@ mod tests {
         assert_eq!(partial.train.loader.max_seq_len, 512);
         assert_eq!(partial.train.loader.tokens_per_step, super::super::data::DataConfig::default().tokens_per_step);
         assert_eq!(partial.lora.as_ref().map(|l| (l.rank, l.alpha)), Some((8, 32.0)));
-        let layers = crate::config::Layers { sets: vec!["learning_rate=1.0".into()], ..Default::default() };
+        let layers = crate::config::Layers { sets: vec!["learning_rat=1.0".into()], ..Default::default() };
         let e = crate::config::resolve::<FinetuneConfig>(&layers).map(|_| ()).unwrap_err().to_string();
-        assert!(e.contains("unknown field `learning_rate`"), "unknown keys are refused: {e}");
+        assert!(e.contains("unknown field `learning_rat`"), "unknown keys are refused: {e}");
+        let layers = crate::config::Layers {
+            sets: vec!["learning_rate=1.0".into(), "max_seq_length=64".into(), "lora_r=4".into()],
+            ..Default::default()
+        };
+        let r = crate::config::resolve_unchecked::<FinetuneConfig>(&layers).expect("aliases resolve");
+        assert_eq!(r.value.train.lr, 1.0);
+        assert_eq!(r.value.train.loader.max_seq_len, 64);
+        assert_eq!(r.value.lora.as_ref().map(|l| (l.rank, l.alpha)), Some((4, 8.0)));
     }
 
     #[test]
