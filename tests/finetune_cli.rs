@@ -315,8 +315,8 @@ fn recipe_table_with_flag_overrides() {
     // Mistakes: one line naming the file, the line and what to fix.
     let bad = work.path().join("bad.toml");
     for (text, want) in [
-        ("[finetune]\nmodel = \"m\"\nlearning_rate = 0.1\n", ":3: [finetune]: unknown field `learning_rate`"),
-        ("[finetune]\nmodel = \"m\"\nepochs = \"many\"\n", "[finetune]: invalid type"),
+        ("[finetune]\nmodel = \"m\"\nlearnin_rate = 0.1\n", ":3: [finetune]: unknown field `learnin_rate`"),
+        ("[finetune]\nmodel = \"m\"\nepochs = \"many\"\n", "[finetune]: `epochs`: invalid type"),
         ("[finetune\nmodel = 1\n", "not TOML at line 1"),
         ("[collect]\nmodel = \"m\"\n", "has no [finetune] table"),
         ("[finetune]\ndata = \"d\"\nout = \"o\"\n", "give --model or `model = ...`"),
