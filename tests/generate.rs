@@ -143,16 +143,16 @@ fn stop_tokens_and_stop_strings_end_each_row_on_its_own() {
     let mut params = greedy(30);
     params.stop_ids = vec![stop];
     let got = generate::generate(&model, &reqs, &params, None, &mut |_| {}).unwrap();
-    for i in 0..3 {
+    for (i, row) in got.iter().enumerate() {
         let full = seq(&free, i);
         match full.iter().position(|&t| t == stop) {
             Some(p) => {
-                assert_eq!(got[i][0].tokens, full[..=p].to_vec(), "row {i} stops at the stop token");
-                assert_eq!(got[i][0].finish, Finish::Eos(stop));
+                assert_eq!(row[0].tokens, full[..=p].to_vec(), "row {i} stops at the stop token");
+                assert_eq!(row[0].finish, Finish::Eos(stop));
             }
             None => {
-                assert_eq!(got[i][0].tokens, full, "row {i} runs on");
-                assert_eq!(got[i][0].finish, Finish::Length);
+                assert_eq!(row[0].tokens, full, "row {i} runs on");
+                assert_eq!(row[0].finish, Finish::Length);
             }
         }
     }

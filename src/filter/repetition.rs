@@ -276,8 +276,8 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
                 }
             }
         }
-        for k in 0..3 {
-            r.top_ngram[k] = best[k] as f64 / total_chars as f64;
+        for (top, b) in r.top_ngram.iter_mut().zip(best) {
+            *top = b as f64 / total_chars as f64;
         }
         r.dup_5gram = dup[0] as f64 / total_chars as f64;
         r.dup_10gram = dup[1] as f64 / total_chars as f64;
