@@ -131,6 +131,10 @@ fn demo_recipe_end_to_end_small_then_skips_everything() {
         "finetune.max_steps=4",
         "--set",
         "finetune.save_every=2",
+        "--set",
+        "eval.n=2",
+        "--set",
+        "eval.max_new_tokens=24",
     ];
     let o = run(&args);
     let e = stderr(&o);
@@ -183,7 +187,18 @@ fn demo_recipe_end_to_end_small_then_skips_everything() {
     let before = report["eval"]["before"]["heldout_loss"].as_f64().expect("before");
     let after = report["eval"]["after"]["heldout_loss"].as_f64().expect("after");
     assert!(after.is_finite() && before.is_finite() && after < before, "loss {before} -> {after}");
-    assert!(report["eval"]["before"]["pass_at_1"].is_null(), "never a made-up pass@1");
+    // pass@1 and format rate from distill eval's generations on the 10 held-out problems.
+    for when in ["before", "after"] {
+        let ev = json(&out.join(format!("eval-{when}/eval.json")));
+        assert_eq!(ev["eval"]["problems"], 10, "{ev}");
+        assert_eq!(ev["eval"]["n"], 2, "{ev}");
+        for k in ["pass_at_1", "format_rate", "truncated_rate", "eos_rate"] {
+            let x = report["eval"][when][k].as_f64().unwrap_or_else(|| panic!("{when} {k}: {report}"));
+            assert!((0.0..=1.0).contains(&x), "{when} {k} = {x}");
+        }
+        let samples = std::fs::read_to_string(out.join(format!("eval-{when}/samples.jsonl"))).expect("samples");
+        assert_eq!(samples.lines().count(), 20, "10 problems x 2 samples recorded");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("## Funnel") && md.contains("loss.png"), "{md}");
     assert!(out.join("finetune/loss.png").is_file());
@@ -201,4 +216,123 @@ fn demo_recipe_end_to_end_small_then_skips_everything() {
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(e.contains("[finetune] running") && e.contains("[eval-after] running"), "{e}");
+}
+
+/// File names with the sha256 of their bytes.
+fn sorted_files(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .map(|p| {
+            let name = p.file_name().expect("name").to_string_lossy().to_string();
+            (name, distill::store::sha256_file(&p).expect("sha256"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Spawns `distill run ARGS` and SIGKILLs it as soon as `ready(out)` holds; returns whether
+/// the kill came before the run ended by itself.
+fn kill_when(args: &[&str], out: &Path, ready: impl Fn(&Path) -> bool) -> bool {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn distill run");
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the run ended ({status}) before the moment to kill it came");
+        }
+        if ready(out) {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            return true;
+        }
+        assert!(t0.elapsed().as_secs() < 300, "the moment to kill never came");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_run_killed_mid_collect_and_mid_finetune_completes_with_the_same_corpus_and_losses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args_for = |out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = vec!["run".into(), "recipes/demo.toml".into()];
+        for s in [
+            format!("run.out_dir={}", out.display()),
+            "run.progress=false".into(),
+            "problems.count=60".into(),
+            "run.heldout.count=6".into(),
+            "run.validation_share=0.2".into(),
+            // Slow enough to be caught in the middle: 120 requests of 40 ms, one at a time (the
+            // corpus keeps the order samples arrived in: with several requests in flight two
+            // uninterrupted runs may already order it differently).
+            "teacher_sim.latency_ms=40".into(),
+            "collect.concurrency=1".into(),
+            "finetune.max_steps=12".into(),
+            "finetune.save_every=2".into(),
+            "finetune.keep_last=10".into(),
+            "finetune.loader.tokens_per_step=8192".into(),
+            "eval.n=1".into(),
+            "eval.max_new_tokens=8".into(),
+        ] {
+            v.push("--set".into());
+            v.push(s);
+        }
+        v
+    };
+    // The reference: one uninterrupted run.
+    let a = dir.path().join("a");
+    let args_a = args_for(&a);
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let o = run(&args_a);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let b = dir.path().join("b");
+    let args_b = args_for(&b);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    // Killed while collecting: some samples written, collect not finished.
+    let lines_in = |d: &Path| -> usize {
+        std::fs::read_dir(d).map_or(0, |rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("part"))
+                .map(|e| std::fs::metadata(e.path()).map_or(0, |m| m.len() as usize))
+                .sum()
+        })
+    };
+    assert!(kill_when(&args_b, &b, |out| lines_in(&out.join("collect")) > 0));
+    assert!(!b.join("collect/stage.json").exists(), "killed before collect finished");
+    // Killed while fine-tuning: a checkpoint written, the stage not finished.
+    assert!(kill_when(&args_b, &b, |out| out.join("finetune/checkpoint-4").is_dir()));
+    assert!(b.join("collect/stage.json").exists() && !b.join("finetune/stage.json").exists());
+    // Run again: it completes.
+    let o = run(&args_b);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("[collect] up to date"), "{e}");
+    assert!(e.contains("resuming from the newest checkpoint"), "{e}");
+    // The same corpus, byte for byte, and the same losses.
+    assert_eq!(sorted_files(&a.join("dedup/data")), sorted_files(&b.join("dedup/data")), "corpus shards differ");
+    let fa = json(&a.join("finetune/stage.json"));
+    let fb = json(&b.join("finetune/stage.json"));
+    assert_eq!(fa["counts"]["steps"], 12);
+    assert_eq!(fa["counts"]["last_loss"], fb["counts"]["last_loss"], "final loss");
+    assert_eq!(fa["counts"]["eval_losses"], fb["counts"]["eval_losses"], "held-out losses");
+    let losses = |p: &Path| -> Vec<Value> {
+        std::fs::read_to_string(p.join("finetune/metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v.get("loss").cloned().map(|l| serde_json::json!([v["step"], l])))
+            .collect()
+    };
+    let (la, lb) = (losses(&a), losses(&b));
+    assert!(!la.is_empty());
+    for x in &la {
+        assert!(lb.contains(x), "step loss {x} of the uninterrupted run missing from the resumed run's log");
+    }
 }

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::collect::{self, CollectConfig};
 use crate::dedup::{self, DedupConfig};
 use crate::eval::score::{self, ScoreConfig};
+use crate::eval::{self, EvalConfig};
 use crate::filter::{self, FilterConfig};
 use crate::problems::{self, ProblemsConfig};
 use crate::store;
@@ -400,28 +401,77 @@ impl Runner {
         })
     }
 
-    /// Held-out loss of a model on the corpus's validation split (`distill score`).
+    /// A model before or after fine-tuning: `distill eval` on the held-out problems (pass@1,
+    /// format rate, truncation and EOS rates, from generations judged by the verifiers) and
+    /// `distill score` on the corpus's validation split (held-out loss).
     fn eval(&mut self, stage: &str, model: PathBuf, after: &str) -> anyhow::Result<()> {
         let dir = self.dir(stage);
         let val = self.dir("dedup").join("data");
         let fill = recipe::score_fill(&model, &val, &dir.join("rejects.jsonl"));
-        let mut cfg = self.recipe.resolve::<ScoreConfig>(&fill)?.value;
-        let sha = settings_sha(&cfg, &["rejects", "json"]);
-        self.stage(stage, sha, &["dedup", after], move |_| {
+        let mut score_cfg = self.recipe.resolve::<ScoreConfig>(&fill)?.value;
+        let heldout = self.dir("problems").join("heldout.jsonl");
+        let eval_cfg = if heldout.is_file() {
+            let s = |p: &Path| toml::Value::String(p.display().to_string());
+            let fill = [
+                ("model", s(&model)),
+                ("problems", s(&heldout)),
+                ("samples", s(&dir.join("samples.jsonl"))),
+                ("rejects", s(&dir.join("rejects.jsonl"))),
+                ("progress", toml::Value::Boolean(self.run.progress)),
+            ];
+            Some(self.recipe.resolve::<EvalConfig>(&fill)?.value)
+        } else {
+            None
+        };
+        let sha = sha_hex(
+            format!(
+                "{}{}",
+                settings_sha(&score_cfg, &["rejects", "json"]),
+                settings_sha(&eval_cfg, &["model", "problems", "samples", "rejects", "out", "progress", "concurrency"])
+            )
+            .as_bytes(),
+        );
+        let inputs: &[&str] = if heldout.is_file() { &["dedup", "problems", after] } else { &["dedup", after] };
+        self.stage(stage, sha, inputs, move |_| {
+            let mut v = serde_json::Map::new();
+            if let Some(cfg) = &eval_cfg {
+                let rep = eval::run(cfg).map_err(anyhow::Error::from)?;
+                let j = &rep.json;
+                eprintln!(
+                    "run: {stage}: distill eval on {} held-out problems x {}: pass@1 {}, format rate {}, truncated {}, EOS {}",
+                    j["problems"],
+                    j["n"],
+                    num(j, &["pass_at_1"]),
+                    num(j, &["format_rate"]),
+                    num(j, &["truncated_rate"]),
+                    num(j, &["eos_rate"]),
+                );
+                for key in ["pass_at_1", "pass_at_1_stderr", "format_rate", "truncated_rate", "eos_rate", "mean_tokens"] {
+                    v.insert(key.into(), j.get(key).cloned().unwrap_or(Value::Null));
+                }
+                v.insert("eval".into(), j.clone());
+            } else {
+                v.insert("pass_at_1".into(), Value::Null);
+                v.insert("format_rate".into(), Value::Null);
+                v.insert("note".into(), json!("no held-out problems ([run.heldout] count = 0): pass@1 not measured"));
+            }
             // Only the validation split: score reads every file it is given.
             let files = crate::train::data::splits(&val)?.validation;
-            let Some(first) = files.first() else {
-                return Ok(json!({"heldout_loss": null, "note": "no validation split (validation_share = 0)"}));
-            };
-            cfg.path = first.clone();
-            let rep = score::run(&cfg).map_err(anyhow::Error::from)?;
-            eprintln!(
-                "run: {stage}: held-out loss {:.4} nats/token over {} tokens ({} examples)",
-                rep.loss, rep.tokens, rep.examples
-            );
-            let v = json!({"heldout_loss": rep.loss, "perplexity": rep.perplexity, "tokens": rep.tokens,
-                           "examples": rep.examples, "pass_at_1": null, "format_rate": null,
-                           "note": "held-out loss from distill score; pass@1 and format rate need distill eval"});
+            if let Some(first) = files.first() {
+                score_cfg.path = first.clone();
+                let rep = score::run(&score_cfg).map_err(anyhow::Error::from)?;
+                eprintln!(
+                    "run: {stage}: held-out loss {:.4} nats/token over {} tokens ({} examples)",
+                    rep.loss, rep.tokens, rep.examples
+                );
+                v.insert("heldout_loss".into(), json!(rep.loss));
+                v.insert("perplexity".into(), json!(rep.perplexity));
+                v.insert("loss_tokens".into(), json!(rep.tokens));
+                v.insert("loss_examples".into(), json!(rep.examples));
+            } else {
+                v.insert("heldout_loss".into(), Value::Null);
+            }
+            let v = Value::Object(v);
             store::write_atomic(&dir.join("eval.json"), serde_json::to_string_pretty(&v)?.as_bytes())?;
             Ok(v)
         })
@@ -466,16 +516,17 @@ impl Runner {
         }
         let ev = |s: &str| stages.get(s).cloned().unwrap_or(Value::Null);
         let pick = |v: Value| {
-            json!({"pass_at_1": v.get("pass_at_1").cloned().unwrap_or(Value::Null),
-                   "format_rate": v.get("format_rate").cloned().unwrap_or(Value::Null),
-                   "heldout_loss": v.get("heldout_loss").cloned().unwrap_or(Value::Null)})
+            let g = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            json!({"pass_at_1": g("pass_at_1"), "pass_at_1_stderr": g("pass_at_1_stderr"),
+                   "format_rate": g("format_rate"), "truncated_rate": g("truncated_rate"),
+                   "eos_rate": g("eos_rate"), "mean_tokens": g("mean_tokens"), "heldout_loss": g("heldout_loss")})
         };
         let report = json!({
             "recipe": self.recipe.path.display().to_string(),
             "name": self.run.name,
             "stages": stages,
             "eval": {"before": pick(ev("eval-before")), "after": pick(ev("eval-after")),
-                     "note": "pass_at_1 and format_rate come from distill eval (not merged yet: null); heldout_loss from distill score on the validation split"},
+                     "note": "pass_at_1, format_rate, truncated_rate and eos_rate from distill eval on the held-out problems; heldout_loss from distill score on the corpus's validation split"},
             "wall_s": wall,
         });
         let md = render_md(&report, &self.out);
@@ -551,7 +602,11 @@ fn render_md(r: &Value, out: &Path) -> String {
     s.push_str("\n## Scores on held-out data\n\n| | before | after |\n|---|---|---|\n");
     for (label, key) in [
         ("pass@1 (distill eval)", "pass_at_1"),
-        ("format rate (distill eval)", "format_rate"),
+        ("pass@1 standard error", "pass_at_1_stderr"),
+        ("format rate: closed </think> + extractable answer (distill eval)", "format_rate"),
+        ("hit the token limit", "truncated_rate"),
+        ("ended with EOS", "eos_rate"),
+        ("mean response tokens", "mean_tokens"),
         ("held-out loss, nats/token (distill score)", "heldout_loss"),
     ] {
         s.push_str(&format!(
@@ -560,7 +615,13 @@ fn render_md(r: &Value, out: &Path) -> String {
             num(&r["eval"], &["after", key])
         ));
     }
-    s.push_str("\n`-`: not measured in this run (pass@1 and format rate need `distill eval`).\n");
+    s.push_str(&format!(
+        "\nGenerations: {} held-out problems x {} samples, temperature {}; samples with verdicts in \
+         `eval-before/samples.jsonl` and `eval-after/samples.jsonl`. `-`: not measured in this run.\n",
+        num(&r["stages"], &["eval-after", "eval", "problems"]),
+        num(&r["stages"], &["eval-after", "eval", "n"]),
+        num(&r["stages"], &["eval-after", "eval", "params", "temperature"]),
+    ));
     s.push_str("\n## Wall time\n\n| stage | seconds |\n|---|---|\n");
     if let Some(w) = r["wall_s"].as_object() {
         for (k, v) in w {

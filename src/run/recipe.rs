@@ -63,7 +63,7 @@ pub struct RunConfig {
     pub teacher: Teacher,
     pub heldout: HeldOut,
     /// Share of the kept prompts held out as the corpus's validation split (the held-out loss
-    /// that `eval-before`/`eval-after` report until `distill eval` scores pass@1).
+    /// that `eval-before`/`eval-after` report beside `distill eval`'s pass@1).
     pub validation_share: f64,
     /// Show progress bars.
     pub progress: bool,
