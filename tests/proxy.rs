@@ -144,14 +144,17 @@ fn https_sim(ca: &(PathBuf, PathBuf, PathBuf), extra: &[&str]) -> Sim {
 /// Runs `distill collect` in `dir` with `env` (and no ambient proxy settings); fails the test
 /// instead of hanging.
 fn collect(dir: &Path, endpoint: &str, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["collect", "--prompts", "p.jsonl", "--endpoint", endpoint, "--model", "r1-sim", "--out", out];
+    args.extend(["--concurrency", "4", "--max-retries", "3", "--backoff-base-ms", "1", "--backoff-max-ms", "10"]);
+    args.extend_from_slice(extra);
+    run(dir, &args, env)
+}
+
+/// Runs distill in `dir` with `args` and `env` (and no ambient proxy settings); fails the test
+/// instead of hanging.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(["collect", "--prompts", "p.jsonl", "--endpoint", endpoint, "--model", "r1-sim", "--out", out])
-        .args(["--concurrency", "4", "--max-retries", "3", "--backoff-base-ms", "1", "--backoff-max-ms", "10"])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("SSL_CERT_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).current_dir(dir).env_remove("SSL_CERT_FILE").stdout(Stdio::piped()).stderr(Stdio::piped());
     for v in PROXY_VARS {
         cmd.env_remove(v);
     }
@@ -163,7 +166,7 @@ fn collect(dir: &Path, endpoint: &str, out: &str, extra: &[&str], env: &[(&str, 
     while child.try_wait().expect("waits").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("collect {out} did not finish within 120 s");
+            panic!("distill {args:?} did not finish within 120 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -276,6 +279,17 @@ fn https_with_a_private_ca_through_a_connect_proxy() {
     assert!(e.contains("UnknownIssuer") && e.contains("--ca-cert FILE") && e.contains("SSL_CERT_FILE"), "{e}");
     let rejects = std::fs::read_to_string(d.join("untrusted/rejects-requests.jsonl")).expect("rejects");
     assert!(rejects.lines().all(|l| l.contains("\"tls\"") && l.contains("\"attempts\":1")), "{rejects}");
+
+    // eval --endpoint shares the client: the same proxy and --ca-cert.
+    let before = proxy.counts();
+    let args = ["eval", "--endpoint", &sim.url, "--model", "sim", "--problems", "p.jsonl", "--out", "eval.json"];
+    let o = run(d, &[&args[..], &["--ca-cert", ca_path, "--no-progress"]].concat(), &[("HTTPS_PROXY", &proxy.url)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: Value = serde_json::from_slice(&std::fs::read(d.join("eval.json")).expect("eval.json")).expect("json");
+    let got = (e["scored_problems"].as_u64(), e["failed_generations"].as_u64());
+    assert_eq!(got, (Some(PROMPTS as u64), Some(0)), "{e}");
+    assert!(proxy.counts().1 > before.1, "eval tunnelled through the proxy");
+
     // The same without a proxy.
     let o = collect(d, &sim.url, "untrusted-direct", &[], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

@@ -63,6 +63,9 @@ impl Client {
             .http2_adaptive_window(true)
             // A redirect is answered as what it is (a non-2xx status), as before.
             .redirect(reqwest::redirect::Policy::none())
+            // Retries are the caller's (`retry`); this also spares reqwest cloning every
+            // request's headers in case of a retry of its own.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .build()
             .map_err(|e| ClientError::Build(error_chain(&e)))?;
         let auth = api_key.as_ref().and_then(|k| {

@@ -18,7 +18,10 @@
 //! except for `latency_ms` and `teacher.endpoint`.
 //!
 //! The API key is read from the environment variable named by `api_key_env`; it goes into the
-//! `Authorization` header only and is scrubbed from any error text.
+//! `Authorization` header only and is scrubbed from any error text. Proxies come from the
+//! environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) and `ca_cert` adds a
+//! private CA to the trusted roots (see [`crate::client::tls`]); `summary.json` names the proxy
+//! each endpoint went through.
 
 pub mod resume;
 

@@ -1,5 +1,6 @@
 //! `distill teacher-sim`: a simulated R1-style teacher behind an OpenAI-compatible HTTP API on
-//! loopback, for the offline demo and the tests.
+//! loopback, for the offline demo and the tests; HTTPS (HTTP/2 or HTTP/1.1) with `tls_cert` and
+//! `tls_key`, for the client's proxy and private-CA tests.
 //!
 //! In: `POST /v1/chat/completions` (or `/chat/completions`) requests. Out: chat completions
 //! whose `<think>` reasoning and `\boxed{}` / fenced-program answers solve the problems of
