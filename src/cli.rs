@@ -229,6 +229,10 @@ struct EvalArgs {
     /// Endpoint: environment variable holding the API key (default OPENAI_API_KEY).
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Endpoint: also trust this CA (PEM; a self-hosted server's private CA or a TLS-inspecting
+    /// proxy's). SSL_CERT_FILE is read too; proxies come from HTTPS_PROXY/HTTP_PROXY/NO_PROXY.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Endpoint: per-attempt timeout in seconds (default 600).
     #[arg(long)]
     timeout_s: Option<f64>,
@@ -268,6 +272,7 @@ impl StageArgs for EvalArgs {
         f.opt("limit", "--limit", self.limit);
         f.opt("concurrency", "--concurrency", self.concurrency);
         f.opt("api_key_env", "--api-key-env", self.api_key_env);
+        f.opt("ca_cert", "--ca-cert", self.ca_cert);
         f.opt("timeout_s", "--timeout-s", self.timeout_s);
         f.opt("max_retries", "--max-retries", self.max_retries);
         f.switch("progress", "--no-progress", self.no_progress, false);
@@ -365,6 +370,12 @@ struct TeacherSimArgs {
     /// Append, per generated choice, the content faults injected (JSON lines).
     #[arg(long)]
     faults_log: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 }
 
 impl StageArgs for TeacherSimArgs {
@@ -382,6 +393,8 @@ impl StageArgs for TeacherSimArgs {
         f.opt("threads", "--threads", self.threads);
         f.opt("words", "--words", self.words);
         f.opt("faults_log", "--faults-log", self.faults_log);
+        f.opt("tls_cert", "--tls-cert", self.tls_cert);
+        f.opt("tls_key", "--tls-key", self.tls_key);
         Ok(f)
     }
 }
@@ -413,6 +426,11 @@ struct CollectArgs {
     /// Environment variable holding the API key (default OPENAI_API_KEY).
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Also trust this CA (PEM; a self-hosted server's private CA or a TLS-inspecting proxy's),
+    /// besides the bundled and the system's roots. SSL_CERT_FILE is read too; proxies come from
+    /// HTTPS_PROXY/HTTP_PROXY/ALL_PROXY, except hosts in NO_PROXY.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Stream answers (SSE).
     #[arg(long)]
     stream: bool,
@@ -499,6 +517,7 @@ impl StageArgs for CollectArgs {
         f.switch("server_n", "--server-n", self.server_n, true);
         f.opt("concurrency", "--concurrency", self.concurrency);
         f.opt("api_key_env", "--api-key-env", self.api_key_env);
+        f.opt("ca_cert", "--ca-cert", self.ca_cert);
         f.switch("stream", "--stream", self.stream, true);
         f.opt("temperature", "--temperature", self.temperature);
         f.opt("top_p", "--top-p", self.top_p);

@@ -1,23 +1,21 @@
-//! The HTTP client for `POST {endpoint}/chat/completions`: hyper 1 with a keep-alive pool,
-//! rustls (ring) for https, non-streaming and SSE streaming answers, and reasoning extraction
-//! from `reasoning_content` (or `reasoning`) or inline `<think>…</think>`.
+//! The HTTP client for `POST {endpoint}/chat/completions`: reqwest (hyper underneath) with a
+//! keep-alive pool, HTTP/2 where the server offers it, gzip, proxies from the environment, and
+//! rustls (ring) trusting the roots [`super::tls`] assembles; non-streaming and SSE streaming
+//! answers, and reasoning extraction from `reasoning_content` (or `reasoning`) or inline
+//! `<think>…</think>`.
 
 use std::borrow::Cow;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use hyper::{Request, Uri};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use reqwest::Url;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 
 use super::retry::{AttemptError, parse_retry_after};
+use super::tls::{self, ClientError};
 use crate::record::split_thinking;
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// One completion choice as received.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,7 +36,7 @@ pub struct Completion {
 
 /// A pooled client shared by all requests.
 pub struct Client {
-    inner: HyperClient<Connector, Full<Bytes>>,
+    inner: reqwest::Client,
     auth: Option<HeaderValue>,
     /// The key itself, to scrub it from any text an error carries.
     secret: Option<String>,
@@ -46,26 +44,36 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(api_key: Option<String>, timeout: Duration, pool: usize) -> Client {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(20)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let inner = HyperClient::builder(TokioExecutor::new())
+    /// A client sending `api_key` as a bearer token, giving each attempt `timeout`, keeping up to
+    /// `pool` idle connections per host, and trusting `ca_cert`'s roots besides the bundled and
+    /// the system's ones. Proxies come from the environment (`HTTPS_PROXY`, `NO_PROXY`, ...).
+    pub fn new(
+        api_key: Option<String>,
+        timeout: Duration,
+        pool: usize,
+        ca_cert: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        let inner = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls::client_config(ca_cert)?)
+            .user_agent(concat!("distill/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(pool.max(1))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
+            .connect_timeout(Duration::from_secs(20))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            // A redirect is answered as what it is (a non-2xx status), as before.
+            .redirect(reqwest::redirect::Policy::none())
+            // Retries are the caller's (`retry`); this also spares reqwest cloning every
+            // request's headers in case of a retry of its own.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
+            .build()
+            .map_err(|e| ClientError::Build(error_chain(&e)))?;
         let auth = api_key.as_ref().and_then(|k| {
             let mut v = HeaderValue::from_str(&format!("Bearer {k}")).ok()?;
             v.set_sensitive(true);
             Some(v)
         });
-        Client { inner, auth, secret: api_key.filter(|k| !k.is_empty()), timeout }
+        Ok(Client { inner, auth, secret: api_key.filter(|k| !k.is_empty()), timeout })
     }
 
     /// Removes the API key from text that came from the network or from error values.
@@ -76,58 +84,74 @@ impl Client {
         }
     }
 
+    /// Classifies a transport error of one attempt.
+    fn transport_error(&self, e: reqwest::Error) -> AttemptError {
+        let e = e.without_url();
+        if let Some(cert) = tls::certificate_error(&e) {
+            return AttemptError::Tls(self.scrub(&cert));
+        }
+        let msg = self.scrub(&error_chain(&e));
+        // rustls' text, should a layer carry the error only as text.
+        if let Some(i) = msg.find("invalid peer certificate") {
+            return AttemptError::Tls(msg[i..].to_string());
+        }
+        if e.is_connect() {
+            AttemptError::Connect(msg)
+        } else if e.is_timeout() {
+            AttemptError::Timeout
+        } else {
+            AttemptError::Dropped(msg)
+        }
+    }
+
     /// One attempt: sends `body` to `url` and reads the whole answer.
-    pub async fn complete(&self, url: &Uri, body: Bytes, stream: bool) -> Result<Completion, AttemptError> {
-        let mut req = Request::post(url.clone())
+    pub async fn complete(&self, url: &Url, body: Bytes, stream: bool) -> Result<Completion, AttemptError> {
+        let mut req = self
+            .inner
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, if stream { "text/event-stream" } else { "application/json" });
+            .header(ACCEPT, if stream { "text/event-stream" } else { "application/json" })
+            .body(body);
         if let Some(a) = &self.auth {
             req = req.header(AUTHORIZATION, a.clone());
         }
-        let req = req.body(Full::new(body)).map_err(|e| AttemptError::InvalidResponse(format!("bad request: {e}")))?;
-        let fut = self.inner.request(req);
-        let resp = match tokio::time::timeout(self.timeout, fut).await {
+        let resp = match tokio::time::timeout(self.timeout, req.send()).await {
             Err(_) => return Err(AttemptError::Timeout),
-            Ok(Err(e)) => {
-                let msg = self.scrub(&error_chain(&e));
-                return Err(if e.is_connect() { AttemptError::Connect(msg) } else { AttemptError::Dropped(msg) });
-            }
+            Ok(Err(e)) => return Err(self.transport_error(e)),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
         if !status.is_success() {
             let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-            let text = match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
-                Ok(Ok(b)) => snippet(&b.to_bytes()),
+            let text = match tokio::time::timeout(self.timeout, resp.bytes()).await {
+                Ok(Ok(b)) => snippet(&b),
                 _ => String::new(),
             };
             return Err(AttemptError::Status { code: status.as_u16(), retry_after, body: self.scrub(&text) });
         }
-        let body = resp.into_body();
         if stream {
-            self.read_sse(body).await
+            self.read_sse(resp).await
         } else {
-            let bytes = match tokio::time::timeout(self.timeout, body.collect()).await {
+            let bytes = match tokio::time::timeout(self.timeout, resp.bytes()).await {
                 Err(_) => return Err(AttemptError::Timeout),
-                Ok(Err(e)) => return Err(AttemptError::Dropped(self.scrub(&error_chain(&e)))),
-                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => return Err(AttemptError::Dropped(self.scrub(&error_chain(&e.without_url())))),
+                Ok(Ok(b)) => b,
             };
             parse_completion(&bytes).map_err(|m| AttemptError::InvalidResponse(self.scrub(&m)))
         }
     }
 
     /// Reads an SSE answer; the timeout applies to the gap between events.
-    async fn read_sse(&self, mut body: hyper::body::Incoming) -> Result<Completion, AttemptError> {
+    async fn read_sse(&self, mut resp: reqwest::Response) -> Result<Completion, AttemptError> {
         let mut acc = SseAccumulator::default();
         let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
-            let frame = match tokio::time::timeout(self.timeout, body.frame()).await {
+            let data = match tokio::time::timeout(self.timeout, resp.chunk()).await {
                 Err(_) => return Err(AttemptError::Timeout),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(AttemptError::Dropped(self.scrub(&error_chain(&e)))),
-                Ok(Some(Ok(f))) => f,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(AttemptError::Dropped(self.scrub(&error_chain(&e.without_url())))),
+                Ok(Ok(Some(d))) => d,
             };
-            let Ok(data) = frame.into_data() else { continue };
             buf.extend_from_slice(&data);
             let mut start = 0;
             while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
@@ -152,8 +176,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        // reqwest and hyper repeat their source's text in their own.
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = c.source();
     }
     s

@@ -11,8 +11,11 @@ pub enum AttemptError {
     Status { code: u16, retry_after: Option<Duration>, body: String },
     /// No answer within the per-request timeout.
     Timeout,
-    /// Could not connect (refused, unreachable, TLS handshake failed).
+    /// Could not connect (refused, unreachable, proxy tunnel refused, TLS handshake broke off).
     Connect(String),
+    /// The server's TLS certificate was rejected (unknown issuer, wrong name, expired): asking
+    /// again cannot help, so this is not retried.
+    Tls(String),
     /// The connection broke before the answer was complete.
     Dropped(String),
     /// A 2xx answer that is not a chat completion (not JSON, no choices, error object).
@@ -21,10 +24,11 @@ pub enum AttemptError {
 
 impl AttemptError {
     /// 429, 408, 409, 5xx, timeouts, connection failures and broken or garbled answers are
-    /// retried; any other 4xx is the request's fault and is not.
+    /// retried; any other 4xx is the request's fault and is not, nor is a rejected certificate.
     pub fn retryable(&self) -> bool {
         match self {
             AttemptError::Status { code, .. } => matches!(code, 408 | 409 | 429) || *code >= 500,
+            AttemptError::Tls(_) => false,
             _ => true,
         }
     }
@@ -33,7 +37,7 @@ impl AttemptError {
     pub fn endpoint_failure(&self) -> bool {
         match self {
             AttemptError::Status { code, .. } => *code >= 500,
-            AttemptError::Timeout | AttemptError::Connect(_) | AttemptError::Dropped(_) => true,
+            AttemptError::Timeout | AttemptError::Connect(_) | AttemptError::Tls(_) | AttemptError::Dropped(_) => true,
             AttemptError::InvalidResponse(_) => false,
         }
     }
@@ -44,6 +48,7 @@ impl AttemptError {
             AttemptError::Status { code, .. } => format!("http_{code}"),
             AttemptError::Timeout => "timeout".into(),
             AttemptError::Connect(_) => "connect".into(),
+            AttemptError::Tls(_) => "tls".into(),
             AttemptError::Dropped(_) => "dropped".into(),
             AttemptError::InvalidResponse(_) => "invalid_response".into(),
         }
@@ -55,6 +60,10 @@ impl AttemptError {
             AttemptError::Status { code, body, .. } => format!("HTTP {code}: {body}"),
             AttemptError::Timeout => "no complete answer within the per-request timeout".into(),
             AttemptError::Connect(m) => format!("cannot connect: {m}"),
+            AttemptError::Tls(m) => format!(
+                "TLS certificate rejected: {m}; if the server's certificate comes from a private CA \
+                 (self-hosted server, TLS-inspecting proxy), give that CA with --ca-cert FILE (PEM) or SSL_CERT_FILE"
+            ),
             AttemptError::Dropped(m) => format!("connection dropped mid-answer: {m}"),
             AttemptError::InvalidResponse(m) => format!("invalid answer: {m}"),
         }
@@ -110,6 +119,8 @@ mod tests {
             (AttemptError::Timeout, true, "timeout"),
             (AttemptError::Dropped("x".into()), true, "dropped"),
             (AttemptError::InvalidResponse("x".into()), true, "invalid_response"),
+            (AttemptError::Connect("x".into()), true, "connect"),
+            (AttemptError::Tls("x".into()), false, "tls"),
         ];
         for (e, retry, reason) in cases {
             assert_eq!((e.retryable(), e.reason().as_str()), (retry, reason), "{e:?}");

@@ -18,7 +18,10 @@
 //! except for `latency_ms` and `teacher.endpoint`.
 //!
 //! The API key is read from the environment variable named by `api_key_env`; it goes into the
-//! `Authorization` header only and is scrubbed from any error text.
+//! `Authorization` header only and is scrubbed from any error text. Proxies come from the
+//! environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`) and `ca_cert` adds a
+//! private CA to the trusted roots (see [`crate::client::tls`]); `summary.json` names the proxy
+//! each endpoint went through.
 
 pub mod resume;
 
@@ -29,14 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::Uri;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::client::limiter::{Balancer, TokenBucket};
 use crate::client::retry::{self, Backoff};
-use crate::client::{Client, extract};
+use crate::client::{Client, ClientError, Url, extract};
 use crate::record::{Message, Params, Prompt, Sample, Teacher, Usage};
 use crate::store::{self, Durability, JsonlWriter, Lenient, Rejects, StoreError};
 use resume::{Done, id_key};
@@ -72,6 +74,9 @@ pub struct CollectConfig {
     pub concurrency: usize,
     /// Name of the environment variable holding the API key (never the key itself).
     pub api_key_env: String,
+    /// A PEM file of extra root certificates (a private CA) trusted besides the bundled and the
+    /// system's roots.
+    pub ca_cert: Option<PathBuf>,
     pub stream: bool,
     pub temperature: f64,
     pub top_p: f64,
@@ -118,6 +123,7 @@ impl Default for CollectConfig {
             server_n: false,
             concurrency: 64,
             api_key_env: "OPENAI_API_KEY".into(),
+            ca_cert: None,
             stream: false,
             temperature: 0.6,
             top_p: 0.95,
@@ -170,6 +176,8 @@ impl crate::config::Settings for CollectConfig {
 pub enum CollectError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("no --endpoint given; pass the teacher's base URL, e.g. http://127.0.0.1:8000/v1")]
     NoEndpoint,
     #[error("endpoint {endpoint:?}: {msg}")]
@@ -188,33 +196,39 @@ pub enum CollectError {
 struct Endpoint {
     /// As recorded in samples (without credentials).
     label: String,
-    url: Uri,
+    url: Url,
+    /// The proxy requests go through (from the environment), if any.
+    proxy: Option<String>,
 }
 
 fn resolve_endpoint(raw: &str) -> Result<Endpoint, CollectError> {
     let err = |msg: String| CollectError::Endpoint { endpoint: raw.to_string(), msg };
     let base = raw.trim().trim_end_matches('/');
-    let url: Uri = format!("{base}/chat/completions").parse().map_err(|e| err(format!("not a URL: {e}")))?;
-    match url.scheme_str() {
-        Some("http") | Some("https") => {}
+    let url = Url::parse(&format!("{base}/chat/completions")).map_err(|e| err(format!("not a URL: {e}")))?;
+    match url.scheme() {
+        "http" | "https" => {}
         _ => return Err(err("the URL must start with http:// or https://".into())),
     }
-    let auth = url.authority().ok_or_else(|| err("the URL has no host".into()))?;
-    if auth.as_str().contains('@') {
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| err("the URL has no host".into()))?;
+    if !url.username().is_empty() || url.password().is_some() {
         return Err(err(
             "credentials in the URL are not supported; put the key in the environment variable named by --api-key-env"
                 .into(),
         ));
     }
-    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-    let port = auth.port_u16().unwrap_or(if url.scheme_str() == Some("https") { 443 } else { 80 });
-    use std::net::ToSocketAddrs;
-    match (host, port).to_socket_addrs() {
-        Ok(it) if it.len() > 0 => {}
-        Ok(_) => return Err(err(format!("host {host:?} has no address"))),
-        Err(e) => return Err(err(format!("cannot resolve host {host:?}: {e}; check the URL"))),
+    let proxy = crate::client::proxy_for(&url);
+    // Through a proxy the proxy resolves the name (a host behind it may not resolve here).
+    if proxy.is_none() {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = url.port_or_known_default().unwrap_or(80);
+        use std::net::ToSocketAddrs;
+        match (host, port).to_socket_addrs() {
+            Ok(it) if it.len() > 0 => {}
+            Ok(_) => return Err(err(format!("host {host:?} has no address"))),
+            Err(e) => return Err(err(format!("cannot resolve host {host:?}: {e}; check the URL"))),
+        }
     }
-    Ok(Endpoint { label: base.to_string(), url })
+    Ok(Endpoint { label: base.to_string(), url, proxy })
 }
 
 /// This run's accounting, written to `summary.json`.
@@ -244,6 +258,12 @@ pub struct Summary {
     pub requests_per_s: f64,
     pub completion_tokens_per_s: f64,
     pub warnings: Vec<String>,
+    /// Endpoint → the proxy its requests went through (from `HTTPS_PROXY`/`HTTP_PROXY`/...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub proxies: BTreeMap<String, String>,
+    /// Failure reason → the first such failure's detail.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_examples: BTreeMap<String, String>,
 }
 
 /// Latency percentiles of successful requests, in milliseconds.
@@ -302,6 +322,12 @@ impl Summary {
             let parts: Vec<String> = self.failures_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
             s.push_str(&format!("  failures by reason: {}\n", parts.join(", ")));
         }
+        for (reason, detail) in &self.failure_examples {
+            s.push_str(&format!("  first {reason} failure: {detail}\n"));
+        }
+        for (endpoint, proxy) in &self.proxies {
+            s.push_str(&format!("  {endpoint} via proxy {proxy}\n"));
+        }
         if self.samples_superseded > 0 {
             s.push_str(&format!("  {} earlier records superseded and compacted away\n", self.samples_superseded));
         }
@@ -332,6 +358,7 @@ struct Stats {
     latencies: Mutex<Vec<u64>>,
     failures_by_reason: Mutex<BTreeMap<String, u64>>,
     retries_by_reason: Mutex<BTreeMap<String, u64>>,
+    failure_examples: Mutex<BTreeMap<String, String>>,
 }
 
 fn bump(m: &Mutex<BTreeMap<String, u64>>, key: String) {
@@ -548,12 +575,19 @@ async fn process(ctx: Arc<Ctx>, job: Job) {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
+                let detail = ctx.client.scrub(&e.detail());
+                ctx.stats
+                    .failure_examples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(e.reason())
+                    .or_insert_with(|| detail.clone());
                 for &(k, _) in &job.ks {
                     ctx.stats.failures.fetch_add(1, Ordering::Relaxed);
                     bump(&ctx.stats.failures_by_reason, e.reason());
                     let rec = json!({
                         "id": Sample::make_id(&p.id, k), "prompt_id": p.id, "sample": k, "reason": e.reason(),
-                        "detail": ctx.client.scrub(&e.detail()), "retryable": e.retryable(),
+                        "detail": detail, "retryable": e.retryable(),
                         "attempts": retry + 1, "endpoint": ctx.endpoints[ep].label, "request_sha256": sha,
                     });
                     let _ = ctx.out.send(Out::Failure(rec));
@@ -642,6 +676,7 @@ struct StatsSnapshot {
     latencies: Vec<u64>,
     failures_by_reason: BTreeMap<String, u64>,
     retries_by_reason: BTreeMap<String, u64>,
+    failure_examples: BTreeMap<String, String>,
 }
 
 impl Stats {
@@ -655,6 +690,7 @@ impl Stats {
             latencies: std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|e| e.into_inner())),
             failures_by_reason: self.failures_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             retries_by_reason: self.retries_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            failure_examples: self.failure_examples.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }
@@ -687,9 +723,12 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
         std::thread::spawn(move || read_prompts(&cfg, &done, job_tx))
     };
     let api_key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
+    let client = Client::new(api_key, Duration::from_secs_f64(cfg.timeout_s), cfg.concurrency, cfg.ca_cert.as_deref())?;
+    let proxies: BTreeMap<String, String> =
+        endpoints.iter().filter_map(|e| Some((e.label.clone(), e.proxy.clone()?))).collect();
     let ctx = Arc::new(Ctx {
         endpoints,
-        client: Client::new(api_key, Duration::from_secs_f64(cfg.timeout_s), cfg.concurrency),
+        client,
         balancer: Balancer::new(cfg.endpoints.len()),
         rpm: TokenBucket::new(cfg.rpm),
         tpm: TokenBucket::new(cfg.tpm),
@@ -710,7 +749,8 @@ pub fn run(cfg: CollectConfig) -> Result<Report, CollectError> {
     pb.finish_and_clear();
     let superseded = supersede(&cfg, done, resumed.part_no, &written)?;
     let part = (written.written > 0).then(|| resume::part_name(resumed.part_no));
-    let summary = summarise(&cfg, part, counts, requested, &written, superseded, stats, resumed.warnings, started);
+    let mut summary = summarise(&cfg, part, counts, requested, &written, superseded, stats, resumed.warnings, started);
+    summary.proxies = proxies;
     let text = serde_json::to_vec_pretty(&summary).unwrap_or_default();
     store::write_atomic(&cfg.out.join("summary.json"), &text)?;
     Ok(Report { summary })
@@ -965,6 +1005,8 @@ fn summarise(
         requests_per_s: written.written as f64 / wall.max(1e-9),
         completion_tokens_per_s: tout as f64 / wall.max(1e-9),
         warnings,
+        proxies: BTreeMap::new(),
+        failure_examples: stats.failure_examples,
     }
 }
 

@@ -6,21 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::Uri;
 use serde_json::{Map, Value, json};
 
 use super::{EvalConfig, EvalError, Gen, Problem, sample_seed};
-use crate::client::Client;
 use crate::client::retry::Backoff;
+use crate::client::{Client, Url};
 
 /// `{base}/chat/completions` of an endpoint URL.
-pub fn chat_url(raw: &str) -> Result<Uri, EvalError> {
+pub fn chat_url(raw: &str) -> Result<Url, EvalError> {
     let base = raw.trim().trim_end_matches('/');
-    let url: Uri = format!("{base}/chat/completions")
-        .parse()
+    let url = Url::parse(&format!("{base}/chat/completions"))
         .map_err(|e| EvalError::Config(format!("--endpoint {raw}: not a URL ({e})")))?;
-    match url.scheme_str() {
-        Some("http") | Some("https") => Ok(url),
+    match url.scheme() {
+        "http" | "https" => Ok(url),
         _ => Err(EvalError::Config(format!("--endpoint {raw}: the URL must start with http:// or https://"))),
     }
 }
@@ -52,7 +50,8 @@ pub fn generate(
 ) -> Result<Vec<(usize, u64)>, EvalError> {
     let uri = chat_url(url)?;
     let key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
-    let client = Arc::new(Client::new(key, Duration::from_secs_f64(cfg.timeout_s.max(1.0)), cfg.concurrency));
+    let timeout = Duration::from_secs_f64(cfg.timeout_s.max(1.0));
+    let client = Arc::new(Client::new(key, timeout, cfg.concurrency, cfg.ca_cert.as_deref())?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -70,6 +70,9 @@ pub struct EvalConfig {
     pub concurrency: usize,
     /// Endpoint: environment variable holding the API key.
     pub api_key_env: String,
+    /// Endpoint: a PEM file of extra root certificates (a private CA) trusted besides the
+    /// bundled and the system's roots.
+    pub ca_cert: Option<PathBuf>,
     /// Endpoint: per-attempt timeout in seconds.
     pub timeout_s: f64,
     /// Endpoint: retries of a failed request.
@@ -103,6 +106,7 @@ impl Default for EvalConfig {
             limit: 0,
             concurrency: 32,
             api_key_env: "OPENAI_API_KEY".into(),
+            ca_cert: None,
             timeout_s: 600.0,
             max_retries: 8,
             progress: true,
@@ -145,6 +149,8 @@ pub enum EvalError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Tokenize(#[from] crate::model::chat::TokenizeError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
     #[error("{0}")]
     Config(String),
     #[error("{path}: no problem to evaluate (every record was rejected or the file is empty)")]

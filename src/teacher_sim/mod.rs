@@ -1,5 +1,6 @@
 //! `distill teacher-sim`: a simulated R1-style teacher behind an OpenAI-compatible HTTP API on
-//! loopback, for the offline demo and the tests.
+//! loopback, for the offline demo and the tests; HTTPS (HTTP/2 or HTTP/1.1) with `tls_cert` and
+//! `tls_key`, for the client's proxy and private-CA tests.
 //!
 //! In: `POST /v1/chat/completions` (or `/chat/completions`) requests. Out: chat completions
 //! whose `<think>` reasoning and `\boxed{}` / fenced-program answers solve the problems of
@@ -144,6 +145,12 @@ pub struct SimConfig {
     /// by default: `choice` 0).
     #[serde(default)]
     pub faults_log: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -160,6 +167,8 @@ impl Default for SimConfig {
             threads: 0,
             words: None,
             faults_log: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -179,6 +188,8 @@ pub enum SimError {
     Runtime(std::io::Error),
     #[error("--host {0:?} is not an IP address")]
     Host(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("--faults-log {path}: {source}")]
     FaultsLog { path: std::path::PathBuf, source: std::io::Error },
 }

@@ -1,4 +1,5 @@
-//! The HTTP side of the simulator: hyper 1 over tokio, HTTP/1.1 with keep-alive.
+//! The HTTP side of the simulator: hyper 1 over tokio, HTTP/1.1 with keep-alive; with
+//! `--tls-cert`/`--tls-key`, HTTPS (rustls, ring) offering HTTP/2 and HTTP/1.1 by ALPN.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,7 +17,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -72,6 +73,8 @@ impl Body for SimBody {
 
 struct State {
     cfg: SimConfig,
+    /// HTTPS, when a certificate was given.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     attempts: AtomicU64,
     /// `--faults-log`: one JSON line per generated choice with the content faults injected.
     faults_log: Option<std::sync::Mutex<std::fs::File>>,
@@ -89,7 +92,12 @@ impl State {
             )),
             None => None,
         };
-        Ok(State { cfg, attempts: AtomicU64::new(0), faults_log })
+        let tls = tls_acceptor(&cfg)?;
+        Ok(State { cfg, tls, attempts: AtomicU64::new(0), faults_log })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Appends `{"request_sha256", "choice", "faults"}` lines (whole lines, one write each).
@@ -106,8 +114,56 @@ impl State {
     }
 }
 
+/// The TLS acceptor of `--tls-cert`/`--tls-key` (both or neither).
+fn tls_acceptor(cfg: &SimConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, SimError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            return Err(SimError::Tls(
+                "--tls-cert and --tls-key go together: give both for HTTPS, or neither for HTTP".into(),
+            ));
+        }
+    };
+    let bytes = std::fs::read(cert).map_err(|e| SimError::Tls(format!("--tls-cert {}: {e}", cert.display())))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SimError::Tls(format!("--tls-cert {}: not a valid PEM file ({e})", cert.display())))?;
+    if chain.is_empty() {
+        return Err(SimError::Tls(format!(
+            "--tls-cert {}: holds no certificate; give the server's chain as PEM (-----BEGIN CERTIFICATE-----)",
+            cert.display()
+        )));
+    }
+    let bytes = std::fs::read(key).map_err(|e| SimError::Tls(format!("--tls-key {}: {e}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        SimError::Tls(format!(
+            "--tls-key {}: no PEM private key in it ({e}); give the certificate's key",
+            key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SimError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            SimError::Tls(format!(
+                "--tls-cert {} with --tls-key {}: {e}; the key must be the certificate's",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(sc))))
+}
+
 /// Runs the simulator until the process is killed. Prints
-/// `teacher-sim listening on http://ADDR/v1` as the first line of stdout.
+/// `teacher-sim listening on http://ADDR/v1` (`https://` with a certificate) as the first line
+/// of stdout.
 pub fn serve(cfg: SimConfig) -> Result<(), SimError> {
     let rt = runtime(cfg.threads)?;
     let state = Arc::new(State::new(cfg.clone())?);
@@ -116,7 +172,7 @@ pub fn serve(cfg: SimConfig) -> Result<(), SimError> {
         let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text(&cfg), source })?;
         {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "teacher-sim listening on http://{addr}/v1");
+            let _ = writeln!(out, "teacher-sim listening on {}://{addr}/v1", state.scheme());
             let _ = out.flush();
         }
         accept_loop(listener, state, std::future::pending()).await;
@@ -127,7 +183,7 @@ pub fn serve(cfg: SimConfig) -> Result<(), SimError> {
 /// A simulator running on a background thread of this process (for `distill run` and tests);
 /// it stops when dropped.
 pub struct RunningSim {
-    /// Base URL, `http://127.0.0.1:PORT/v1`.
+    /// Base URL, `http://127.0.0.1:PORT/v1` (`https://` with a certificate).
     pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -151,6 +207,7 @@ pub fn spawn(cfg: SimConfig) -> Result<RunningSim, SimError> {
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: addr_text(&cfg), source })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let state = Arc::new(State::new(cfg)?);
+    let url = format!("{}://{addr}/v1", state.scheme());
     let thread = std::thread::spawn(move || {
         rt.block_on(async move {
             accept_loop(listener, state, async move {
@@ -159,7 +216,7 @@ pub fn spawn(cfg: SimConfig) -> Result<RunningSim, SimError> {
             .await;
         });
     });
-    Ok(RunningSim { url: format!("http://{addr}/v1"), stop: Some(stop), thread: Some(thread) })
+    Ok(RunningSim { url, stop: Some(stop), thread: Some(thread) })
 }
 
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, SimError> {
@@ -203,11 +260,29 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let st = state.clone();
         tokio::spawn(async move {
+            let tls = st.tls.clone();
             let svc = service_fn(move |req| {
                 let st = st.clone();
                 async move { Ok::<_, Infallible>(handle(req, &st).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let Some(acceptor) = tls else {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                return;
+            };
+            let stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("teacher-sim: TLS handshake failed: {e}");
+                    return;
+                }
+            };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            }
         });
     }
 }

@@ -62,7 +62,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Starts teacher-sim with two threads and these extra arguments.
+    /// Starts teacher-sim with two threads and these extra arguments (`--tls-cert`/`--tls-key`
+    /// make it an `https://` one).
     pub fn start(args: &[&str]) -> Sim {
         use std::io::BufRead as _;
         let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
@@ -76,7 +77,7 @@ impl Sim {
         let stdout = child.stdout.take().expect("stdout");
         std::io::BufReader::new(stdout).read_line(&mut line).expect("reads address");
         let url = line.trim().rsplit(' ').next().expect("url").to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        assert!(url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"), "{line}");
         Sim { child, url }
     }
 }
