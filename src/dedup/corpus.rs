@@ -907,3 +907,129 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
     s.push_str("## Licence\n\nTODO: state the licence of the prompts' sources and the teacher model's terms of use before publishing.\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::state::FileEntry;
+
+    /// What the output pass sees of each record: kind, line, id, the record.
+    fn via_blocks(path: &Path) -> Vec<(String, u64, Option<String>, Value)> {
+        let files = [FileEntry { index: 0, path: path.display().to_string(), bytes: 0 }];
+        let mut got = Vec::new();
+        read::process(&files, prepare_block, |b| {
+            for item in b.items {
+                got.push(match item {
+                    Prepared::Valid(r) => {
+                        let v: Value = serde_json::from_slice(&b.bytes[r.json]).expect("json");
+                        ("valid".to_string(), r.line, r.id, v)
+                    }
+                    Prepared::Invalid(e, rec) => {
+                        ("invalid".to_string(), e.loc().map_or(0, |l| l.line), None, Value::Object(rec))
+                    }
+                    Prepared::Unreadable(e) => (format!("unreadable torn={}", e.is_torn_tail()), 0, None, Value::Null),
+                });
+            }
+            Ok(())
+        })
+        .expect("process");
+        got
+    }
+
+    /// The same through the store's reader, as the output pass read it before the fast path.
+    fn via_store(path: &Path) -> Vec<(String, u64, Option<String>, Value)> {
+        store::open(path)
+            .expect("open")
+            .map(|item| match item {
+                Err(e) => (format!("unreadable torn={}", e.is_torn_tail()), 0, None, Value::Null),
+                Ok(raw) => match parse_example(&raw) {
+                    Err(_) => ("invalid".to_string(), raw.loc.line, None, Value::Object(raw.value)),
+                    Ok(_) => {
+                        let mut v = Value::Object(raw.value.clone());
+                        drop_empty_objects(&mut v);
+                        ("valid".to_string(), raw.loc.line, raw.id(), v)
+                    }
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fast_path_reads_what_the_store_reads() {
+        let native = |id: &str, extra: &str| {
+            format!(
+                r#"{{"id":"{id}","messages":[{{"role":"user","content":"q {id}"}},{{"role":"assistant","content":"<think>\nr\n</think>\n\na"}}],"task":"math","prompt_id":"{id}"{extra}}}"#
+            )
+        };
+        let lines = [
+            native("a", r#","meta":{"pass_rate":1.0,"n_samples":2,"num_tokens":7},"source":"s""#),
+            native("b", r#","meta":{},"x":{"y":{},"z":[{},1]}"#),
+            String::new(),
+            "   ".to_string(),
+            native("c", r#","note":"caf\u00e9 \"q\"\\""#) + "\r",
+            r#"{"conversations":[{"from":"human","value":"hi"},{"from":"gpt","value":"yo"}]}"#.to_string(),
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#.to_string(),
+            r#"{"id":"d","messages":[{"role":"assistant","content":"no user"}],"task":"math","prompt_id":"d"}"#
+                .to_string(),
+            "{not json".to_string(),
+            r#"{"id":5,"messages":[{"role":"user","content":"q"}],"task":"math","prompt_id":"e"}"#.to_string(),
+            r#"{"id":"f","messages":[{"role":"user","content":"q"}],"task":"math","prompt_id":"f","id":"g"}"#
+                .to_string(),
+            r#"{"problem":"p","answer":"1","generations":["<think>a</think>1","<think>b</think>2"]}"#.to_string(),
+            native("h", r#","generations":null"#),
+            r#"{"id":"torn","messages":[{"role":"user""#.to_string(),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = dir.path().join("in.jsonl");
+        std::fs::write(&plain, lines.join("\n")).expect("write");
+        let zst = dir.path().join("in.jsonl.zst");
+        std::fs::write(&zst, zstd::encode_all(lines.join("\n").as_bytes(), 3).expect("zstd")).expect("write");
+        for p in [&plain, &zst] {
+            let (a, b) = (via_blocks(p), via_store(p));
+            assert_eq!(a, b, "{}", p.display());
+            let kinds: Vec<&str> = a.iter().map(|x| x.0.as_str()).collect();
+            assert!(kinds.contains(&"valid") && kinds.contains(&"invalid"), "{kinds:?}");
+            assert_eq!(kinds.last(), Some(&"unreadable torn=true"));
+        }
+    }
+
+    #[test]
+    fn one_record_per_shape_infers_the_schema_of_all() {
+        let recs = [
+            r#"{"a":1,"b":"x","c":[1,2,3]}"#,
+            r#"{"a":2,"b":"y","c":[4]}"#,
+            r#"{"a":2.5,"d":{"e":true},"c":[]}"#,
+            r#"{"a":3,"d":{"f":null},"m":[{"r":"u","c":"x"},{"r":"a","c":"y"}]}"#,
+            r#"{"a":4,"m":[{"r":"u","c":"x"},{"r":"a","c":"y","w":1}]}"#,
+            r#"{"a":5,"m":[{"r":"u","c":"x"}],"b":7}"#,
+            r#"{"a":18446744073709551615,"c":[1.5],"n":[[1],[2,3]]}"#,
+            r#"{"a":6,"n":[[],[4]],"g":"s"}"#,
+            r#"{"a":7,"g":[1,"s"]}"#,
+        ];
+        let all = arrow_json::reader::infer_json_schema_from_iterator(
+            recs.iter().map(|r| Ok::<Value, ArrowError>(serde_json::from_str(r).expect("json"))),
+        )
+        .expect("infer");
+        let (mut seen, mut samples, mut buf, mut empty) = (HashSet::new(), Vec::new(), Vec::new(), false);
+        for r in recs.iter().chain(recs.iter()) {
+            shape(r.as_bytes(), &mut buf, &mut empty).expect("shape");
+            assert!(!empty);
+            if seen.insert(buf.clone()) {
+                samples.push(serde_json::from_str::<Value>(r).expect("json"));
+            }
+        }
+        // The first two differ in values only.
+        assert_eq!(samples.len(), recs.len() - 1);
+        let some =
+            arrow_json::reader::infer_json_schema_from_iterator(samples.into_iter().map(Ok::<Value, ArrowError>))
+                .expect("infer");
+        assert_eq!(all, some);
+        // Equal elements of an array count once; an empty object is reported.
+        let mut other = Vec::new();
+        shape(br#"{"c":[1,2,3,4]}"#, &mut buf, &mut empty).expect("shape");
+        shape(br#"{"c":[5]}"#, &mut other, &mut empty).expect("shape");
+        assert_eq!(buf, other);
+        shape(br#"{"c":[{"x":{}}]}"#, &mut buf, &mut empty).expect("shape");
+        assert!(empty);
+    }
+}

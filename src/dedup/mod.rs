@@ -100,10 +100,10 @@ impl Default for DedupConfig {
             ngram: 5,
             char_ngram: 5,
             short_words: 10,
-            num_perm: 128,
+            num_perm: 256,
             bands: 0,
             rows: 0,
-            fp_weight: 0.1,
+            fp_weight: 0.02,
             seed: 0,
             ignore_numbers: false,
             max_per_prompt: 0,
@@ -875,7 +875,7 @@ mod tests {
         assert_eq!(back, d);
         let partial: DedupConfig = toml::from_str("threshold = 0.7\n").expect("parses");
         assert_eq!(partial.threshold, 0.7);
-        assert_eq!(partial.num_perm, 128);
+        assert_eq!(partial.num_perm, 256);
         assert!(toml::from_str::<DedupConfig>("thresold = 0.7\n").is_err());
     }
 

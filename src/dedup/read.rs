@@ -115,7 +115,7 @@ pub fn for_each_item<'a>(block: &'a mut Block, mut f: impl FnMut(Item<'a>)) {
             let mut pending = VecDeque::new();
             let lay = layouts::Layouts::default();
             while !rest.is_empty() {
-                let (raw, complete, next) = match memchr(rest) {
+                let (raw, complete, next) = match memchr::memchr(b'\n', rest) {
                     Some(i) => (&rest[..i], true, &rest[i + 1..]),
                     None => (rest, false, &rest[rest.len()..]),
                 };
@@ -154,8 +154,8 @@ pub fn for_each_item<'a>(block: &'a mut Block, mut f: impl FnMut(Item<'a>)) {
     }
 }
 
-fn memchr(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+fn newlines(b: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', b).count() as u64
 }
 
 /// Reads the files into blocks, in order, until the receiver hangs up.
@@ -189,21 +189,21 @@ fn read_blocks(files: &[FileEntry], tx: &mpsc::SyncSender<Result<Block, DedupErr
                 loop {
                     let mut buf = Vec::with_capacity(BLOCK + carry.len() + 4096);
                     buf.append(&mut carry);
-                    let mut newline = buf.contains(&b'\n');
+                    let mut newline = memchr::memchr(b'\n', &buf).is_some();
                     let eof = loop {
                         let want = (BLOCK.saturating_sub(buf.len())).max(1 << 16) as u64;
                         let at = buf.len();
                         match (&mut reader).take(want).read_to_end(&mut buf) {
                             Ok(0) => break true,
                             Ok(_) => {
-                                newline = newline || buf[at..].contains(&b'\n');
+                                newline = newline || memchr::memchr(b'\n', &buf[at..]).is_some();
                                 if buf.len() >= BLOCK && newline {
                                     break false;
                                 }
                             }
                             Err(e) => {
                                 // Like the store's reader: what was read so far, then a torn tail.
-                                let n = buf.iter().filter(|&&c| c == b'\n').count() as u64;
+                                let n = newlines(&buf);
                                 let detail = format!("{e} (after {} bytes)", buf.len());
                                 if !send(Body::Lines { data: std::mem::take(&mut buf), first_line: line }) {
                                     return;
@@ -221,10 +221,10 @@ fn read_blocks(files: &[FileEntry], tx: &mpsc::SyncSender<Result<Block, DedupErr
                         }
                         break;
                     }
-                    let cut = buf.iter().rposition(|&c| c == b'\n').map_or(buf.len(), |i| i + 1);
+                    let cut = memchr::memrchr(b'\n', &buf).map_or(buf.len(), |i| i + 1);
                     carry.extend_from_slice(&buf[cut..]);
                     buf.truncate(cut);
-                    let n = buf.iter().filter(|&&c| c == b'\n').count() as u64;
+                    let n = newlines(&buf);
                     if !send(Body::Lines { data: buf, first_line: line }) {
                         return;
                     }
