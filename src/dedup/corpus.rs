@@ -7,6 +7,12 @@
 //! `DIR/README.md`, a Hugging Face dataset card whose YAML header (`configs`, `dataset_info`)
 //! `datasets.load_dataset(DIR)` reads. Removed examples go to `DIR/rejects/removed.jsonl.zst`
 //! (id, prompt id, reason) and unreadable input to `DIR/rejects/invalid.jsonl`.
+//!
+//! The input is parsed in parallel blocks ([`super::read`]); a kept example's JSON line goes
+//! to its shard's spool as it is (distill's own records are not re-serialised), with its
+//! structure ([`shape`]). Closing a shard infers the schema from one record per structure and
+//! decodes and encodes its row groups in parallel, written in order: the bytes do not depend on
+//! the number of threads.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};

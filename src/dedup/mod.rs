@@ -217,8 +217,8 @@ pub struct Report {
     pub bands: usize,
     pub rows: usize,
     pub out: PathBuf,
-    /// Seconds per step: scan, cluster, write.
-    pub seconds: Vec<(&'static str, f64)>,
+    /// Seconds per step (scan, cluster, write): wall, and CPU of the whole process.
+    pub seconds: Vec<(&'static str, f64, f64)>,
 }
 
 impl Report {
@@ -259,7 +259,7 @@ impl Report {
                 b.examples_removed
             );
         }
-        let secs: Vec<String> = self.seconds.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
+        let secs: Vec<String> = self.seconds.iter().map(|(k, w, c)| format!("{k} {w:.1}s wall {c:.1}s cpu")).collect();
         let _ = writeln!(s, "dedup: corpus in {} ({})", self.out.display(), secs.join(", "));
         s
     }
@@ -799,21 +799,33 @@ pub fn run(cfg: &DedupConfig) -> Result<Report, DedupError> {
         let funnel = Funnel { input: st.examples.len() as u64 + st.invalid, invalid: st.invalid, ..Default::default() };
         return Ok(Report { funnel, signatures: Some(path), out: cfg.out.clone(), ..Default::default() });
     }
-    let t = std::time::Instant::now();
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let states =
         if cfg.merge { read_signatures(cfg, &sig_dir, &files)? } else { vec![scan(cfg, &files, &hasher, &index)?] };
-    let scan_s = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
+    let scan_s = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let plan = plan(cfg, states, &index)?;
-    let plan_s = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
+    let plan_s = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let mut report = corpus::write(cfg, &plan)?;
+    drop(plan);
     report.seconds = vec![
-        (if cfg.merge { "read signatures" } else { "scan" }, scan_s),
-        ("cluster", plan_s),
-        ("write", t.elapsed().as_secs_f64()),
+        (if cfg.merge { "read signatures" } else { "scan" }, scan_s.0, scan_s.1),
+        ("cluster", plan_s.0, plan_s.1),
+        ("write", t.elapsed().as_secs_f64(), cpu_seconds() - c),
     ];
     Ok(report)
+}
+
+/// CPU seconds (user + system) this process has used so far, all threads.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn read_signatures(cfg: &DedupConfig, dir: &Path, files: &[FileEntry]) -> Result<Vec<ShardState>, DedupError> {
