@@ -1215,10 +1215,10 @@ fn run_filter(cfg: &crate::filter::FilterConfig) -> anyhow::Result<Outcome> {
 /// `[dedup]` settings (`DedupConfig::default()` < recipe table < `--set` < flags).
 ///
 /// Near-duplicates: MinHash over word 5-grams (character 5-grams for prompts under 10 words),
-/// LSH bands × rows derived from --threshold (128 permutations at 0.8: 14 × 9), every candidate
+/// LSH bands × rows derived from --threshold (256 permutations at 0.8: 28 × 9), every candidate
 /// verified by signature agreement >= threshold and, unless --ignore-numbers, equal number
 /// sequences. Chance that a pair with word-5-gram Jaccard s is merged at the defaults:
-/// s=0.6 <1e-6, 0.7 0.002, 0.75 0.06, 0.8 0.43, 0.85 0.91, 0.9 0.999.
+/// s=0.6 <1e-11, 0.7 0.0001, 0.75 0.03, 0.8 0.52, 0.85 0.986, 0.9 >0.99999.
 ///
 /// Many machines: `--shard I/N` (one per task, same --input/--out, shared filesystem) writes
 /// OUT/signatures/shard-I-of-N.sig for input files f with f % N == I; then one
@@ -1246,7 +1246,7 @@ struct DedupArgs {
     /// Words per shingle [default 5].
     #[arg(long, value_name = "N")]
     ngram: Option<usize>,
-    /// MinHash permutations [default 128].
+    /// MinHash permutations [default 256].
     #[arg(long, value_name = "N")]
     num_perm: Option<usize>,
     /// LSH bands (with --rows; default: derived from --threshold).

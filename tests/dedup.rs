@@ -320,7 +320,7 @@ fn max_per_prompt_and_representative() {
     assert_eq!(split_ids(&dir.path().join("o"), "train"), vec!["x".to_string()]);
     let o = distill(&["dedup", "--input", "in.jsonl", "--out", "o", "--show-config"], dir.path());
     let cfg = String::from_utf8_lossy(&o.stdout);
-    assert!(cfg.contains("[dedup]") && cfg.contains("threshold = 0.8") && cfg.contains("num_perm = 128"), "{cfg}");
+    assert!(cfg.contains("[dedup]") && cfg.contains("threshold = 0.8") && cfg.contains("num_perm = 256"), "{cfg}");
 }
 
 #[test]

@@ -7,78 +7,108 @@
 //! `DIR/README.md`, a Hugging Face dataset card whose YAML header (`configs`, `dataset_info`)
 //! `datasets.load_dataset(DIR)` reads. Removed examples go to `DIR/rejects/removed.jsonl.zst`
 //! (id, prompt id, reason) and unreadable input to `DIR/rejects/invalid.jsonl`.
+//!
+//! The input is parsed in parallel blocks ([`super::read`]); a kept example's JSON line goes
+//! to its shard's spool as it is (distill's own records are not re-serialised), with its
+//! structure ([`shape`]). Closing a shard infers the schema from one record per structure and
+//! decodes and encodes its row groups in parallel, written in order: the bytes do not depend on
+//! the number of threads.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use arrow_schema::{DataType, Field};
-use serde_json::{Value, json};
+use arrow_schema::{ArrowError, DataType, Field};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rayon::prelude::*;
+use serde_json::{Map, Value, json};
 
-use super::{Decision, DedupConfig, DedupError, Plan, Report, io_err, parse_example};
-use crate::store::{self, IdSuffix, ParquetWriter, RecordSink, RejectsWriter, ShardInfo, StoreError};
+use super::{Decision, DedupConfig, DedupError, Plan, Report, io_err, parse_example, read};
+use crate::store::{self, IdSuffix, RecordSink, RejectsWriter, ShardInfo, StoreError};
+
+/// Rows per row group: the unit the shard encoder decodes and encodes in parallel.
+const ROWS: usize = 16 * 1024;
+
+/// The codec of the shards: zstd at its fastest level, which `datasets`/pyarrow read.
+fn codec() -> Compression {
+    Compression::ZSTD(ZstdLevel::default())
+}
+
+/// One shard being written: the kept records' JSON lines spooled to disk, with one record of
+/// every distinct structure for the schema.
+struct Spool {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    bytes: u64,
+    records: u64,
+    shapes: HashSet<Vec<u8>>,
+    samples: Vec<Vec<u8>>,
+}
 
 /// Parquet shards of one split, bounded in bytes of record JSON.
 struct SplitWriter {
     dir: PathBuf,
     name: &'static str,
     limit: u64,
-    current: Option<ParquetWriter>,
-    bytes: u64,
-    records: u64,
+    current: Option<Spool>,
     finished: Vec<(PathBuf, u64)>,
-}
-
-/// Bytes a value takes as JSON, roughly (strings, keys and a few per scalar).
-fn json_size(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => s.len() as u64 + 2,
-        Value::Array(a) => 2 + a.iter().map(|x| json_size(x) + 1).sum::<u64>(),
-        Value::Object(m) => 2 + m.iter().map(|(k, x)| k.len() as u64 + 4 + json_size(x)).sum::<u64>(),
-        _ => 8,
-    }
 }
 
 impl SplitWriter {
     fn new(dir: &Path, name: &'static str, limit: u64) -> Self {
-        SplitWriter {
-            dir: dir.to_path_buf(),
-            name,
-            limit: limit.max(1),
-            current: None,
-            bytes: 0,
-            records: 0,
-            finished: Vec::new(),
-        }
+        SplitWriter { dir: dir.to_path_buf(), name, limit: limit.max(1), current: None, finished: Vec::new() }
     }
 
     fn partial(&self, i: usize) -> PathBuf {
         self.dir.join(format!(".{}-{i:05}.partial.parquet", self.name))
     }
 
-    fn write(&mut self, v: &Value) -> Result<(), StoreError> {
-        let size = json_size(v);
-        if self.current.is_some() && self.bytes + size > self.limit {
+    /// Adds one record: its JSON (one line, no newline) and its structure ([`shape`]).
+    fn write(&mut self, json: &[u8], shape: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write as _;
+        let size = json.len() as u64 + 1;
+        if self.current.as_ref().is_some_and(|c| c.bytes + size > self.limit) {
             self.close()?;
         }
         if self.current.is_none() {
-            self.current = Some(ParquetWriter::create(&self.partial(self.finished.len()))?);
+            let partial = self.partial(self.finished.len());
+            let name = partial.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let path = self.dir.join(format!("{name}.spool.jsonl"));
+            let f = std::fs::File::create(&path).map_err(|e| StoreError::io(&path, e))?;
+            let file = std::io::BufWriter::with_capacity(1 << 20, f);
+            self.current =
+                Some(Spool { path, file, bytes: 0, records: 0, shapes: HashSet::new(), samples: Vec::new() });
         }
-        if let Some(w) = self.current.as_mut() {
-            w.write_value(v)?;
+        if let Some(c) = self.current.as_mut() {
+            c.file.write_all(json).and_then(|()| c.file.write_all(b"\n")).map_err(|e| StoreError::io(&c.path, e))?;
+            if !c.shapes.contains(shape) {
+                c.shapes.insert(shape.to_vec());
+                c.samples.push(json.to_vec());
+            }
+            c.bytes += size;
+            c.records += 1;
         }
-        self.bytes += size;
-        self.records += 1;
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
-        if let Some(w) = self.current.take() {
-            w.close()?;
-            self.finished.push((self.partial(self.finished.len()), self.records));
+        if let Some(c) = self.current.take() {
+            let Spool { path, file, records, samples, .. } = c;
+            let out = self.partial(self.finished.len());
+            let r = file
+                .into_inner()
+                .map_err(|e| StoreError::io(&path, e.into_error()))
+                .and_then(|_| encode_shard(&path, &out, &samples));
+            let _ = std::fs::remove_file(&path);
+            r?;
+            self.finished.push((out, records));
         }
-        self.bytes = 0;
-        self.records = 0;
         Ok(())
     }
 
@@ -99,6 +129,225 @@ impl SplitWriter {
             });
         }
         Ok(out)
+    }
+}
+
+/// Writes the JSON lines of `spool` as the Parquet file `out` (atomically). The schema is
+/// inferred (as `arrow-json` infers it) from `samples`, one record of each structure in the
+/// spool; row groups of [`ROWS`] records are decoded and encoded in parallel and written in
+/// order, so the bytes do not depend on the number of threads.
+fn encode_shard(spool: &Path, out: &Path, samples: &[Vec<u8>]) -> Result<(), StoreError> {
+    use std::io::BufRead as _;
+    let pe = |e: &dyn std::fmt::Display| StoreError::Parquet { path: out.to_path_buf(), msg: e.to_string() };
+    let values =
+        samples.iter().map(|b| serde_json::from_slice::<Value>(b).map_err(|e| ArrowError::JsonError(e.to_string())));
+    let schema = Arc::new(
+        arrow_json::reader::infer_json_schema_from_iterator(values)
+            .map_err(|e| pe(&format!("records do not share one column layout: {e}; write .jsonl.zst instead")))?,
+    );
+    let props = WriterProperties::builder().set_compression(codec()).set_max_row_group_row_count(Some(ROWS)).build();
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| StoreError::io(dir, e))?;
+    let file = tmp.reopen().map_err(|e| StoreError::io(out, e))?;
+    let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| pe(&e))?;
+    let (mut fw, factory) = writer.into_serialized_writer().map_err(|e| pe(&e))?;
+    let mut reader =
+        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(spool).map_err(|e| StoreError::io(spool, e))?);
+    let par = rayon::current_num_threads().max(1) * 2;
+    let mut row_group = 0usize;
+    let mut eof = false;
+    while !eof {
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        while chunks.len() < par && !eof {
+            let mut c = Vec::new();
+            let mut n = 0;
+            while n < ROWS {
+                if reader.read_until(b'\n', &mut c).map_err(|e| StoreError::io(spool, e))? == 0 {
+                    eof = true;
+                    break;
+                }
+                n += 1;
+            }
+            if n > 0 {
+                chunks.push(c);
+            }
+        }
+        let writers = (0..chunks.len())
+            .map(|i| factory.create_column_writers(row_group + i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pe(&e))?;
+        let encoded: Vec<Result<Vec<ArrowColumnChunk>, String>> = chunks
+            .into_par_iter()
+            .zip(writers)
+            .map(|(bytes, mut cols)| {
+                let mut dec = arrow_json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(ROWS + 1)
+                    .with_coerce_primitive(true)
+                    .build_decoder()
+                    .map_err(|e| e.to_string())?;
+                let mut off = 0;
+                while off < bytes.len() {
+                    let n = dec.decode(&bytes[off..]).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("the JSON decoder made no progress".to_string());
+                    }
+                    off += n;
+                }
+                let batch = dec.flush().map_err(|e| e.to_string())?.ok_or("no rows decoded")?;
+                let mut it = cols.iter_mut();
+                for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                    for leaf in compute_leaves(field, column).map_err(|e| e.to_string())? {
+                        it.next().ok_or("more leaves than columns")?.write(&leaf).map_err(|e| e.to_string())?;
+                    }
+                }
+                cols.into_iter().map(|c| c.close().map_err(|e| e.to_string())).collect()
+            })
+            .collect();
+        for cols in encoded {
+            let cols = cols.map_err(|e| pe(&e))?;
+            let mut rg = fw.next_row_group().map_err(|e| pe(&e))?;
+            for c in cols {
+                c.append_to_row_group(&mut rg).map_err(|e| pe(&e))?;
+            }
+            rg.close().map_err(|e| pe(&e))?;
+            row_group += 1;
+        }
+    }
+    let file = fw.into_inner().map_err(|e| pe(&e))?;
+    file.sync_all().map_err(|e| StoreError::io(out, e))?;
+    tmp.persist(out).map_err(|e| StoreError::io(out, e.error))?;
+    Ok(())
+}
+
+/// The structure of a JSON value, written to `out`: keys and the kinds of values, an array's
+/// consecutive equal elements once. Records of one structure get one type from schema
+/// inference, so inferring from one record of each gives the schema of all. Sets `empty` when
+/// the value holds an empty object (which has no Parquet type).
+pub(crate) fn shape(json: &[u8], out: &mut Vec<u8>, empty: &mut bool) -> Result<(), serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    out.clear();
+    *empty = false;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    ShapeSeed { out, empty }.deserialize(&mut de)?;
+    de.end()
+}
+
+struct ShapeSeed<'b> {
+    out: &'b mut Vec<u8>,
+    empty: &'b mut bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ShapeSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ShapeSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.out.push(b'b');
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.out.push(b'i');
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        // As serde_json's `Value::is_i64`: larger integers are inferred as floats.
+        self.out.push(if i64::try_from(v).is_ok() { b'i' } else { b'f' });
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.out.push(b'f');
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.out.push(b's');
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.push(b'n');
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.out.push(b'n');
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push(b'[');
+        let mut prev: Option<usize> = None;
+        loop {
+            let start = self.out.len();
+            if seq.next_element_seed(ShapeSeed { out: &mut *self.out, empty: &mut *self.empty })?.is_none() {
+                break;
+            }
+            match prev {
+                Some(p) if self.out[p..start] == self.out[start..] => self.out.truncate(start),
+                _ => prev = Some(start),
+            }
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.out.push(b'{');
+        let mut n = 0usize;
+        while map.next_key_seed(KeySeed(&mut *self.out))?.is_some() {
+            map.next_value_seed(ShapeSeed { out: &mut *self.out, empty: &mut *self.empty })?;
+            n += 1;
+        }
+        if n == 0 {
+            *self.empty = true;
+        }
+        self.out.push(b'}');
+        Ok(())
+    }
+}
+
+struct KeySeed<'b>(&'b mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, k: &str) -> Result<(), E> {
+        self.0.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(k.as_bytes());
+        Ok(())
+    }
+}
+
+/// Empty objects have no Parquet type; they are written as absent (in arrays: null).
+fn drop_empty_objects(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                drop_empty_objects(x);
+            }
+            m.retain(|_, x| !matches!(x, Value::Object(o) if o.is_empty()));
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                drop_empty_objects(x);
+                if matches!(x, Value::Object(o) if o.is_empty()) {
+                    *x = Value::Null;
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -130,6 +379,139 @@ fn clear_data_dir(dir: &Path) -> Result<(), DedupError> {
     Ok(())
 }
 
+/// A valid example of a block, ready to write: its JSON is `bytes[json]` (the input line
+/// itself for distill's own records), its structure `bytes[shape]`.
+struct ValidRec {
+    line: u64,
+    id: Option<String>,
+    json: Range<usize>,
+    shape: Range<usize>,
+    num_tokens: Option<u64>,
+    chars: u64,
+    source: Option<String>,
+    task: &'static str,
+}
+
+enum Prepared {
+    Valid(ValidRec),
+    /// Readable, but not an SFT example dedup takes.
+    Invalid(StoreError, Map<String, Value>),
+    Unreadable(StoreError),
+}
+
+struct PreparedBlock {
+    file: u32,
+    path: Arc<PathBuf>,
+    bytes: Vec<u8>,
+    items: Vec<Prepared>,
+}
+
+fn assistant_chars<'a>(turns: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    turns.filter(|(role, _)| *role == "assistant").map(|(_, c)| c.chars().count() as u64).sum()
+}
+
+/// Appends a record's JSON and its shape to `bytes`; a record holding an empty object is
+/// rewritten without it. `None` when it is not JSON after all.
+fn add_json(
+    json: &[u8],
+    value: Option<Value>,
+    buf: &mut Vec<u8>,
+    bytes: &mut Vec<u8>,
+) -> Option<(Range<usize>, Range<usize>)> {
+    let mut empty = false;
+    shape(json, buf, &mut empty).ok()?;
+    let rewritten;
+    let json = if empty {
+        let mut v = match value {
+            Some(v) => v,
+            None => serde_json::from_slice(json).ok()?,
+        };
+        drop_empty_objects(&mut v);
+        rewritten = serde_json::to_vec(&v).ok()?;
+        shape(&rewritten, buf, &mut empty).ok()?;
+        &rewritten[..]
+    } else {
+        json
+    };
+    let a = bytes.len();
+    bytes.extend_from_slice(json);
+    let b = bytes.len();
+    bytes.extend_from_slice(buf);
+    Some((a..b, b..bytes.len()))
+}
+
+/// Parses a block in a worker: what the output pass needs of each record.
+fn prepare_block(mut block: read::Block) -> PreparedBlock {
+    let (file, path) = (block.file, block.path.clone());
+    let mut bytes = Vec::new();
+    let mut items = Vec::new();
+    let mut buf = Vec::new();
+    read::for_each_item(&mut block, |item| match item {
+        read::Item::Lite { line, lite, bytes: json } => {
+            if lite.prompt_and_response().is_none() {
+                let loc = store::Loc { file: path.clone(), line };
+                let e = StoreError::Schema {
+                    loc,
+                    id: IdSuffix(Some(lite.id.to_string())),
+                    msg: "no user message: dedup takes the prompt from the first user turn".into(),
+                };
+                items.push(Prepared::Invalid(e, serde_json::from_slice(json).unwrap_or_default()));
+                return;
+            }
+            let Some((json_r, shape_r)) = add_json(json, None, &mut buf, &mut bytes) else { return };
+            items.push(Prepared::Valid(ValidRec {
+                line,
+                id: Some(lite.id.into_owned()),
+                json: json_r,
+                shape: shape_r,
+                num_tokens: lite.meta.num_tokens,
+                chars: assistant_chars(lite.messages.iter().map(|m| (&*m.role, &*m.content))),
+                source: lite.source.map(Cow::into_owned),
+                task: lite.task.as_str(),
+            }));
+        }
+        read::Item::Raw(Err(e)) => items.push(Prepared::Unreadable(e)),
+        read::Item::Raw(Ok(raw)) => {
+            let ex = match parse_example(&raw) {
+                Ok(ex) => ex,
+                Err(e) => {
+                    let msg = match e {
+                        DedupError::Store(e) => e.to_string(),
+                        e => e.to_string(),
+                    };
+                    let e = StoreError::Schema { loc: raw.loc.clone(), id: IdSuffix(raw.id()), msg };
+                    items.push(Prepared::Invalid(e, raw.value));
+                    return;
+                }
+            };
+            let id = raw.id();
+            let line = raw.loc.line;
+            let v = Value::Object(raw.value);
+            let num_tokens = v.pointer("/meta/num_tokens").and_then(Value::as_u64);
+            let chars = v.get("messages").and_then(Value::as_array).map_or(0, |msgs| {
+                assistant_chars(msgs.iter().filter_map(|m| {
+                    Some((m.get("role").and_then(Value::as_str)?, m.get("content").and_then(Value::as_str)?))
+                }))
+            });
+            let source = v.get("source").and_then(Value::as_str).map(str::to_string);
+            let task = ex.task.as_str();
+            let Ok(json) = serde_json::to_vec(&v) else { return };
+            let Some((json_r, shape_r)) = add_json(&json, Some(v), &mut buf, &mut bytes) else { return };
+            items.push(Prepared::Valid(ValidRec {
+                line,
+                id,
+                json: json_r,
+                shape: shape_r,
+                num_tokens,
+                chars,
+                source,
+                task,
+            }));
+        }
+    });
+    PreparedBlock { file, path, bytes, items }
+}
+
 /// Runs the output pass for a plan and writes the manifest and card.
 pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     let data = cfg.out.join("data");
@@ -149,120 +531,90 @@ pub fn write(cfg: &DedupConfig, plan: &Plan) -> Result<Report, DedupError> {
     let mut tasks: BTreeMap<String, u64> = BTreeMap::new();
     let mut cursor = 0usize;
     let mut torn = Vec::new();
-    // A reader thread parses the input (JSON) while this one decides and writes.
-    type Chunk = Result<Vec<(u32, Result<store::RawRecord, StoreError>)>, StoreError>;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
-    let files = &plan.files;
-    std::thread::scope(|scope| -> Result<(), DedupError> {
-        scope.spawn(move || {
-            for f in files {
-                let it = match store::open(Path::new(&f.path)) {
-                    Ok(it) => it,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
+    read::process(&plan.files, prepare_block, |b| {
+        for item in b.items {
+            let rec = match item {
+                Prepared::Unreadable(e) => {
+                    if e.is_torn_tail() {
+                        torn.push(e.to_string());
                     }
-                };
-                let mut chunk = Vec::with_capacity(1024);
-                for item in it {
-                    chunk.push((f.index, item));
-                    if chunk.len() == 1024
-                        && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(1024)))).is_err()
-                    {
-                        return;
-                    }
-                }
-                if !chunk.is_empty() && tx.send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-        });
-        for chunk in rx {
-            for (findex, item) in chunk? {
-                let raw = match item {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        if e.is_torn_tail() {
-                            torn.push(e.to_string());
-                        }
-                        invalid.reject(&e, None)?;
-                        continue;
-                    }
-                };
-                let matches = plan.examples.get(cursor).is_some_and(|e| e.file == findex && e.line == raw.loc.line);
-                if !matches {
-                    let msg = match parse_example(&raw) {
-                        Err(DedupError::Store(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                        Ok(_) => "changed since the scan".to_string(),
-                    };
-                    let e = StoreError::Schema { loc: raw.loc.clone(), id: IdSuffix(raw.id()), msg };
-                    invalid.reject(&e, Some(&raw.value))?;
+                    invalid.reject(&e, None)?;
                     continue;
                 }
-                let d = plan.decisions[cursor];
-                let node = plan.ex_node[cursor] as usize;
-                cursor += 1;
-                match d {
-                    Decision::Train | Decision::Validation => {
-                        let v = Value::Object(raw.value);
-                        if let Some(t) = v.pointer("/meta/num_tokens").and_then(Value::as_u64) {
-                            tokens.push(t);
-                        }
-                        if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-                            let a: u64 = msgs
-                                .iter()
-                                .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
-                                .filter_map(|m| m.get("content").and_then(Value::as_str))
-                                .map(|s| s.chars().count() as u64)
-                                .sum();
-                            chars.push(a);
-                        }
-                        let src = v.get("source").and_then(Value::as_str).unwrap_or("(none)").to_string();
-                        *sources.entry(src).or_insert(0) += 1;
-                        let task = v.get("task").and_then(Value::as_str).unwrap_or("(none)").to_string();
-                        *tasks.entry(task).or_insert(0) += 1;
-                        if d == Decision::Train { train.write(&v)? } else { validation.write(&v)? }
+                Prepared::Invalid(e, record) => {
+                    invalid.reject(&e, Some(&record))?;
+                    continue;
+                }
+                Prepared::Valid(rec) => rec,
+            };
+            let json = &b.bytes[rec.json.clone()];
+            let matches = plan.examples.get(cursor).is_some_and(|e| e.file == b.file && e.line == rec.line);
+            if !matches {
+                let loc = store::Loc { file: b.path.clone(), line: rec.line };
+                let e = StoreError::Schema { loc, id: IdSuffix(rec.id.clone()), msg: "changed since the scan".into() };
+                let record: Map<String, Value> = serde_json::from_slice(json).unwrap_or_default();
+                invalid.reject(&e, Some(&record))?;
+                continue;
+            }
+            let d = plan.decisions[cursor];
+            let node = plan.ex_node[cursor] as usize;
+            cursor += 1;
+            match d {
+                Decision::Train | Decision::Validation => {
+                    if let Some(t) = rec.num_tokens {
+                        tokens.push(t);
                     }
-                    other => {
-                        let mut r = json!({"id": raw.id(), "prompt_id": plan.node_ids[node], "file": raw.loc.file.display().to_string(), "line": raw.loc.line});
-                        let (stage, reason) = match other {
-                            Decision::Exact(first) => {
-                                let e = &plan.examples[first as usize];
-                                r["duplicate_of"] = plan.node_ids[plan.ex_node[first as usize] as usize].clone().into();
-                                (
-                                    "exact",
-                                    format!(
-                                        "prompt and response repeat {}:{}",
-                                        plan.files[e.file as usize].path, e.line
-                                    ),
-                                )
-                            }
-                            Decision::Contaminated(u) => {
-                                let hit = plan.prompts[u as usize].hit.as_ref();
-                                let b =
-                                    hit.map(|h| plan.decontam[h.bench as usize].benchmark.clone()).unwrap_or_default();
-                                r["benchmark"] = b.clone().into();
-                                if let Some(h) = hit {
-                                    r["method"] = h.method.as_str().into();
-                                    r["shared_text"] = h.evidence.clone().into();
-                                }
-                                ("decontam", format!("overlaps benchmark {b}"))
-                            }
-                            Decision::NearDup(n, keep) => {
-                                r["duplicate_of"] = plan.node_ids[keep as usize].clone().into();
-                                r["similarity"] = json!((plan.node_sim[n as usize] as f64 * 1000.0).round() / 1000.0);
-                                ("near_dup", format!("near-duplicate prompt of {}", plan.node_ids[keep as usize]))
-                            }
-                            _ => ("max_per_prompt", format!("more than {} examples of its prompt", cfg.max_per_prompt)),
-                        };
-                        if let Some(&keep) = plan.node_keep.get(node).filter(|&&k| k != u32::MAX) {
-                            r["cluster"] = plan.node_ids[keep as usize].clone().into();
+                    chars.push(rec.chars);
+                    let src = rec.source.as_deref().unwrap_or("(none)");
+                    match sources.get_mut(src) {
+                        Some(c) => *c += 1,
+                        None => {
+                            sources.insert(src.to_string(), 1);
                         }
-                        r["stage"] = stage.into();
-                        r["reason"] = reason.into();
-                        removed.write_value(&r)?;
                     }
+                    match tasks.get_mut(rec.task) {
+                        Some(c) => *c += 1,
+                        None => {
+                            tasks.insert(rec.task.to_string(), 1);
+                        }
+                    }
+                    let shape = &b.bytes[rec.shape.clone()];
+                    if d == Decision::Train { train.write(json, shape)? } else { validation.write(json, shape)? }
+                }
+                other => {
+                    let mut r = json!({"id": rec.id, "prompt_id": plan.node_ids[node], "file": b.path.display().to_string(), "line": rec.line});
+                    let (stage, reason) = match other {
+                        Decision::Exact(first) => {
+                            let e = &plan.examples[first as usize];
+                            r["duplicate_of"] = plan.node_ids[plan.ex_node[first as usize] as usize].clone().into();
+                            (
+                                "exact",
+                                format!("prompt and response repeat {}:{}", plan.files[e.file as usize].path, e.line),
+                            )
+                        }
+                        Decision::Contaminated(u) => {
+                            let hit = plan.prompts[u as usize].hit.as_ref();
+                            let b = hit.map(|h| plan.decontam[h.bench as usize].benchmark.clone()).unwrap_or_default();
+                            r["benchmark"] = b.clone().into();
+                            if let Some(h) = hit {
+                                r["method"] = h.method.as_str().into();
+                                r["shared_text"] = h.evidence.clone().into();
+                            }
+                            ("decontam", format!("overlaps benchmark {b}"))
+                        }
+                        Decision::NearDup(n, keep) => {
+                            r["duplicate_of"] = plan.node_ids[keep as usize].clone().into();
+                            r["similarity"] = json!((plan.node_sim[n as usize] as f64 * 1000.0).round() / 1000.0);
+                            ("near_dup", format!("near-duplicate prompt of {}", plan.node_ids[keep as usize]))
+                        }
+                        _ => ("max_per_prompt", format!("more than {} examples of its prompt", cfg.max_per_prompt)),
+                    };
+                    if let Some(&keep) = plan.node_keep.get(node).filter(|&&k| k != u32::MAX) {
+                        r["cluster"] = plan.node_ids[keep as usize].clone().into();
+                    }
+                    r["stage"] = stage.into();
+                    r["reason"] = reason.into();
+                    removed.write_value(&r)?;
                 }
             }
         }
@@ -560,4 +912,130 @@ fn card(cfg: &DedupConfig, m: &Value, features: &[Field]) -> String {
     let _ = writeln!(s, "- assistant characters: `{}`\n", m["lengths"]["response_chars"]);
     s.push_str("## Licence\n\nTODO: state the licence of the prompts' sources and the teacher model's terms of use before publishing.\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::state::FileEntry;
+
+    /// What the output pass sees of each record: kind, line, id, the record.
+    fn via_blocks(path: &Path) -> Vec<(String, u64, Option<String>, Value)> {
+        let files = [FileEntry { index: 0, path: path.display().to_string(), bytes: 0 }];
+        let mut got = Vec::new();
+        read::process(&files, prepare_block, |b| {
+            for item in b.items {
+                got.push(match item {
+                    Prepared::Valid(r) => {
+                        let v: Value = serde_json::from_slice(&b.bytes[r.json]).expect("json");
+                        ("valid".to_string(), r.line, r.id, v)
+                    }
+                    Prepared::Invalid(e, rec) => {
+                        ("invalid".to_string(), e.loc().map_or(0, |l| l.line), None, Value::Object(rec))
+                    }
+                    Prepared::Unreadable(e) => (format!("unreadable torn={}", e.is_torn_tail()), 0, None, Value::Null),
+                });
+            }
+            Ok(())
+        })
+        .expect("process");
+        got
+    }
+
+    /// The same through the store's reader, as the output pass read it before the fast path.
+    fn via_store(path: &Path) -> Vec<(String, u64, Option<String>, Value)> {
+        store::open(path)
+            .expect("open")
+            .map(|item| match item {
+                Err(e) => (format!("unreadable torn={}", e.is_torn_tail()), 0, None, Value::Null),
+                Ok(raw) => match parse_example(&raw) {
+                    Err(_) => ("invalid".to_string(), raw.loc.line, None, Value::Object(raw.value)),
+                    Ok(_) => {
+                        let mut v = Value::Object(raw.value.clone());
+                        drop_empty_objects(&mut v);
+                        ("valid".to_string(), raw.loc.line, raw.id(), v)
+                    }
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fast_path_reads_what_the_store_reads() {
+        let native = |id: &str, extra: &str| {
+            format!(
+                r#"{{"id":"{id}","messages":[{{"role":"user","content":"q {id}"}},{{"role":"assistant","content":"<think>\nr\n</think>\n\na"}}],"task":"math","prompt_id":"{id}"{extra}}}"#
+            )
+        };
+        let lines = [
+            native("a", r#","meta":{"pass_rate":1.0,"n_samples":2,"num_tokens":7},"source":"s""#),
+            native("b", r#","meta":{},"x":{"y":{},"z":[{},1]}"#),
+            String::new(),
+            "   ".to_string(),
+            native("c", r#","note":"caf\u00e9 \"q\"\\""#) + "\r",
+            r#"{"conversations":[{"from":"human","value":"hi"},{"from":"gpt","value":"yo"}]}"#.to_string(),
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#.to_string(),
+            r#"{"id":"d","messages":[{"role":"assistant","content":"no user"}],"task":"math","prompt_id":"d"}"#
+                .to_string(),
+            "{not json".to_string(),
+            r#"{"id":5,"messages":[{"role":"user","content":"q"}],"task":"math","prompt_id":"e"}"#.to_string(),
+            r#"{"id":"f","messages":[{"role":"user","content":"q"}],"task":"math","prompt_id":"f","id":"g"}"#
+                .to_string(),
+            r#"{"problem":"p","answer":"1","generations":["<think>a</think>1","<think>b</think>2"]}"#.to_string(),
+            native("h", r#","generations":null"#),
+            r#"{"id":"torn","messages":[{"role":"user""#.to_string(),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = dir.path().join("in.jsonl");
+        std::fs::write(&plain, lines.join("\n")).expect("write");
+        let zst = dir.path().join("in.jsonl.zst");
+        std::fs::write(&zst, zstd::encode_all(lines.join("\n").as_bytes(), 3).expect("zstd")).expect("write");
+        for p in [&plain, &zst] {
+            let (a, b) = (via_blocks(p), via_store(p));
+            assert_eq!(a, b, "{}", p.display());
+            let kinds: Vec<&str> = a.iter().map(|x| x.0.as_str()).collect();
+            assert!(kinds.contains(&"valid") && kinds.contains(&"invalid"), "{kinds:?}");
+            assert_eq!(kinds.last(), Some(&"unreadable torn=true"));
+        }
+    }
+
+    #[test]
+    fn one_record_per_shape_infers_the_schema_of_all() {
+        let recs = [
+            r#"{"a":1,"b":"x","c":[1,2,3]}"#,
+            r#"{"a":2,"b":"y","c":[4]}"#,
+            r#"{"a":2.5,"d":{"e":true},"c":[]}"#,
+            r#"{"a":3,"d":{"f":null},"m":[{"r":"u","c":"x"},{"r":"a","c":"y"}]}"#,
+            r#"{"a":4,"m":[{"r":"u","c":"x"},{"r":"a","c":"y","w":1}]}"#,
+            r#"{"a":5,"m":[{"r":"u","c":"x"}],"b":7}"#,
+            r#"{"a":18446744073709551615,"c":[1.5],"n":[[1],[2,3]]}"#,
+            r#"{"a":6,"n":[[],[4]],"g":"s"}"#,
+            r#"{"a":7,"g":[1,"s"]}"#,
+        ];
+        let all = arrow_json::reader::infer_json_schema_from_iterator(
+            recs.iter().map(|r| Ok::<Value, ArrowError>(serde_json::from_str(r).expect("json"))),
+        )
+        .expect("infer");
+        let (mut seen, mut samples, mut buf, mut empty) = (HashSet::new(), Vec::new(), Vec::new(), false);
+        for r in recs.iter().chain(recs.iter()) {
+            shape(r.as_bytes(), &mut buf, &mut empty).expect("shape");
+            assert!(!empty);
+            if seen.insert(buf.clone()) {
+                samples.push(serde_json::from_str::<Value>(r).expect("json"));
+            }
+        }
+        // The first two differ in values only.
+        assert_eq!(samples.len(), recs.len() - 1);
+        let some =
+            arrow_json::reader::infer_json_schema_from_iterator(samples.into_iter().map(Ok::<Value, ArrowError>))
+                .expect("infer");
+        assert_eq!(all, some);
+        // Equal elements of an array count once; an empty object is reported.
+        let mut other = Vec::new();
+        shape(br#"{"c":[1,2,3,4]}"#, &mut buf, &mut empty).expect("shape");
+        shape(br#"{"c":[5]}"#, &mut other, &mut empty).expect("shape");
+        assert_eq!(buf, other);
+        shape(br#"{"c":[{"x":{}}]}"#, &mut buf, &mut empty).expect("shape");
+        assert!(empty);
+    }
 }

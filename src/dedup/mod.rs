@@ -28,15 +28,14 @@ pub mod decontam;
 pub mod exact;
 pub mod minhash;
 pub mod norm;
+pub mod read;
 pub mod state;
 pub mod synth;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use crate::record::SftExample;
 use crate::store::{self, RawRecord, StoreError};
@@ -101,10 +100,10 @@ impl Default for DedupConfig {
             ngram: 5,
             char_ngram: 5,
             short_words: 10,
-            num_perm: 128,
+            num_perm: 256,
             bands: 0,
             rows: 0,
-            fp_weight: 0.1,
+            fp_weight: 0.02,
             seed: 0,
             ignore_numbers: false,
             max_per_prompt: 0,
@@ -218,8 +217,8 @@ pub struct Report {
     pub bands: usize,
     pub rows: usize,
     pub out: PathBuf,
-    /// Seconds per step: scan, cluster, write.
-    pub seconds: Vec<(&'static str, f64)>,
+    /// Seconds per step (scan, cluster, write): wall, and CPU of the whole process.
+    pub seconds: Vec<(&'static str, f64, f64)>,
 }
 
 impl Report {
@@ -260,7 +259,7 @@ impl Report {
                 b.examples_removed
             );
         }
-        let secs: Vec<String> = self.seconds.iter().map(|(k, v)| format!("{k} {v:.1}s")).collect();
+        let secs: Vec<String> = self.seconds.iter().map(|(k, w, c)| format!("{k} {w:.1}s wall {c:.1}s cpu")).collect();
         let _ = writeln!(s, "dedup: corpus in {} ({})", self.out.display(), secs.join(", "));
         s
     }
@@ -402,28 +401,77 @@ pub fn load_benchmarks(cfg: &DedupConfig) -> Result<DecontamIndex, DedupError> {
     Ok(ix)
 }
 
-const CHUNK: usize = 4096;
-
+/// One valid example of a scanned block; `fresh` holds its prompt's record and signature when
+/// it is the first of its prompt in the block.
 struct Scanned {
-    file: u32,
     line: u64,
     prompt_id: String,
-    norm: String,
     key: Key,
     pair: Key,
+    fresh: Option<(PromptRec, Vec<u32>)>,
 }
 
-fn scan_one(file: u32, raw: RawRecord) -> Option<Scanned> {
-    let line = raw.loc.line;
-    let ex: SftExample = raw.into_parsed().ok()?;
-    let (p, r) = prompt_and_response(&ex).ok()?;
-    let mut norm = String::new();
-    norm::normalize(p, &mut norm);
-    let mut nr = String::new();
-    norm::normalize(r, &mut nr);
-    let key = exact::prompt_key(&norm);
-    let pair = exact::pair_key(&norm, &nr);
-    Some(Scanned { file, line, prompt_id: ex.prompt_id, norm, key, pair })
+struct ScannedBlock {
+    file: u32,
+    examples: Vec<Scanned>,
+    invalid: u64,
+}
+
+/// Scans one block: keys of every valid example, signatures of the prompts new to the block.
+fn scan_block(mut block: read::Block, hasher: &MinHasher, index: &DecontamIndex) -> ScannedBlock {
+    let np = hasher.params.num_perm;
+    let mut out = ScannedBlock { file: block.file, examples: Vec::new(), invalid: 0 };
+    let mut local: HashSet<Key> = HashSet::new();
+    let (mut norm, mut nr, mut w, mut sh) = (String::new(), String::new(), Vec::new(), Vec::new());
+    read::for_each_item(&mut block, |item| {
+        let (line, prompt_id) = match item {
+            read::Item::Lite { line, lite, .. } => match lite.prompt_and_response() {
+                Some((p, r)) => {
+                    norm::normalize(p, &mut norm);
+                    norm::normalize(r, &mut nr);
+                    (line, lite.prompt_id.into_owned())
+                }
+                None => {
+                    out.invalid += 1;
+                    return;
+                }
+            },
+            read::Item::Raw(Ok(raw)) => {
+                let line = raw.loc.line;
+                let Ok(ex) = raw.into_parsed::<SftExample>() else {
+                    out.invalid += 1;
+                    return;
+                };
+                let Ok((p, r)) = prompt_and_response(&ex) else {
+                    out.invalid += 1;
+                    return;
+                };
+                norm::normalize(p, &mut norm);
+                norm::normalize(r, &mut nr);
+                (line, ex.prompt_id)
+            }
+            read::Item::Raw(Err(_)) => {
+                out.invalid += 1;
+                return;
+            }
+        };
+        let key = exact::prompt_key(&norm);
+        let pair = exact::pair_key(&norm, &nr);
+        let fresh = local.insert(key).then(|| {
+            hasher.shingles(&norm, &mut w, &mut sh);
+            let mut sig = vec![u32::MAX; np];
+            hasher.signature(&sh, &mut sig);
+            let rec = PromptRec {
+                key,
+                numbers: norm::numbers_hash(&norm),
+                shingled: !sh.is_empty(),
+                hit: index.check(&norm),
+            };
+            (rec, sig)
+        });
+        out.examples.push(Scanned { line, prompt_id, key, pair, fresh });
+    });
+    out
 }
 
 /// Scans input files: the compact state of every valid example and distinct prompt.
@@ -433,89 +481,32 @@ pub fn scan(
     hasher: &MinHasher,
     index: &DecontamIndex,
 ) -> Result<ShardState, DedupError> {
-    let np = hasher.params.num_perm;
     let mut st = ShardState { fingerprint: cfg.fingerprint(), files: files.to_vec(), ..Default::default() };
-    let mut seen: HashMap<Key, u32> = HashMap::new();
-    let (tx, rx) = mpsc::sync_channel::<Result<Vec<(u32, RawRecord)>, DedupError>>(4);
-    std::thread::scope(|s| -> Result<(), DedupError> {
-        let reader = s.spawn(move || {
-            let mut invalid = 0u64;
-            for f in files {
-                let it = match store::open(Path::new(&f.path)) {
-                    Ok(it) => it,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                        return invalid;
-                    }
-                };
-                let mut chunk = Vec::with_capacity(CHUNK);
-                for item in it {
-                    match item {
-                        Ok(raw) => chunk.push((f.index, raw)),
-                        Err(_) => invalid += 1,
-                    }
-                    if chunk.len() == CHUNK
-                        && tx.send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))).is_err()
-                    {
-                        return invalid;
-                    }
+    let mut seen: HashSet<Key> = HashSet::new();
+    read::process(
+        files,
+        |block| scan_block(block, hasher, index),
+        |b| {
+            st.invalid += b.invalid;
+            for sc in b.examples {
+                // Distinct prompts, in first-occurrence order.
+                if let Some((rec, sig)) = sc.fresh
+                    && seen.insert(sc.key)
+                {
+                    st.prompts.push(rec);
+                    st.sigs.extend_from_slice(&sig);
                 }
-                if !chunk.is_empty() && tx.send(Ok(chunk)).is_err() {
-                    return invalid;
-                }
-            }
-            invalid
-        });
-        for chunk in rx {
-            let chunk = chunk?;
-            let n_in = chunk.len();
-            let scanned: Vec<Scanned> = chunk.into_par_iter().filter_map(|(f, raw)| scan_one(f, raw)).collect();
-            st.invalid += (n_in - scanned.len()) as u64;
-            // Distinct prompts, in first-occurrence order.
-            let mut fresh: Vec<usize> = Vec::new();
-            for (i, sc) in scanned.iter().enumerate() {
-                let next = st.prompts.len() as u32 + fresh.len() as u32;
-                if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(sc.key) {
-                    v.insert(next);
-                    fresh.push(i);
-                }
-            }
-            let computed: Vec<(PromptRec, Vec<u32>)> = fresh
-                .par_iter()
-                .map_init(
-                    || (Vec::new(), Vec::new()),
-                    |(w, s), &i| {
-                        let sc = &scanned[i];
-                        hasher.shingles(&sc.norm, w, s);
-                        let mut sig = vec![u32::MAX; np];
-                        hasher.signature(s, &mut sig);
-                        let rec = PromptRec {
-                            key: sc.key,
-                            numbers: norm::numbers_hash(&sc.norm),
-                            shingled: !s.is_empty(),
-                            hit: index.check(&sc.norm),
-                        };
-                        (rec, sig)
-                    },
-                )
-                .collect();
-            for (rec, sig) in computed {
-                st.prompts.push(rec);
-                st.sigs.extend_from_slice(&sig);
-            }
-            for sc in scanned {
                 st.examples.push(ExampleRec {
-                    file: sc.file,
+                    file: b.file,
                     line: sc.line,
                     prompt: sc.key,
                     pair: sc.pair,
                     prompt_id: sc.prompt_id,
                 });
             }
-        }
-        st.invalid += reader.join().unwrap_or(0);
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(st)
 }
 
@@ -808,21 +799,33 @@ pub fn run(cfg: &DedupConfig) -> Result<Report, DedupError> {
         let funnel = Funnel { input: st.examples.len() as u64 + st.invalid, invalid: st.invalid, ..Default::default() };
         return Ok(Report { funnel, signatures: Some(path), out: cfg.out.clone(), ..Default::default() });
     }
-    let t = std::time::Instant::now();
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let states =
         if cfg.merge { read_signatures(cfg, &sig_dir, &files)? } else { vec![scan(cfg, &files, &hasher, &index)?] };
-    let scan_s = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
+    let scan_s = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let plan = plan(cfg, states, &index)?;
-    let plan_s = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
+    let plan_s = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+    let (t, c) = (std::time::Instant::now(), cpu_seconds());
     let mut report = corpus::write(cfg, &plan)?;
+    drop(plan);
     report.seconds = vec![
-        (if cfg.merge { "read signatures" } else { "scan" }, scan_s),
-        ("cluster", plan_s),
-        ("write", t.elapsed().as_secs_f64()),
+        (if cfg.merge { "read signatures" } else { "scan" }, scan_s.0, scan_s.1),
+        ("cluster", plan_s.0, plan_s.1),
+        ("write", t.elapsed().as_secs_f64(), cpu_seconds() - c),
     ];
     Ok(report)
+}
+
+/// CPU seconds (user + system) this process has used so far, all threads.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given and reads nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn read_signatures(cfg: &DedupConfig, dir: &Path, files: &[FileEntry]) -> Result<Vec<ShardState>, DedupError> {
@@ -884,7 +887,7 @@ mod tests {
         assert_eq!(back, d);
         let partial: DedupConfig = toml::from_str("threshold = 0.7\n").expect("parses");
         assert_eq!(partial.threshold, 0.7);
-        assert_eq!(partial.num_perm, 128);
+        assert_eq!(partial.num_perm, 256);
         assert!(toml::from_str::<DedupConfig>("thresold = 0.7\n").is_err());
     }
 

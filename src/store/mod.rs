@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub(crate) use jsonl::parse_line;
 pub use jsonl::{Durability, JsonlWriter};
 pub use layouts::{Layout, Layouts};
 pub use parquet::ParquetWriter;
