@@ -14,10 +14,10 @@
 //! twice as many as English ones, or at least three and more than English ones. Foreign sentences that follow one another (neutral text in
 //! between) form one span; a target-language word ends it.
 //!
-//! Self-contained (std only): the measurement crate compiles this same file.
+//! Self-contained (std and the sibling `scan.rs` only): the measurement crate compiles these
+//! same files.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 /// Settings of the language check.
@@ -135,50 +135,112 @@ const LEX_FR: &str = "le la les un une des du de et ou mais donc car ni est sont
     attends vérifier vérifie recalculer c'est n'a l'équation l'inconnue d'une d'un qu'il s'assurer \
     étape étapes terme termes d'accord bon voir autrement suffit somme chiffres";
 
-/// A fast hasher for the lexicon's short keys (8 bytes a step, then a final mix); the lexicon
-/// is fixed, so no protection against chosen collisions is needed.
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl Hasher for WordHasher {
-    fn finish(&self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^ (x >> 33)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(buf) ^ ((rest.len() as u64) << 59)).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(i)).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
+/// The four lexicons as one table: a word's bits say which lexicons hold it. A word of at
+/// most 24 bytes is looked up packed into three little-endian u64s (zero-padded), by open
+/// addressing over a small array; nothing is allocated per lookup.
+struct Lexicon {
+    keys: Vec<[u64; 3]>,
+    bits: Vec<u8>,
+    /// Index + 1 into `keys` (0: empty).
+    slots: Vec<u16>,
+    shift: u32,
 }
 
-type Lexicon = HashMap<&'static str, u8, BuildHasherDefault<WordHasher>>;
+/// `LOWER[j]`: the byte 0x20 in the low `j` bytes (ORed into packed ASCII letters, apostrophes
+/// and hyphens, it lower-cases them).
+const LOWER: [u64; 9] = {
+    let mut t = [0u64; 9];
+    let mut j = 1;
+    while j <= 8 {
+        t[j] = (t[j - 1] << 8) | 0x20;
+        j += 1;
+    }
+    t
+};
+
+impl Lexicon {
+    /// `w` packed (at most 24 bytes, no NUL, which the padding could not be told from).
+    fn pack(w: &[u8]) -> Option<[u64; 3]> {
+        if w.is_empty() || w.len() > 24 || w.contains(&0) {
+            return None;
+        }
+        let mut b = [0u8; 24];
+        b[..w.len()].copy_from_slice(w);
+        let k =
+            |j: usize| u64::from_le_bytes([b[j], b[j + 1], b[j + 2], b[j + 3], b[j + 4], b[j + 5], b[j + 6], b[j + 7]]);
+        Some([k(0), k(8), k(16)])
+    }
+
+    /// An ASCII word (letters, `'` and `-`, at most 24 bytes) packed and lower-cased.
+    #[inline]
+    fn pack_ascii_lower(w: &[u8]) -> [u64; 3] {
+        let mut b = [0u8; 24];
+        b[..w.len()].copy_from_slice(w);
+        let k =
+            |j: usize| u64::from_le_bytes([b[j], b[j + 1], b[j + 2], b[j + 3], b[j + 4], b[j + 5], b[j + 6], b[j + 7]]);
+        let n = w.len();
+        [k(0) | LOWER[n.min(8)], k(8) | LOWER[n.saturating_sub(8).min(8)], k(16) | LOWER[n.saturating_sub(16).min(8)]]
+    }
+
+    #[inline]
+    fn home(&self, k: &[u64; 3]) -> usize {
+        let h = (k[0] ^ k[1].rotate_left(21) ^ k[2].rotate_left(42)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> self.shift) as usize
+    }
+
+    /// The bits of a packed word (0: in no lexicon).
+    #[inline]
+    fn get_packed(&self, k: &[u64; 3]) -> u8 {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(k);
+        loop {
+            match self.slots[i] {
+                0 => return 0,
+                e if self.keys[e as usize - 1] == *k => return self.bits[e as usize - 1],
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// The bits of `w` (exactly as written; callers lower-case).
+    fn get(&self, w: &str) -> u8 {
+        Lexicon::pack(w.as_bytes()).map_or(0, |k| self.get_packed(&k))
+    }
+
+    fn insert(&mut self, w: &str, bit: u8) {
+        let k = Lexicon::pack(w.as_bytes()).expect("lexicon words are 1-24 bytes");
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(&k);
+        loop {
+            match self.slots[i] {
+                0 => {
+                    self.keys.push(k);
+                    self.bits.push(bit);
+                    self.slots[i] = self.keys.len() as u16;
+                    return;
+                }
+                e if self.keys[e as usize - 1] == k => {
+                    self.bits[e as usize - 1] |= bit;
+                    return;
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+}
 
 fn lexicon() -> &'static Lexicon {
     static LEX: OnceLock<Lexicon> = OnceLock::new();
     LEX.get_or_init(|| {
-        let mut m = Lexicon::default();
-        for (list, bit) in [(LEX_EN, EN), (LEX_ES, ES), (LEX_DE, DE), (LEX_FR, FR)] {
+        let lists = [(LEX_EN, EN), (LEX_ES, ES), (LEX_DE, DE), (LEX_FR, FR)];
+        let n: usize = lists.iter().map(|(l, _)| l.split_whitespace().count()).sum();
+        // Load at most 1/4: most lookups are of words in no lexicon, and end at an empty slot.
+        let cap = (4 * n).next_power_of_two();
+        let mut m =
+            Lexicon { keys: Vec::new(), bits: Vec::new(), slots: vec![0; cap], shift: 64 - cap.trailing_zeros() };
+        for (list, bit) in lists {
             for w in list.split_whitespace() {
-                *m.entry(w).or_insert(0) |= bit;
+                m.insert(w, bit);
             }
         }
         m
@@ -250,19 +312,30 @@ fn prose_ranges(text: &str, out: &mut Vec<(usize, usize)>) {
     // Finds `pat` from `from`, not crossing a blank line when `para` is set.
     let find = |from: usize, pat: &[u8], limit: usize, para: bool| -> Option<usize> {
         let end = (from + limit).min(n);
+        if end < pat.len() {
+            return None;
+        }
+        // Where a match may start (it must end by `end`).
+        let window = &b[..end + 1 - pat.len()];
         let mut j = from;
-        while j + pat.len() <= end {
-            if para && b[j] == b'\n' && j + 1 < n && b[j + 1] == b'\n' {
+        loop {
+            let k = if para {
+                super::scan::find_any(window, j, [pat[0], b'\n'])
+            } else {
+                super::scan::find_any(window, j, [pat[0]])
+            }?;
+            if para && b[k] == b'\n' && k + 1 < n && b[k + 1] == b'\n' {
                 return None;
             }
-            if &b[j..j + pat.len()] == pat && (pat != b"$" || j == 0 || b[j - 1] != b'\\') {
-                return Some(j);
+            if &b[k..k + pat.len()] == pat && (pat != b"$" || k == 0 || b[k - 1] != b'\\') {
+                return Some(k);
             }
-            j += 1;
+            j = k + 1;
         }
-        None
     };
-    while i < n {
+    // Only `$`, `\` and backticks open anything.
+    while let Some(at) = super::scan::find_any(b, i, [b'$', b'\\', b'`']) {
+        i = at;
         let c = b[i];
         let skip_to = match c {
             b'$' if i == 0 || b[i - 1] != b'\\' => {
@@ -319,18 +392,18 @@ fn is_sentence_end(c: char, next: Option<char>) -> bool {
 /// byte (D8, E3, EF) that no other byte of UTF-8 text can be mistaken for.
 fn next_sentence_end(b: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
-    while i < b.len() {
-        match b[i] {
-            b'\n' | b'!' | b'?' | b';' => return Some((i, 1)),
-            b'.' if !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return Some((i, 1)),
-            0xD8 if b.get(i + 1) == Some(&0x9F) => return Some((i, 2)),
-            0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x82) => return Some((i, 3)),
-            0xEF if b.get(i + 1) == Some(&0xBC) && matches!(b.get(i + 2), Some(&0x81) | Some(&0x9F)) => {
-                return Some((i, 3));
+    while let Some(j) = super::scan::find_any(b, i, [b'\n', b'!', b'?', b';', b'.', 0xD8, 0xE3, 0xEF]) {
+        match b[j] {
+            b'\n' | b'!' | b'?' | b';' => return Some((j, 1)),
+            b'.' if !b.get(j + 1).is_some_and(u8::is_ascii_digit) => return Some((j, 1)),
+            0xD8 if b.get(j + 1) == Some(&0x9F) => return Some((j, 2)),
+            0xE3 if b.get(j + 1) == Some(&0x80) && b.get(j + 2) == Some(&0x82) => return Some((j, 3)),
+            0xEF if b.get(j + 1) == Some(&0xBC) && matches!(b.get(j + 2), Some(&0x81) | Some(&0x9F)) => {
+                return Some((j, 3));
             }
             _ => {}
         }
-        i += 1;
+        i = j + 1;
     }
     None
 }
@@ -389,6 +462,7 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
     let mut word = [0u8; 24];
     for &(rs, re) in &ranges {
         let seg = &text[rs..re];
+        let seg_ascii = seg.is_ascii();
         let mut sent_start = 0;
         loop {
             // One sentence: [sent_start, sent_end).
@@ -403,7 +477,7 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
             let (mut lat_words, mut en_hits) = (0u32, 0u32);
             let mut hits = [0u32; 4];
             let sb = sentence.as_bytes();
-            if sb.is_ascii() {
+            if seg_ascii || sb.is_ascii() {
                 // ASCII fast path: the same words as below, byte by byte (every letter is
                 // Latin, a digit is the only numeric character, no CJK, no curly apostrophe).
                 let mut i = 0;
@@ -415,31 +489,25 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                     }
                     let start = i;
                     let mut digit = false;
-                    word[0] = c.to_ascii_lowercase();
-                    let mut lower_len = 1usize;
                     i += 1;
                     while i < sb.len() {
                         let d = sb[i];
+                        if d.is_ascii_alphabetic() {
+                            i += 1;
+                            continue;
+                        }
                         let inner = (d == b'\'' || d == b'-') && sb.get(i + 1).is_some_and(u8::is_ascii_alphabetic);
-                        if !(d.is_ascii_alphanumeric() || inner) {
+                        if !(d.is_ascii_digit() || inner) {
                             break;
                         }
                         digit |= d.is_ascii_digit();
-                        if lower_len < word.len() {
-                            word[lower_len] = d.to_ascii_lowercase();
-                            lower_len += 1;
-                        }
                         i += 1;
                     }
                     let len = i - start;
                     if digit || len < 2 {
                         continue;
                     }
-                    let bits = if len > 20 {
-                        0
-                    } else {
-                        std::str::from_utf8(&word[..lower_len]).ok().and_then(|k| lex.get(k)).copied().unwrap_or(0)
-                    };
+                    let bits = if len > 20 { 0 } else { lex.get_packed(&Lexicon::pack_ascii_lower(&sb[start..i])) };
                     lat_words += 1;
                     if bits & EN != 0 {
                         en_hits += 1;
@@ -504,9 +572,9 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                         let bits = if len > 20 {
                             0
                         } else if ascii {
-                            std::str::from_utf8(&word[..lower_len]).ok().and_then(|k| lex.get(k)).copied().unwrap_or(0)
+                            Lexicon::pack(&word[..lower_len]).map_or(0, |k| lex.get_packed(&k))
                         } else {
-                            lex.get(w.to_lowercase().replace('’', "'").as_str()).copied().unwrap_or(0)
+                            lex.get(&w.to_lowercase().replace('’', "'"))
                         };
                         lat_words += 1;
                         if bits & EN != 0 {
@@ -617,7 +685,7 @@ pub fn detect(text: &str) -> &'static str {
             if w.len() < 2 {
                 continue;
             }
-            let bits = lex.get(w.to_lowercase().as_str()).copied().unwrap_or(0);
+            let bits = lex.get(&w.to_lowercase());
             for (k, bit) in [EN, ES, DE, FR].into_iter().enumerate() {
                 if bits & bit != 0 {
                     hits[k] += 1;

@@ -26,6 +26,7 @@ pub mod language;
 pub mod length;
 pub mod readability;
 pub mod repetition;
+pub mod scan;
 pub mod select;
 
 use std::collections::{BTreeMap, HashMap};

@@ -3,7 +3,8 @@
 //! that are neither letters, digits nor whitespace (texts of 200+ such characters), and unbalanced markup (an unclosed
 //! `\boxed{`, an odd number of code fences, `<think>` inside the answer).
 //!
-//! In: reasoning, answer, whether the task is code, and [`ReadParams`]. Self-contained.
+//! In: reasoning, answer, whether the task is code, and [`ReadParams`]. Self-contained (std,
+//! `scan.rs` and `format.rs`).
 
 /// Thresholds of the readability check.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +38,24 @@ struct Counts {
     sym: usize,
 }
 
-/// One pass over `text` (ASCII bytes directly, other characters decoded).
+/// Per ASCII byte: 1 whitespace (as `char::is_whitespace`), 2 letter or digit, 0 neither.
+static ASCII_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut c = 0;
+    while c < 128 {
+        let b = c as u8;
+        if b == b' ' || (b >= 0x09 && b <= 0x0d) {
+            t[c] = 1;
+        } else if b.is_ascii_alphanumeric() {
+            t[c] = 2;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// One pass over `text` (ASCII bytes by table and without branches but at line ends, other
+/// characters decoded).
 fn measure(text: &str) -> Counts {
     let b = text.as_bytes();
     let (mut longest, mut cur, mut all, mut sym) = (0usize, 0usize, 0usize, 0usize);
@@ -54,20 +72,17 @@ fn measure(text: &str) -> Counts {
                 continue;
             }
             i += 1;
-            (c == b' ' || (0x09..=0x0d).contains(&c), c.is_ascii_alphanumeric())
+            let class = ASCII_CLASS[c as usize];
+            (class == 1, class == 2)
         } else {
             let ch = text[i..].chars().next().unwrap_or(' ');
             i += ch.len_utf8();
             (ch.is_whitespace(), ch.is_alphanumeric())
         };
-        if ws {
-            prev_ws = true;
-        } else {
-            cur += usize::from(prev_ws);
-            prev_ws = false;
-            all += 1;
-            sym += usize::from(!alnum);
-        }
+        cur += usize::from(prev_ws && !ws);
+        all += usize::from(!ws);
+        sym += usize::from(!ws && !alnum);
+        prev_ws = ws;
     }
     Counts { longest: longest.max(cur), all, sym }
 }
@@ -76,12 +91,12 @@ fn measure(text: &str) -> Counts {
 fn count_fences(text: &str) -> usize {
     let b = text.as_bytes();
     let (mut n, mut i) = (0, 0);
-    while i + 3 <= b.len() {
-        if b[i] == b'`' && b[i + 1] == b'`' && b[i + 2] == b'`' {
+    while let Some(j) = super::scan::find_any(b, i, [b'`']) {
+        if b.get(j + 1) == Some(&b'`') && b.get(j + 2) == Some(&b'`') {
             n += 1;
-            i += 3;
+            i = j + 3;
         } else {
-            i += 1;
+            i = j + 1;
         }
     }
     n

@@ -3,7 +3,7 @@
 //! detectors: the same sentence (or group of up to 4 sentences) repeated back to back, and a
 //! periodic tail (the same span repeated until the generation stopped).
 //!
-//! In: a text and [`RepParams`]. Out: a [`RepReport`]. Self-contained (std only).
+//! In: a text and [`RepParams`]. Out: a [`RepReport`]. Self-contained (std and `scan.rs`).
 
 /// Thresholds; a share above its threshold fails.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,22 +58,13 @@ pub struct RepReport {
     pub problem: Option<String>,
 }
 
-/// FNV-1a 64-bit over bytes with a final mix (words: short, so byte by byte is fine).
-fn hash(s: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in s {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    fmix(h)
-}
-
 fn fmix(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^ (x >> 33)
 }
 
-/// A 64-bit hash of a longer byte string (lines, paragraphs, sentences), 8 bytes a step. Only
+/// A 64-bit hash of a byte string (words, lines, paragraphs, sentences), 8 bytes a step. Only
 /// equality of hashes is used, so any well-mixed 64-bit hash does.
 fn hash_long(s: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
@@ -92,80 +83,128 @@ fn hash_long(s: &[u8]) -> u64 {
     fmix(h)
 }
 
-/// The base of the n-grams' rolling hash (odd).
-const ROLL: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// An open-addressing table (linear probing) of 64-bit hashes to a count and a length,
-/// reused from sample to sample: a slot is live when its stamp is the current generation.
-/// Slots are 16 bytes and the load stays under 3/4, so a 3,000-word trace's table is 64 KiB.
+/// An open-addressing table (linear probing, load at most 1/2) that gives each distinct
+/// 64-bit key a dense id (0, 1, 2, ... in order of first occurrence), reused from sample to
+/// sample: the first `cap` slots are in use, and a slot is live when its stamp is the current
+/// generation, so emptying it writes nothing.
 #[derive(Default)]
-struct Table {
+struct Intern {
     slots: Vec<Slot>,
+    cap: usize,
     shift: u32,
-    generation: u16,
+    generation: u32,
+    next: u32,
+    spare: Vec<Slot>,
 }
 
 #[derive(Default, Clone, Copy)]
 struct Slot {
     key: u64,
-    count: u32,
-    /// The first occurrence's length (saturating).
-    len: u16,
-    stamp: u16,
+    id: u32,
+    stamp: u32,
 }
 
-impl Table {
-    /// Empties the table and makes room for `n` keys.
+impl Intern {
+    /// Empties the table and makes room for about `n` keys (it grows past that).
     fn reset(&mut self, n: usize) {
-        let mut cap = n.next_power_of_two().max(16);
-        if n * 4 > cap * 3 {
-            cap *= 2;
-        }
-        if self.slots.len() != cap || self.generation == u16::MAX {
-            self.slots.clear();
+        self.next = 0;
+        self.start((2 * n).next_power_of_two().max(16));
+    }
+
+    /// A new generation over the first `cap` slots.
+    fn start(&mut self, cap: usize) {
+        if self.slots.len() < cap {
             self.slots.resize(cap, Slot::default());
-            self.shift = 64 - cap.trailing_zeros();
+        }
+        if self.generation == u32::MAX {
+            self.slots.fill(Slot::default());
             self.generation = 0;
         }
         self.generation += 1;
+        self.cap = cap;
+        self.shift = 64 - cap.trailing_zeros();
     }
 
-    /// Counts one occurrence of `key` (whose item is `len` long); returns the slot (its count
-    /// includes this occurrence; its `len` is the first occurrence's).
+    /// The id of `key`, and whether this is its first occurrence. The slot is written either
+    /// way, so that the only branch is the probe.
     #[inline]
-    fn add(&mut self, key: u64, len: usize) -> Slot {
-        let mask = self.slots.len() - 1;
-        let mut i = (fmix(key) >> self.shift) as usize;
-        loop {
-            let s = &mut self.slots[i];
-            if s.stamp != self.generation {
-                *s = Slot { key, count: 1, len: len.min(u16::MAX as usize) as u16, stamp: self.generation };
-                return *s;
-            }
-            if s.key == key {
-                s.count += 1;
-                return *s;
-            }
+    fn id(&mut self, key: u64) -> (u32, bool) {
+        let mask = self.cap - 1;
+        let generation = self.generation;
+        let mut i = self.home(key);
+        while self.slots[i].stamp == generation && self.slots[i].key != key {
             i = (i + 1) & mask;
         }
+        let s = self.slots[i];
+        let new = s.stamp != generation;
+        let id = if new { self.next } else { s.id };
+        self.slots[i] = Slot { key, id, stamp: generation };
+        self.next += u32::from(new);
+        if self.next as usize * 2 > self.cap {
+            self.grow();
+        }
+        (id, new)
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        ((key ^ (key >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// Doubles the slots in use, keeping every key's id.
+    #[cold]
+    fn grow(&mut self) {
+        let generation = self.generation;
+        let mut live = std::mem::take(&mut self.spare);
+        live.clear();
+        live.extend(self.slots[..self.cap].iter().filter(|s| s.stamp == generation));
+        self.start(self.cap * 2);
+        let mask = self.cap - 1;
+        for s in &live {
+            let mut i = self.home(s.key);
+            while self.slots[i].stamp == self.generation {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = Slot { stamp: self.generation, ..*s };
+        }
+        self.spare = live;
     }
 }
 
 /// Reusable buffers.
 #[derive(Default)]
 pub struct RepScratch {
-    /// Hash and length (bytes kept) of each word.
-    words: Vec<(u64, u32)>,
-    /// Prefix sums of word lengths.
-    cum: Vec<u32>,
+    /// (hash, trimmed length) of the non-empty lines and paragraphs; hashes of the sentences.
+    lines: Vec<(u64, u32)>,
+    paras: Vec<(u64, u32)>,
     sents: Vec<u64>,
-    items: Vec<(u64, u32)>,
-    table: Table,
+    /// Per word: (hash, length), then its id (words equal after lower-casing and stripping
+    /// punctuation share one).
+    hashes: Vec<(u64, u32)>,
+    words: Vec<u32>,
+    /// Prefix sums of word lengths (bytes kept).
+    cum: Vec<u32>,
+    /// Per position: the id of the n-gram starting there (`UNIQUE`: it occurs only once), for
+    /// the previous and the current n.
+    prev: Vec<u32>,
+    cur: Vec<u32>,
+    /// Per position: the (n-1)-gram there occurs twice or more; the positions looked up.
+    twice: Vec<bool>,
+    live: Vec<u32>,
+    /// Occurrences of each word; per id of the current n: occurrences, and the first one's
+    /// length.
+    word_count: Vec<u32>,
+    count: Vec<u32>,
+    first_len: Vec<u32>,
+    table: Intern,
 }
+
+/// The id of an n-gram that occurs only once in the text.
+const UNIQUE: u32 = u32::MAX;
 
 /// Share of characters in items whose text occurs more than once, counting every occurrence
 /// after the first (as Gopher does). `items`: (hash, trimmed length) of the non-empty items.
-fn dup_share(items: &[(u64, u32)], t: &mut Table) -> f64 {
+fn dup_share(items: &[(u64, u32)], t: &mut Intern) -> f64 {
     let total: usize = items.iter().map(|x| x.1 as usize).sum();
     if total == 0 {
         return 0.0;
@@ -173,144 +212,162 @@ fn dup_share(items: &[(u64, u32)], t: &mut Table) -> f64 {
     t.reset(items.len());
     let mut dup = 0usize;
     for &(h, len) in items {
-        if t.add(h, len as usize).count > 1 {
+        if !t.id(h).1 {
             dup += len as usize;
         }
     }
     dup as f64 / total as f64
 }
 
-/// (hash, trimmed length) of the non-empty trimmed items of `text` split at `sep`
-/// (`"\n"` or `"\n\n"`, split left to right as `str::split` does).
-fn split_items(text: &str, para: bool, out: &mut Vec<(u64, u32)>) {
-    out.clear();
+/// `s.trim()`, with a shortcut for the common case of no whitespace at either end.
+#[inline]
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(&f), Some(&l)) if f > b' ' && f < 0x80 && l > b' ' && l < 0x80 => s,
+        _ => s.trim(),
+    }
+}
+
+/// Lines (split at `"\n"`), paragraphs (split at `"\n\n"` left to right, as `str::split`
+/// does) and sentences (ended by `. ! ? \n` and `。`) of `text`, trimmed, the empty ones
+/// dropped: one scan for the bytes that can end any of them.
+fn split_all(text: &str, s: &mut RepScratch) {
+    s.lines.clear();
+    s.paras.clear();
+    s.sents.clear();
     let b = text.as_bytes();
-    let mut push = |item: &str| {
-        let t = item.trim();
+    let item = |a: usize, e: usize, out: &mut Vec<(u64, u32)>| {
+        let t = trim(&text[a..e]);
         if !t.is_empty() {
             out.push((hash_long(t.as_bytes()), t.len() as u32));
         }
     };
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\n' {
-            if !para {
-                push(&text[start..i]);
-                start = i + 1;
-            } else if i + 1 < b.len() && b[i + 1] == b'\n' {
-                push(&text[start..i]);
-                i += 2;
-                start = i;
-                continue;
+    let sent = |a: usize, e: usize, out: &mut Vec<u64>| {
+        let t = trim(&text[a..e]);
+        if !t.is_empty() {
+            out.push(hash_long(t.as_bytes()));
+        }
+    };
+    let (mut line, mut para, mut sentence) = (0usize, 0usize, 0usize);
+    // A "\n\n" may start at or after this (the second '\n' of a split pair starts none).
+    let mut pair_from = 0usize;
+    let mut from = 0usize;
+    while let Some(i) = super::scan::find_any(b, from, [b'\n', b'.', b'!', b'?', 0xE3]) {
+        from = i + 1;
+        match b[i] {
+            b'\n' => {
+                item(line, i, &mut s.lines);
+                line = i + 1;
+                if i >= pair_from && b.get(i + 1) == Some(&b'\n') {
+                    item(para, i, &mut s.paras);
+                    para = i + 2;
+                    pair_from = i + 2;
+                }
+                sent(sentence, i, &mut s.sents);
+                sentence = i + 1;
+            }
+            0xE3 => {
+                if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x82) {
+                    sent(sentence, i, &mut s.sents);
+                    sentence = i + 3;
+                    from = i + 3;
+                }
+            }
+            _ => {
+                sent(sentence, i, &mut s.sents);
+                sentence = i + 1;
             }
         }
-        i += 1;
     }
-    push(&text[start..]);
+    item(line, b.len(), &mut s.lines);
+    item(para, b.len(), &mut s.paras);
+    sent(sentence, b.len(), &mut s.sents);
+}
+
+/// Byte classes of the word split: ASCII whitespace separates words; ASCII letters and
+/// digits and every non-ASCII byte are kept (lower-cased); the rest is dropped.
+const WS: u8 = 0;
+const DROP: u8 = 1;
+const KEEP: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut t = [DROP; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_whitespace() {
+            t[c] = WS;
+        } else if b.is_ascii_alphanumeric() || b >= 0x80 {
+            t[c] = KEEP;
+        }
+        c += 1;
+    }
+    t
+};
+
+/// FNV-1a's offset basis and prime (64-bit).
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// Words of `text` (split at ASCII whitespace; ASCII letters and digits lower-cased and
+/// non-ASCII bytes kept, at most 64 bytes of each; words with none dropped) as dense ids in
+/// `s.words` with prefix sums of their lengths in `s.cum`; the distinct words' occurrence
+/// counts go to `s.word_count`. One branch-free pass over the bytes hashes every word (FNV-1a
+/// of its kept bytes, then a final mix).
+fn words(text: &str, s: &mut RepScratch) {
+    let b = text.as_bytes();
+    // (hash, length) of each word; a text of `len` bytes has at most `len / 2 + 1` words, and
+    // the slot after the last word takes the writes of the bytes that end none.
+    let mut hashes = std::mem::take(&mut s.hashes);
+    hashes.clear();
+    hashes.resize(b.len() / 2 + 2, (0, 0));
+    let (mut h, mut n, mut k) = (FNV_BASIS, 0u32, 0usize);
+    {
+        let out = &mut hashes[..];
+        for &c in b {
+            let class = CLASS[c as usize];
+            let keep = class == KEEP && n < 64;
+            let next = (h ^ u64::from(c.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
+            h = if keep { next } else { h };
+            n += u32::from(keep);
+            let ws = class == WS;
+            out[k] = (h, n);
+            k += usize::from(ws && n > 0);
+            h = if ws { FNV_BASIS } else { h };
+            n = if ws { 0 } else { n };
+        }
+        out[k] = (h, n);
+        k += usize::from(n > 0);
+    }
+    s.words.clear();
+    s.cum.clear();
+    s.cum.push(0);
+    s.word_count.clear();
+    s.word_count.resize(k + 1, 0);
+    s.table.reset(k / 8 + 16);
+    let mut acc = 0u32;
+    for &(h, n) in &hashes[..k] {
+        let id = s.table.id(fmix(h)).0;
+        s.word_count[id as usize] += 1;
+        s.words.push(id);
+        acc += n;
+        s.cum.push(acc);
+    }
+    s.hashes = hashes;
 }
 
 /// Measures `text` and judges it.
 pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
     let mut r = RepReport::default();
-    split_items(text, false, &mut s.items);
-    r.dup_line_chars = dup_share(&s.items, &mut s.table);
-    split_items(text, true, &mut s.items);
-    r.dup_para_chars = dup_share(&s.items, &mut s.table);
-    // Words: hash and length of each (lower-cased ASCII, punctuation stripped).
-    s.words.clear();
-    let mut buf = [0u8; 64];
-    let mut total_chars = 0usize;
-    for w in text.as_bytes().split(|b| b.is_ascii_whitespace()) {
-        let mut n = 0;
-        for &b in w {
-            if (b.is_ascii_alphanumeric() || b >= 0x80) && n < buf.len() {
-                buf[n] = b.to_ascii_lowercase();
-                n += 1;
-            }
-        }
-        if n == 0 {
-            continue;
-        }
-        s.words.push((hash(&buf[..n]), n as u32));
-        total_chars += n;
-    }
-    let words = &s.words;
-    if total_chars > 0 && words.len() >= MIN_WORDS {
-        s.cum.clear();
-        s.cum.push(0);
-        let mut acc = 0u32;
-        for w in words {
-            acc += w.1;
-            s.cum.push(acc);
-        }
-        let cum = &s.cum;
-        let chars = |a: usize, b: usize| (cum[b] - cum[a]) as usize;
-        // Top n-gram (n = 2, 3, 4): characters of the most frequent n-gram's occurrences.
-        // Duplicated n-grams (n = 5, 10): characters of words covered by an n-gram seen
-        // earlier in the text. One pass (and one cache-sized table) per n.
-        let m = words.len();
-        let mut best = [0usize; 3];
-        let mut dup = [0usize; 2];
-        for (k, n) in [2usize, 3, 4, 5, 10].into_iter().enumerate() {
-            let t = &mut s.table;
-            t.reset(m + 1 - n);
-            let mut covered = 0usize;
-            // A rolling polynomial hash of the window's word hashes (only equality matters).
-            let top = (1..n).fold(1u64, |a, _| a.wrapping_mul(ROLL));
-            let mut h = words[..n].iter().fold(0u64, |a, w| a.wrapping_mul(ROLL).wrapping_add(w.0));
-            for i in 0..=m - n {
-                if i > 0 {
-                    h = h
-                        .wrapping_sub(words[i - 1].0.wrapping_mul(top))
-                        .wrapping_mul(ROLL)
-                        .wrapping_add(words[i + n - 1].0);
-                }
-                let slot = t.add(h, chars(i, i + n));
-                if k < 3 {
-                    best[k] = best[k].max(slot.len as usize * slot.count as usize);
-                } else if slot.count > 1 {
-                    let from = i.max(covered);
-                    dup[k - 3] += chars(from, i + n);
-                    covered = i + n;
-                }
-            }
-        }
-        for (top, b) in r.top_ngram.iter_mut().zip(best) {
-            *top = b as f64 / total_chars as f64;
-        }
-        r.dup_5gram = dup[0] as f64 / total_chars as f64;
-        r.dup_10gram = dup[1] as f64 / total_chars as f64;
+    split_all(text, s);
+    r.dup_line_chars = dup_share(&s.lines, &mut s.table);
+    r.dup_para_chars = dup_share(&s.paras, &mut s.table);
+    words(text, s);
+    let m = s.words.len();
+    let total_chars = s.cum[m] as usize;
+    if total_chars > 0 && m >= MIN_WORDS {
+        ngrams(s, &mut r, total_chars);
     }
     // Back-to-back repeats of units of 1..=4 sentences (sentences end at . ! ? \n and 。).
-    s.sents.clear();
-    {
-        let b = text.as_bytes();
-        let mut push = |a: usize, e: usize| {
-            let t = text[a..e].trim();
-            if !t.is_empty() {
-                s.sents.push(hash_long(t.as_bytes()));
-            }
-        };
-        let (mut start, mut i) = (0usize, 0usize);
-        while i < b.len() {
-            match b[i] {
-                b'.' | b'!' | b'?' | b'\n' => {
-                    push(start, i);
-                    start = i + 1;
-                }
-                0xE3 if b.get(i + 1) == Some(&0x80) && b.get(i + 2) == Some(&0x82) => {
-                    push(start, i);
-                    start = i + 3;
-                    i += 3;
-                    continue;
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        push(start, b.len());
-    }
     for period in 1..=4usize {
         let mut run = 0usize;
         for i in period..s.sents.len() {
@@ -359,6 +416,84 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
     r
 }
 
+/// The n-gram shares. Top n-gram (n = 2, 3, 4): characters of the most frequent n-gram's
+/// occurrences (its first occurrence's length times its count). Duplicated n-grams (n = 5,
+/// 10): characters of words covered by an n-gram seen earlier in the text.
+///
+/// N-grams get exact ids level by level: the n-gram at i is the pair (the (n-1)-gram at i, the
+/// word at i+n-1), and the 10-gram the pair of the 5-grams at i and i+5. An n-gram can occur
+/// twice only where both (n-1)-grams inside it do, so only those positions are looked up; the
+/// others hold an n-gram that occurs once (`UNIQUE`), counted without a table.
+fn ngrams(s: &mut RepScratch, r: &mut RepReport, total_chars: usize) {
+    let m = s.words.len();
+    let cum = &s.cum;
+    let chars = |a: usize, b: usize| cum[b] - cum[a];
+    // Level 1: the words; `twice[i]`: the (n-1)-gram at i occurs more than once.
+    s.twice.clear();
+    s.twice.extend(s.words.iter().map(|&w| s.word_count[w as usize] > 1));
+    s.prev.clear();
+    s.prev.extend_from_slice(&s.words);
+    let mut best = [0u64; 3];
+    let mut dup = [0usize; 2];
+    for n in [2usize, 3, 4, 5, 10] {
+        // The 10-grams pair the 5-grams at i and i+5.
+        let (step, positions) = if n == 10 { (5, m - 9) } else { (1, m + 1 - n) };
+        // Positions where both halves occur twice; the others hold an n-gram seen once.
+        s.live.clear();
+        s.live.resize(positions + 1, 0);
+        let (mut k, mut lone) = (0usize, 0u32);
+        for i in 0..positions {
+            let live = s.twice[i] & s.twice[i + step];
+            s.live[k] = i as u32;
+            k += usize::from(live);
+            lone = lone.max(if live { 0 } else { chars(i, i + n) });
+        }
+        s.cur.clear();
+        s.cur.resize(positions, UNIQUE);
+        s.count.clear();
+        s.count.resize(k + 1, 0);
+        s.first_len.clear();
+        s.first_len.resize(k + 1, 0);
+        s.table.reset(k);
+        let mut covered = 0usize;
+        let mut dups = 0usize;
+        for &i in &s.live[..k] {
+            let i = i as usize;
+            let second = if n == 10 { s.prev[i + 5] } else { s.words[i + n - 1] };
+            let (id, new) = s.table.id((u64::from(s.prev[i]) << 32) | u64::from(second));
+            let len = chars(i, i + n);
+            s.count[id as usize] += 1;
+            let first = &mut s.first_len[id as usize];
+            *first = if new { len } else { *first };
+            s.cur[i] = id;
+            // Words of this n-gram not yet covered by an earlier repeat.
+            let from = i.max(covered);
+            dups += if new { 0 } else { chars(from, i + n) as usize };
+            covered = if new { covered } else { i + n };
+        }
+        match n {
+            2..=4 => {
+                let most = s.count.iter().zip(&s.first_len).map(|(&c, &l)| u64::from(c) * u64::from(l)).max();
+                best[n - 2] = most.unwrap_or(0).max(u64::from(lone));
+            }
+            5 => dup[0] = dups,
+            _ => dup[1] = dups,
+        }
+        if n < 10 {
+            // This level's ids and repeats feed the next; the 10-grams keep the 5-grams'.
+            let count = &s.count;
+            s.twice.clear();
+            s.twice.extend(s.cur.iter().map(|&id| count[(id as usize).min(k)] > 1));
+            std::mem::swap(&mut s.prev, &mut s.cur);
+        }
+    }
+    for (top, b) in r.top_ngram.iter_mut().zip(best) {
+        *top = b as f64 / total_chars as f64;
+    }
+    r.dup_5gram = dup[0] as f64 / total_chars as f64;
+    r.dup_10gram = dup[1] as f64 / total_chars as f64;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,5 +530,75 @@ mod tests {
             is 36, and 66 minus 36 is 30. Alternatively, by symmetry the answer is close to half of 66, \
             and 30 is close. So the answer is 30.";
         assert!(run(habits).problem.is_none(), "{:?}", run(habits));
+    }
+
+    /// The shares by the definition: n-grams of the words as strings, counted in a map.
+    fn plain(text: &str) -> ([f64; 3], f64, f64, f64, f64) {
+        let words: Vec<String> = text
+            .split(|c: char| c.is_ascii_whitespace())
+            .map(|w| {
+                let kept: Vec<u8> = w.bytes().filter(|b| b.is_ascii_alphanumeric() || *b >= 0x80).take(64).collect();
+                String::from_utf8_lossy(&kept).to_ascii_lowercase()
+            })
+            .filter(|w| !w.is_empty())
+            .collect();
+        let total: usize = words.iter().map(String::len).sum();
+        let mut top = [0.0; 3];
+        let mut dup = [0.0; 2];
+        for (k, n) in [2usize, 3, 4, 5, 10].into_iter().enumerate() {
+            let mut seen: std::collections::HashMap<&[String], (usize, usize)> = Default::default();
+            let (mut best, mut covered, mut d) = (0usize, 0usize, 0usize);
+            for i in 0..=words.len() - n {
+                let g = &words[i..i + n];
+                let len: usize = g.iter().map(String::len).sum();
+                let e = seen.entry(g).or_insert((0, len));
+                e.0 += 1;
+                best = best.max(e.0 * e.1);
+                if e.0 > 1 {
+                    d += words[i.max(covered)..i + n].iter().map(String::len).sum::<usize>();
+                    covered = i + n;
+                }
+            }
+            if k < 3 {
+                top[k] = best as f64 / total as f64;
+            } else {
+                dup[k - 3] = d as f64 / total as f64;
+            }
+        }
+        let lines = |sep: &str| {
+            let items: Vec<&str> = text.split(sep).map(str::trim).filter(|t| !t.is_empty()).collect();
+            let all: usize = items.iter().map(|t| t.len()).sum();
+            let mut seen = std::collections::HashSet::new();
+            let d: usize = items.iter().filter(|t| !seen.insert(**t)).map(|t| t.len()).sum();
+            d as f64 / all as f64
+        };
+        (top, dup[0], dup[1], lines("\n"), lines("\n\n"))
+    }
+
+    #[test]
+    fn shares_match_the_definition() {
+        let mut rng = 7u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let vocab = [
+            "wait", "Let", "me", "check.", "the", "sum", "is", "7", "so", "x", "(3,", "4)", "$y$", "café", "\n", "\n\n",
+        ];
+        for round in 0..40 {
+            let n = 120 + (next() % 900) as usize;
+            let mut t = String::new();
+            for _ in 0..n {
+                let w = vocab[(next() % (4 + round % 12) as u64) as usize];
+                t.push_str(w);
+                t.push(if next() % 9 == 0 { '\n' } else { ' ' });
+            }
+            let got = run(&t);
+            let (top, d5, d10, dl, dp) = plain(&t);
+            assert_eq!((got.top_ngram, got.dup_5gram, got.dup_10gram), (top, d5, d10), "round {round}");
+            assert_eq!((got.dup_line_chars, got.dup_para_chars), (dl, dp), "round {round}");
+        }
     }
 }

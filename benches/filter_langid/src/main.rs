@@ -9,6 +9,9 @@
 #[path = "../../../src/filter/language.rs"]
 #[allow(dead_code)]
 mod language;
+#[path = "../../../src/filter/scan.rs"]
+#[allow(dead_code)]
+mod scan;
 #[path = "../../../src/teacher_sim/phrases.rs"]
 #[allow(dead_code)]
 mod phrases;
