@@ -472,11 +472,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
             r2.insert("content".into(), Value::String(answer.clone()));
             extracted = ctx.verifiers.verify(&r2).extracted;
         }
-        (
-            v.get("pass").and_then(Value::as_bool),
-            v.get("reason").and_then(Value::as_str).map(str::to_string),
-            extracted,
-        )
+        (v.get("pass").and_then(Value::as_bool), v.get("reason").and_then(Value::as_str).map(str::to_string), extracted)
     } else if cfg.runs("correct") || (task == "math" && cfg.runs("format")) {
         let v = if rec.get("content").and_then(Value::as_str).is_some() || answer.is_empty() {
             ctx.verifiers.verify(&rec)
