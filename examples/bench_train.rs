@@ -27,6 +27,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    distill::model::pin_thread_count();
     let args: Vec<String> = std::env::args().collect();
     // As `distill finetune` does (DISTILL_BENCH_DEFAULT_MALLOC=1 measures without it).
     if std::env::var_os("DISTILL_BENCH_DEFAULT_MALLOC").is_none() {

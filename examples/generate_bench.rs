@@ -11,6 +11,7 @@ use distill::model::Model;
 use distill::model::generate::{self, GenParams, GenRequest};
 
 fn main() -> anyhow::Result<()> {
+    distill::model::pin_thread_count();
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
         anyhow::bail!("usage: generate_bench MODEL BATCH PROMPT_TOKENS NEW_TOKENS");

@@ -43,6 +43,24 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// candle asks how many threads to use on every CPU matmul, and unless `RAYON_NUM_THREADS` is
+/// set that question reads and parses `/proc/cpuinfo` (`num_cpus::get_physical`): measured
+/// ~270 reads per generated token of SmolLM2-135M at batch 1, a large share of a decode step.
+/// This asks once and pins the answer in `RAYON_NUM_THREADS`; rayon's global pool is built
+/// here with its own default (every logical CPU), so only candle reads the variable. Call
+/// first thing in `main`, before any other thread exists; a no-op when the variable is set.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let n = candle_core::utils::get_num_threads();
+    // SAFETY: called at the start of `main`, while the process has a single thread, so no
+    // other thread can read the environment concurrently.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    let logical = std::thread::available_parallelism().map_or(n, |p| p.get());
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(logical).build_global();
+}
+
 /// Which layers per-layer activation checkpointing recomputes in backward. In TOML and on the
 /// command line: a number of layers (the first ones; 0 = off) or `"all"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
