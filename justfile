@@ -17,8 +17,10 @@ inspect-demo:
 test:
     cargo test --release
 
-# Benchmarks: figures side by side with the anchors, never timed assertions.
-bench: bench-inspect bench-math bench-collect bench-optim bench-train bench-lora-long bench-code bench-filter bench-dedup bench-generate
+# Benchmarks: figures side by side with the anchors, never timed assertions. Runs every bench
+# (hours on 2 cores; `just bench filter dedup` for some) and writes benches/RESULTS.md.
+bench *BENCHES:
+    bash benches/run_all.sh {{BENCHES}}
 
 bench-inspect:
     bash benches/inspect_bench.sh
