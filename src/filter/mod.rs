@@ -17,7 +17,10 @@
 //! `repetition`, `length` (one file each), then per-prompt selection (`select.rs`).
 //! Samples are judged in parallel chunks and written in input order; passing samples are held
 //! per prompt until the input ends (spilled to hash buckets on disk past `memory_mb`), so the
-//! same input and config give byte-identical outputs.
+//! same input and config give byte-identical outputs. Records are serialised on the rayon
+//! workers (rejects as they are judged; kept examples in a parallel selection pass over chunks
+//! of prompts), so the two writer threads only compress; the compression of `kept/` after the
+//! input ends is the one serial stretch left.
 
 pub mod complete;
 pub mod correct;
