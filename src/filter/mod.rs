@@ -17,7 +17,10 @@
 //! `repetition`, `length` (one file each), then per-prompt selection (`select.rs`).
 //! Samples are judged in parallel chunks and written in input order; passing samples are held
 //! per prompt until the input ends (spilled to hash buckets on disk past `memory_mb`), so the
-//! same input and config give byte-identical outputs.
+//! same input and config give byte-identical outputs. Records are serialised on the rayon
+//! workers (rejects as they are judged; kept examples in a parallel selection pass over chunks
+//! of prompts), so the two writer threads only compress; the compression of `kept/` after the
+//! input ends is the one serial stretch left.
 
 pub mod complete;
 pub mod correct;
@@ -30,7 +33,7 @@ pub mod scan;
 pub mod select;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -376,6 +379,8 @@ struct Judged {
     score: f64,
     bytes: usize,
     nanos: [u64; 7],
+    /// A rejected sample's record, ready for the rejects writer (`record` is then empty).
+    out: Option<Result<Out, FilterError>>,
 }
 
 enum Item {
@@ -606,6 +611,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
         score,
         bytes,
         nanos,
+        out: None,
     }))
 }
 
@@ -720,36 +726,92 @@ impl Spill {
         (h % BUCKETS as u64) as usize
     }
 
-    fn write(&mut self, h: &Held) -> Result<(), FilterError> {
-        let b = Spill::bucket(&h.prompt_id);
-        let line =
-            serde_json::to_vec(h).map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?;
-        let f = &mut self.files[b];
-        f.write_all(&line).and_then(|_| f.write_all(b"\n")).map_err(io_err(self.dir.path()))
+    /// Writes held samples to their buckets, in order (serialised in parallel).
+    fn write(&mut self, held: Vec<Held>) -> Result<(), FilterError> {
+        let lines: Vec<Result<(usize, Vec<u8>), FilterError>> = held
+            .into_par_iter()
+            .map(|h| {
+                let line = serde_json::to_vec(&h)
+                    .map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?;
+                Ok((Spill::bucket(&h.prompt_id), line))
+            })
+            .collect();
+        for l in lines {
+            let (b, line) = l?;
+            let f = &mut self.files[b];
+            f.write_all(&line).and_then(|_| f.write_all(b"\n")).map_err(io_err(self.dir.path()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads bucket `b` back: its held samples grouped by prompt, in file order.
+    fn read(&self, b: usize) -> Result<HashMap<String, Vec<Held>>, FilterError> {
+        let p = self.dir.path().join(format!("{b:02}.jsonl"));
+        let bytes = std::fs::read(&p).map_err(io_err(&p))?;
+        let lines: Vec<&[u8]> = bytes.split(|c| *c == b'\n').filter(|l| !l.is_empty()).collect();
+        let parsed: Vec<Result<Held, FilterError>> = lines
+            .into_par_iter()
+            .map(|l| {
+                serde_json::from_slice(l)
+                    .map_err(|e| FilterError::Serialise { id: p.display().to_string(), msg: e.to_string() })
+            })
+            .collect();
+        drop(bytes);
+        let mut groups: HashMap<String, Vec<Held>> = HashMap::new();
+        for h in parsed {
+            let h = h?;
+            groups.entry(h.prompt_id.clone()).or_default().push(h);
+        }
+        let _ = std::fs::remove_file(&p);
+        Ok(groups)
     }
 }
 
-/// A [`ShardedWriter`] on its own thread (serialising and compressing overlap the checks);
-/// records are written in the order they are sent.
+/// A record on its way to a writer: serialised already where the output is JSONL (by
+/// whichever thread made it, so the writer thread only compresses), else as a value.
+enum Out {
+    Line(Vec<u8>),
+    Value(Value),
+}
+
+impl Out {
+    /// `lines`: the output is JSONL, whose writer takes `serde_json::to_vec` bytes as they are.
+    fn new(v: Value, lines: bool, id: &str) -> Result<Out, FilterError> {
+        if !lines {
+            return Ok(Out::Value(v));
+        }
+        serde_json::to_vec(&v)
+            .map(Out::Line)
+            .map_err(|e| FilterError::Serialise { id: id.to_string(), msg: e.to_string() })
+    }
+}
+
+/// A [`ShardedWriter`] on its own thread (compressing overlaps the checks); records are
+/// written in the order they are sent, in batches.
 struct WriterThread {
-    tx: Option<std::sync::mpsc::SyncSender<Value>>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Out>>>,
     handle: Option<std::thread::JoinHandle<Result<Vec<store::ShardInfo>, StoreError>>>,
 }
 
 impl WriterThread {
     fn spawn(mut w: ShardedWriter) -> WriterThread {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Value>(256);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Out>>(4);
         let handle = std::thread::spawn(move || {
-            for v in rx {
-                w.write_value(&v)?;
+            for batch in rx {
+                for out in batch {
+                    match out {
+                        Out::Line(l) => w.write_line(&l)?,
+                        Out::Value(v) => w.write_value(&v)?,
+                    }
+                }
             }
             w.finish()
         });
         WriterThread { tx: Some(tx), handle: Some(handle) }
     }
 
-    fn write_value(&mut self, v: Value) -> Result<(), FilterError> {
-        if self.tx.as_ref().is_some_and(|tx| tx.send(v).is_ok()) {
+    fn send(&mut self, batch: Vec<Out>) -> Result<(), FilterError> {
+        if batch.is_empty() || self.tx.as_ref().is_some_and(|tx| tx.send(batch).is_ok()) {
             return Ok(());
         }
         // The thread stopped early: it holds the error.
@@ -774,30 +836,30 @@ struct Outputs {
     kept: WriterThread,
     rejects: WriterThread,
     invalid: RejectsWriter,
+    /// JSONL outputs: records are serialised before they reach the writers.
+    lines: bool,
 }
 
-impl Outputs {
-    fn reject(&mut self, mut rec: Map<String, Value>, why: Option<String>) -> Result<(), FilterError> {
-        if let Some(w) = why
-            && let Some(Value::Object(v)) = rec.get_mut("verdict")
-        {
-            v.insert("reject_reason".into(), Value::String(w));
-            v.insert("kept".into(), Value::Bool(false));
-        }
-        self.rejects.write_value(Value::Object(rec))
-    }
+/// What the selection of one prompt writes and counts.
+#[derive(Default)]
+struct Selected {
+    kept: Vec<Out>,
+    rejects: Vec<Out>,
+    /// Whether any sample was kept.
+    prompt_kept: bool,
+    removed: u64,
 }
 
-/// Runs the selection of one prompt's held samples and writes them.
-fn finish_prompt(
+/// Runs the selection of one prompt's held samples (on any thread).
+fn select_prompt(
     cfg: &FilterConfig,
     st: &PromptState,
     mut held: Vec<Held>,
-    outs: &mut Outputs,
-    funnel: &mut Funnel,
-) -> Result<(), FilterError> {
+    lines: bool,
+) -> Result<Selected, FilterError> {
+    let mut out = Selected::default();
     if held.is_empty() {
-        return Ok(());
+        return Ok(out);
     }
     held.sort_by_key(|h| h.seq);
     let pass_rate = if st.n == 0 { 0.0 } else { f64::from(st.correct) / f64::from(st.n) };
@@ -811,24 +873,66 @@ fn finish_prompt(
             .collect();
         select::select(cfg.policy, cfg.k, &cands)
     };
-    if keep.is_empty() {
-        funnel.selection_removed_prompts += 1;
-    } else {
-        funnel.prompts_out += 1;
-    }
+    out.prompt_kept = !keep.is_empty();
     for (i, h) in held.into_iter().enumerate() {
         if keep.binary_search(&i).is_ok() {
             let ex = sft_example(&h.record, &h.id, &h.prompt_id, pass_rate, st.n);
-            outs.kept.write_value(ex)?;
-            funnel.samples_out += 1;
+            out.kept.push(Out::new(ex, lines, &h.id)?);
         } else {
-            funnel.selection_removed_samples += 1;
+            out.removed += 1;
             let why = match &window {
                 Some(w) => format!("selection: {w}"),
                 None => format!("selection: not chosen by policy {}", policy_name(cfg.policy)),
             };
-            outs.reject(h.record, Some(why))?;
+            let mut rec = h.record;
+            if let Some(Value::Object(v)) = rec.get_mut("verdict") {
+                v.insert("reject_reason".into(), Value::String(why));
+                v.insert("kept".into(), Value::Bool(false));
+            }
+            out.rejects.push(Out::new(Value::Object(rec), lines, &h.id)?);
         }
+    }
+    Ok(out)
+}
+
+/// Runs the selection of prompts (in their input order) in parallel, a chunk of about
+/// `cfg.chunk` samples at a time, and writes the results in that order.
+fn finish_prompts(
+    cfg: &FilterConfig,
+    mut groups: Vec<(&PromptState, Vec<Held>)>,
+    outs: &mut Outputs,
+    funnel: &mut Funnel,
+) -> Result<(), FilterError> {
+    let lines = outs.lines;
+    groups.reverse();
+    while !groups.is_empty() {
+        let (mut at, mut n) = (groups.len(), 0usize);
+        while at > 0 && n < cfg.chunk.max(1) {
+            at -= 1;
+            n += groups[at].1.len();
+        }
+        let mut chunk = groups.split_off(at);
+        chunk.reverse();
+        let done: Vec<Result<Selected, FilterError>> =
+            chunk.into_par_iter().map(|(st, held)| select_prompt(cfg, st, held, lines)).collect();
+        let (mut kept, mut rejects) = (Vec::new(), Vec::new());
+        for d in done {
+            let d = d?;
+            if d.kept.is_empty() && d.rejects.is_empty() {
+                continue;
+            }
+            if d.prompt_kept {
+                funnel.prompts_out += 1;
+            } else {
+                funnel.selection_removed_prompts += 1;
+            }
+            funnel.samples_out += d.kept.len() as u64;
+            funnel.selection_removed_samples += d.removed;
+            kept.extend(d.kept);
+            rejects.extend(d.rejects);
+        }
+        outs.kept.send(kept)?;
+        outs.rejects.send(rejects)?;
     }
     Ok(())
 }
@@ -896,7 +1000,9 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             cfg.records_per_shard,
         )?),
         invalid: RejectsWriter::new(out.join("rejects").join("invalid.jsonl")),
+        lines: cfg.format != Format::Parquet,
     };
+    let lines = outs.lines;
     let mut funnel = Funnel { selection_policy: policy_name(cfg.policy), ..Funnel::default() };
     let mut counts: Vec<CheckCount> =
         CHECKS.iter().map(|c| CheckCount { name: c.to_string(), ..CheckCount::default() }).collect();
@@ -905,6 +1011,7 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
     let mut held: Vec<Vec<Held>> = Vec::new();
     let mut held_bytes = 0usize;
     let mut spill: Option<Spill> = None;
+    let mut spilling = false;
     let limit = cfg.memory_mb << 20;
     let mut seq = 0u64;
 
@@ -967,7 +1074,23 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                 Err(e) => return Err(e.into()),
             }
         }
-        let items: Vec<Item> = batch.par_drain(..).map_init(Scratch::default, |s, raw| judge(&ctx, raw, s)).collect();
+        // The checks, in parallel; a rejected sample is serialised there too.
+        let items: Vec<Item> = batch
+            .par_drain(..)
+            .map_init(Scratch::default, |s, raw| {
+                let mut item = judge(&ctx, raw, s);
+                if let Item::Judged(j) = &mut item
+                    && j.first_fail < CHECKS.len()
+                {
+                    let rec = std::mem::take(&mut j.record);
+                    j.out = Some(Out::new(Value::Object(rec), lines, &j.id));
+                }
+                item
+            })
+            .collect();
+        // Then in input order: counts, rejects, and the held samples.
+        let mut rejects: Vec<Out> = Vec::new();
+        let mut to_spill: Vec<Held> = Vec::new();
         for item in items {
             funnel.records_in += 1;
             let j = match item {
@@ -999,8 +1122,8 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             st.correct += u32::from(j.correct);
             st.max_ff = st.max_ff.max(j.first_fail);
             let _ = &j.loc;
-            if j.first_fail < CHECKS.len() {
-                outs.reject(j.record, None)?;
+            if let Some(out) = j.out {
+                rejects.push(out?);
                 continue;
             }
             let h = Held {
@@ -1013,8 +1136,8 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                 record: j.record,
             };
             seq += 1;
-            if let Some(sp) = spill.as_mut() {
-                sp.write(&h)?;
+            if spilling {
+                to_spill.push(h);
                 continue;
             }
             held_bytes += j.bytes + 512;
@@ -1027,17 +1150,21 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             }
             if held_bytes > limit {
                 // Past the memory budget: everything held, and everything after, goes to disk.
-                let mut sp = Spill::new(out)?;
-                for g in held.drain(..) {
-                    for h in g {
-                        sp.write(&h)?;
-                    }
-                }
+                to_spill.extend(held.drain(..).flatten());
                 for st in prompts.values_mut() {
                     st.held = None;
                 }
                 held_bytes = 0;
-                spill = Some(sp);
+                spilling = true;
+            }
+        }
+        outs.rejects.send(rejects)?;
+        if !to_spill.is_empty() {
+            if spill.is_none() {
+                spill = Some(Spill::new(out)?);
+            }
+            if let Some(sp) = spill.as_mut() {
+                sp.write(to_spill)?;
             }
         }
     }
@@ -1049,38 +1176,31 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             counts[st.max_ff].removed_prompts += 1;
         }
     }
-    // Selection, prompt by prompt.
+    // Selection, prompt by prompt, in the order prompts first appeared.
     match spill {
         None => {
             let mut order: Vec<(&String, &PromptState)> = prompts.iter().filter(|(_, s)| s.held.is_some()).collect();
             order.sort_by_key(|(_, s)| s.order);
             let mut groups: Vec<Option<Vec<Held>>> = held.into_iter().map(Some).collect();
-            for (_, st) in order {
-                let g = st.held.and_then(|i| groups[i].take()).unwrap_or_default();
-                finish_prompt(cfg, st, g, &mut outs, &mut funnel)?;
-            }
+            let todo: Vec<(&PromptState, Vec<Held>)> = order
+                .into_iter()
+                .map(|(_, st)| (st, st.held.and_then(|i| groups[i].take()).unwrap_or_default()))
+                .collect();
+            finish_prompts(cfg, todo, &mut outs, &mut funnel)?;
         }
         Some(mut sp) => {
             for f in &mut sp.files {
                 f.flush().map_err(io_err(sp.dir.path()))?;
             }
             for b in 0..BUCKETS {
-                let p = sp.dir.path().join(format!("{b:02}.jsonl"));
-                let f = std::fs::File::open(&p).map_err(io_err(&p))?;
-                let mut groups: HashMap<String, Vec<Held>> = HashMap::new();
-                for line in std::io::BufReader::new(f).lines() {
-                    let line = line.map_err(io_err(&p))?;
-                    let h: Held = serde_json::from_str(&line)
-                        .map_err(|e| FilterError::Serialise { id: p.display().to_string(), msg: e.to_string() })?;
-                    groups.entry(h.prompt_id.clone()).or_default().push(h);
-                }
-                let mut order: Vec<(String, Vec<Held>)> = groups.into_iter().collect();
-                order.sort_by_key(|(pid, _)| prompts.get(pid).map_or(u64::MAX, |s| s.order));
-                for (pid, g) in order {
+                let groups = sp.read(b)?;
+                let mut todo: Vec<(&PromptState, Vec<Held>)> = Vec::with_capacity(groups.len());
+                for (pid, g) in groups {
                     let st = prompts.get(&pid).expect("every held prompt was counted");
-                    finish_prompt(cfg, st, g, &mut outs, &mut funnel)?;
+                    todo.push((st, g));
                 }
-                let _ = std::fs::remove_file(&p);
+                todo.sort_by_key(|(st, _)| st.order);
+                finish_prompts(cfg, todo, &mut outs, &mut funnel)?;
             }
         }
     }

@@ -278,6 +278,10 @@ impl RecordSink for JsonlWriter {
         r
     }
 
+    fn write_json_line(&mut self, line: &[u8]) -> Result<(), StoreError> {
+        JsonlWriter::write_line(self, line)
+    }
+
     fn finish(self: Box<Self>) -> Result<(), StoreError> {
         (*self).close()
     }

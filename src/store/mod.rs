@@ -328,6 +328,17 @@ pub trait RecordSink {
     /// Flushes and closes; the output is complete only after this returns.
     fn finish(self: Box<Self>) -> Result<(), StoreError>;
 
+    /// Writes one record already serialised as a compact JSON object (without its newline),
+    /// as [`RecordSink::write_value`] would have written it: JSONL sinks take the bytes as they
+    /// are, so the serialising can happen elsewhere (another thread).
+    fn write_json_line(&mut self, line: &[u8]) -> Result<(), StoreError> {
+        let v: Value = serde_json::from_slice(line).map_err(|e| StoreError::Json {
+            loc: Loc { file: Arc::new(PathBuf::from("<record>")), line: 0 },
+            msg: e.to_string(),
+        })?;
+        self.write_value(&v)
+    }
+
     /// Writes any serialisable record.
     fn write<T: Serialize>(&mut self, record: &T) -> Result<(), StoreError>
     where

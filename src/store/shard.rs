@@ -72,11 +72,24 @@ impl ShardedWriter {
 
     /// Writes one record.
     pub fn write_value(&mut self, value: &Value) -> Result<(), StoreError> {
+        self.write_with(|w| w.write_value(value))
+    }
+
+    /// Writes one record already serialised as compact JSON (`serde_json::to_vec` of the
+    /// value; no newline): the same bytes as [`ShardedWriter::write_value`] for JSONL shards.
+    pub fn write_line(&mut self, line: &[u8]) -> Result<(), StoreError> {
+        self.write_with(|w| w.write_json_line(line))
+    }
+
+    fn write_with(
+        &mut self,
+        write: impl FnOnce(&mut Box<dyn RecordSink + Send>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         if self.current.is_none() {
             self.current = Some(self.open_shard(self.finished.len())?);
         }
         if let Some(w) = self.current.as_mut() {
-            w.write_value(value)?;
+            write(w)?;
         }
         self.in_current += 1;
         if self.in_current >= self.per_shard {
