@@ -4,6 +4,8 @@
 # load average at its start. Benchmarks are never timed assertions; machines differ, so the
 # file says which machine it describes.
 # Usage: bash benches/run_all.sh [BENCH ...]   (default: all; names as in the justfile, e.g. filter dedup)
+# A bench's own arguments: BENCH_ARGS_<name> (dashes as underscores), shell-quoted, e.g.
+#   BENCH_ARGS_dedup='"200000 400000 800000" 40000' bash benches/run_all.sh dedup
 set -uo pipefail
 cd "$(dirname "$0")/.."
 all=(inspect math collect optim train lora-long code filter dedup generate smollm2)
@@ -32,15 +34,17 @@ trap 'rm -f "$tmp"' EXIT
 for b in "${want[@]}"; do
   s=$(script_of "$b") || { echo "unknown bench '$b'; known: ${all[*]}" >&2; exit 2; }
   echo "== $b ($s)" >&2
+  var="BENCH_ARGS_${b//-/_}"
+  eval "args=(${!var:-})"
   {
     echo "## $b"
     echo
-    echo "\`bash $s\`, started $(date -u '+%H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg):"
+    echo "\`bash $s ${!var:-}\`, started $(date -u '+%H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg):"
     echo
     echo '```'
   } >> "$tmp"
   start=$(date +%s)
-  bash "$s" 2>&1 | tee -a "$tmp" >&2
+  bash "$s" "${args[@]}" 2>&1 | tee -a "$tmp" >&2
   rc=${PIPESTATUS[0]}
   {
     echo '```'
