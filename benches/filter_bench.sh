@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"25000 50000 100000"}
 WORDS=${WORDS:-3000}
 WORK=${WORK:-$(mktemp -d /tmp/filter-bench.XXXXXX)}
-BIN=${DISTILL_BIN:-target/release/distill}
+mkdir -p "$WORK"
+BIN=${DISTILL_BIN:-${CARGO_TARGET_DIR:-target}/release/distill}
 echo "== CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
 cargo build --release --bin distill --example make_filter_traces >/dev/null
 GEN=$(dirname "$BIN")/examples/make_filter_traces
