@@ -268,11 +268,10 @@ fn a_run_killed_mid_collect_and_mid_finetune_completes_with_the_same_corpus_and_
             "problems.count=60".into(),
             "run.heldout.count=6".into(),
             "run.validation_share=0.2".into(),
-            // Slow enough to be caught in the middle: 120 requests of 40 ms, one at a time (the
-            // corpus keeps the order samples arrived in: with several requests in flight two
-            // uninterrupted runs may already order it differently).
+            // Slow enough to be caught in the middle: 120 requests of 40 ms, 4 in flight (samples
+            // arrive out of order; filter's kept/ and so the corpus do not depend on it).
             "teacher_sim.latency_ms=40".into(),
-            "collect.concurrency=1".into(),
+            "collect.concurrency=4".into(),
             "finetune.max_steps=12".into(),
             "finetune.save_every=2".into(),
             "finetune.keep_last=10".into(),

@@ -16,8 +16,9 @@
 //! Checks, in funnel order: `correct`, `format`, `complete`, `language`, `readability`,
 //! `repetition`, `length` (one file each), then per-prompt selection (`select.rs`).
 //! Samples are judged in parallel chunks and written in input order; passing samples are held
-//! per prompt until the input ends (spilled to hash buckets on disk past `memory_mb`), so the
-//! same input and config give byte-identical outputs. Records are serialised on the rayon
+//! per prompt until the input ends (spilled to hash buckets on disk past `memory_mb`) and
+//! selected in prompt-id order, samples by sample index, so the same samples and config give
+//! byte-identical `kept/` whatever order they arrived in (rejects keep input order). Records are serialised on the rayon
 //! workers (rejects as they are judged; kept examples in a parallel selection pass over chunks
 //! of prompts), so the two writer threads only compress; the compression of `kept/` after the
 //! input ends is the one serial stretch left.
@@ -679,7 +680,6 @@ fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f
 /// What is known of a prompt while streaming.
 #[derive(Default)]
 struct PromptState {
-    order: u64,
     n: u32,
     correct: u32,
     /// Largest first-failure index over its samples (CHECKS.len(): some sample passed all).
@@ -861,7 +861,8 @@ fn select_prompt(
     if held.is_empty() {
         return Ok(out);
     }
-    held.sort_by_key(|h| h.seq);
+    // Sample order, not arrival order: the same samples in any input order select alike.
+    held.sort_by(|a, b| (a.sample, &a.id, a.seq).cmp(&(b.sample, &b.id, b.seq)));
     let pass_rate = if st.n == 0 { 0.0 } else { f64::from(st.correct) / f64::from(st.n) };
     let window = select::outside_window(pass_rate, cfg.min_pass_rate, cfg.max_pass_rate);
     let keep: Vec<usize> = if window.is_some() {
@@ -895,7 +896,7 @@ fn select_prompt(
     Ok(out)
 }
 
-/// Runs the selection of prompts (in their input order) in parallel, a chunk of about
+/// Runs the selection of prompts (in the order given) in parallel, a chunk of about
 /// `cfg.chunk` samples at a time, and writes the results in that order.
 fn finish_prompts(
     cfg: &FilterConfig,
@@ -1112,12 +1113,9 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             if j.first_fail < CHECKS.len() {
                 counts[j.first_fail].removed_samples += 1;
             }
-            let n_prompts = prompts.len() as u64;
-            let st = prompts.entry(j.prompt_id.clone()).or_insert_with(|| PromptState {
-                order: n_prompts,
-                max_ff: 0,
-                ..PromptState::default()
-            });
+            let st = prompts
+                .entry(j.prompt_id.clone())
+                .or_insert_with(|| PromptState { max_ff: 0, ..PromptState::default() });
             st.n += 1;
             st.correct += u32::from(j.correct);
             st.max_ff = st.max_ff.max(j.first_fail);
@@ -1176,11 +1174,12 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             counts[st.max_ff].removed_prompts += 1;
         }
     }
-    // Selection, prompt by prompt, in the order prompts first appeared.
+    // Selection, prompt by prompt, in prompt-id order: kept/ does not depend on the order the
+    // samples arrived in (a collect with many requests in flight writes them as they finish).
     match spill {
         None => {
             let mut order: Vec<(&String, &PromptState)> = prompts.iter().filter(|(_, s)| s.held.is_some()).collect();
-            order.sort_by_key(|(_, s)| s.order);
+            order.sort_by(|a, b| a.0.cmp(b.0));
             let mut groups: Vec<Option<Vec<Held>>> = held.into_iter().map(Some).collect();
             let todo: Vec<(&PromptState, Vec<Held>)> = order
                 .into_iter()
@@ -1194,12 +1193,13 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             }
             for b in 0..BUCKETS {
                 let groups = sp.read(b)?;
+                let mut groups: Vec<(String, Vec<Held>)> = groups.into_iter().collect();
+                groups.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut todo: Vec<(&PromptState, Vec<Held>)> = Vec::with_capacity(groups.len());
                 for (pid, g) in groups {
                     let st = prompts.get(&pid).expect("every held prompt was counted");
                     todo.push((st, g));
                 }
-                todo.sort_by_key(|(st, _)| st.order);
                 finish_prompts(cfg, todo, &mut outs, &mut funnel)?;
             }
         }
