@@ -119,14 +119,7 @@ impl SplitWriter {
         let mut out = Vec::new();
         for (i, (partial, records)) in self.finished.iter().enumerate() {
             let path = self.dir.join(format!("{}-{i:05}-of-{n:05}.parquet", self.name));
-            std::fs::rename(partial, &path).map_err(|e| StoreError::io(&path, e))?;
-            let bytes = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?.len();
-            out.push(ShardInfo {
-                path: path.display().to_string(),
-                records: *records,
-                bytes,
-                sha256: store::sha256_file(&path)?,
-            });
+            out.push(store::publish_shard(partial, &path, *records)?);
         }
         Ok(out)
     }

@@ -509,15 +509,7 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                     }
                     let bits = if len > 20 { 0 } else { lex.get_packed(&Lexicon::pack_ascii_lower(&sb[start..i])) };
                     lat_words += 1;
-                    if bits & EN != 0 {
-                        en_hits += 1;
-                    } else {
-                        for (k, bit) in [ES, DE, FR].into_iter().enumerate() {
-                            if bits & bit != 0 {
-                                hits[k + 1] += 1;
-                            }
-                        }
-                    }
+                    tally(bits, &mut en_hits, &mut hits);
                     toks.push(Tok { script: Script::Latin, units: 1, at: (rs + sent_start + start) as u32 });
                 }
             } else {
@@ -577,15 +569,7 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                             lex.get(&w.to_lowercase().replace('’', "'"))
                         };
                         lat_words += 1;
-                        if bits & EN != 0 {
-                            en_hits += 1;
-                        } else {
-                            for (k, bit) in [ES, DE, FR].into_iter().enumerate() {
-                                if bits & bit != 0 {
-                                    hits[k + 1] += 1;
-                                }
-                            }
-                        }
+                        tally(bits, &mut en_hits, &mut hits);
                         toks.push(Tok { script: s, units: 1, at });
                     } else if s == Script::Greek && len < 3 {
                         continue;
@@ -705,6 +689,20 @@ pub fn detect(text: &str) -> &'static str {
             if k == 0 || *n < 2 || *n <= hits[0] { "en" } else { ["en", "es", "de", "fr"][k] }
         }
         Some(l) => l,
+    }
+}
+
+/// Counts a Latin word's lexicon bits: English, else each of Spanish, German, French it is in.
+#[inline]
+fn tally(bits: u8, en_hits: &mut u32, hits: &mut [u32; 4]) {
+    if bits & EN != 0 {
+        *en_hits += 1;
+    } else {
+        for (k, bit) in [ES, DE, FR].into_iter().enumerate() {
+            if bits & bit != 0 {
+                hits[k + 1] += 1;
+            }
+        }
     }
 }
 

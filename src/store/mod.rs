@@ -34,7 +34,7 @@ pub use rejects::{Lenient, Rejects};
 
 /// The rejects file of commands that write no output directory, in the working directory.
 pub const DEFAULT_REJECTS: &str = "distill-rejects.jsonl";
-pub use shard::{Manifest, ShardInfo, ShardedWriter};
+pub use shard::{Manifest, ShardInfo, ShardedWriter, publish_shard};
 
 /// A record file's format, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

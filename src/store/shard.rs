@@ -109,15 +109,7 @@ impl ShardedWriter {
         let mut out = Vec::with_capacity(n);
         for (i, (partial, records)) in self.finished.iter().enumerate() {
             let name = format!("{}-{i:05}-of-{n:05}.{}", self.name, self.format.extension());
-            let path = self.dir.join(&name);
-            std::fs::rename(partial, &path).map_err(|e| StoreError::io(&path, e))?;
-            let bytes = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?.len();
-            out.push(ShardInfo {
-                path: path.display().to_string(),
-                records: *records,
-                bytes,
-                sha256: sha256_file(&path)?,
-            });
+            out.push(publish_shard(partial, &self.dir.join(&name), *records)?);
         }
         Ok(out)
     }
@@ -185,4 +177,11 @@ impl Manifest {
         }
         Ok(bad)
     }
+}
+
+/// Moves a finished partial shard to its final name and describes it (size, sha256).
+pub fn publish_shard(partial: &Path, path: &Path, records: u64) -> Result<ShardInfo, StoreError> {
+    std::fs::rename(partial, path).map_err(|e| StoreError::io(path, e))?;
+    let bytes = std::fs::metadata(path).map_err(|e| StoreError::io(path, e))?.len();
+    Ok(ShardInfo { path: path.display().to_string(), records, bytes, sha256: sha256_file(path)? })
 }
