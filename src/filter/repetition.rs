@@ -85,65 +85,56 @@ fn hash_long(s: &[u8]) -> u64 {
 
 /// An open-addressing table (linear probing, load at most 1/2) that gives each distinct
 /// 64-bit key a dense id (0, 1, 2, ... in order of first occurrence), reused from sample to
-/// sample: the first `cap` slots are in use, and a slot is live when its stamp is the current
-/// generation, so emptying it writes nothing.
+/// sample. A slot holds its key's id + 1 (0: empty), 4 bytes, and the keys sit in `keys` by
+/// id: the table of a few thousand keys stays in the L1 cache.
 #[derive(Default)]
 struct Intern {
-    slots: Vec<Slot>,
-    cap: usize,
+    slots: Vec<u32>,
+    keys: Vec<u64>,
     shift: u32,
-    generation: u32,
-    next: u32,
-    spare: Vec<Slot>,
-}
-
-#[derive(Default, Clone, Copy)]
-struct Slot {
-    key: u64,
-    id: u32,
-    stamp: u32,
 }
 
 impl Intern {
     /// Empties the table and makes room for about `n` keys (it grows past that).
     fn reset(&mut self, n: usize) {
-        self.next = 0;
+        self.keys.clear();
         self.start((2 * n).next_power_of_two().max(16));
     }
 
-    /// A new generation over the first `cap` slots.
+    /// Empty slots, `cap` of them (a power of two).
     fn start(&mut self, cap: usize) {
-        if self.slots.len() < cap {
-            self.slots.resize(cap, Slot::default());
-        }
-        if self.generation == u32::MAX {
-            self.slots.fill(Slot::default());
-            self.generation = 0;
-        }
-        self.generation += 1;
-        self.cap = cap;
+        self.slots.clear();
+        self.slots.resize(cap, 0);
         self.shift = 64 - cap.trailing_zeros();
     }
 
-    /// The id of `key`, and whether this is its first occurrence. The slot is written either
-    /// way, so that the only branch is the probe.
+    /// The id of `key`, and whether this is its first occurrence.
     #[inline]
     fn id(&mut self, key: u64) -> (u32, bool) {
-        let mask = self.cap - 1;
-        let generation = self.generation;
+        let mask = self.slots.len() - 1;
         let mut i = self.home(key);
-        while self.slots[i].stamp == generation && self.slots[i].key != key {
+        loop {
+            let e = self.slots[i];
+            if e == 0 {
+                break;
+            }
+            if self.keys[e as usize - 1] == key {
+                return (e - 1, false);
+            }
             i = (i + 1) & mask;
         }
-        let s = self.slots[i];
-        let new = s.stamp != generation;
-        let id = if new { self.next } else { s.id };
-        self.slots[i] = Slot { key, id, stamp: generation };
-        self.next += u32::from(new);
-        if self.next as usize * 2 > self.cap {
+        let id = self.keys.len() as u32;
+        self.slots[i] = id + 1;
+        self.keys.push(key);
+        if self.keys.len() * 2 > self.slots.len() {
             self.grow();
         }
-        (id, new)
+        (id, true)
+    }
+
+    /// Keys seen since the last reset.
+    fn len(&self) -> usize {
+        self.keys.len()
     }
 
     #[inline]
@@ -151,23 +142,18 @@ impl Intern {
         ((key ^ (key >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
-    /// Doubles the slots in use, keeping every key's id.
+    /// Doubles the slots, keeping every key's id.
     #[cold]
     fn grow(&mut self) {
-        let generation = self.generation;
-        let mut live = std::mem::take(&mut self.spare);
-        live.clear();
-        live.extend(self.slots[..self.cap].iter().filter(|s| s.stamp == generation));
-        self.start(self.cap * 2);
-        let mask = self.cap - 1;
-        for s in &live {
-            let mut i = self.home(s.key);
-            while self.slots[i].stamp == self.generation {
+        self.start(self.slots.len() * 2);
+        let mask = self.slots.len() - 1;
+        for (id, &key) in self.keys.iter().enumerate() {
+            let mut i = self.home(key);
+            while self.slots[i] != 0 {
                 i = (i + 1) & mask;
             }
-            self.slots[i] = Slot { stamp: self.generation, ..*s };
+            self.slots[i] = id as u32 + 1;
         }
-        self.spare = live;
     }
 }
 
@@ -178,9 +164,10 @@ pub struct RepScratch {
     lines: Vec<(u64, u32)>,
     paras: Vec<(u64, u32)>,
     sents: Vec<u64>,
-    /// Per word: (hash, length), then its id (words equal after lower-casing and stripping
-    /// punctuation share one).
-    hashes: Vec<(u64, u32)>,
+    /// The words' kept bytes, back to back, and where each word ends; then each word's id
+    /// (words equal after lower-casing and stripping punctuation share one).
+    kept: Vec<u8>,
+    ends: Vec<u32>,
     words: Vec<u32>,
     /// Prefix sums of word lengths (bytes kept).
     cum: Vec<u32>,
@@ -188,12 +175,15 @@ pub struct RepScratch {
     /// the previous and the current n.
     prev: Vec<u32>,
     cur: Vec<u32>,
-    /// Per position: the (n-1)-gram there occurs twice or more; the positions looked up.
+    /// Per position: the (n-1)-gram there occurs twice or more; the positions looked up;
+    /// occurrences of the word there.
     twice: Vec<bool>,
     live: Vec<u32>,
-    /// Occurrences of each word; per id of the current n: occurrences, and the first one's
-    /// length.
+    occ: Vec<u32>,
+    /// Occurrences of each word (`distinct` of them); per id of the current n: occurrences,
+    /// and the first one's length.
     word_count: Vec<u32>,
+    distinct: usize,
     count: Vec<u32>,
     first_len: Vec<u32>,
     table: Intern,
@@ -304,38 +294,37 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// FNV-1a's offset basis and prime (64-bit).
-const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
-
 /// Words of `text` (split at ASCII whitespace; ASCII letters and digits lower-cased and
 /// non-ASCII bytes kept, at most 64 bytes of each; words with none dropped) as dense ids in
 /// `s.words` with prefix sums of their lengths in `s.cum`; the distinct words' occurrence
-/// counts go to `s.word_count`. One branch-free pass over the bytes hashes every word (FNV-1a
-/// of its kept bytes, then a final mix).
+/// counts go to `s.word_count`. A branch-free pass over the bytes copies the kept bytes of
+/// every word, back to back, to `s.kept` and notes where each word ends; a word's key is then
+/// its bytes themselves when it has at most 8 (no kept byte is 0, so the zero padding is
+/// unambiguous), else a 64-bit hash of them.
 fn words(text: &str, s: &mut RepScratch) {
     let b = text.as_bytes();
-    // (hash, length) of each word; a text of `len` bytes has at most `len / 2 + 1` words, and
-    // the slot after the last word takes the writes of the bytes that end none.
-    let mut hashes = std::mem::take(&mut s.hashes);
-    hashes.clear();
-    hashes.resize(b.len() / 2 + 2, (0, 0));
-    let (mut h, mut n, mut k) = (FNV_BASIS, 0u32, 0usize);
+    // At most one kept byte per input byte (and 8 of padding for the last word's load); at
+    // most `len / 2 + 1` words, and the slot after the last takes the writes of the bytes
+    // that end none.
+    s.kept.clear();
+    s.kept.resize(b.len() + 9, 0);
+    s.ends.clear();
+    s.ends.resize(b.len() / 2 + 2, 0);
+    let (mut j, mut n, mut k) = (0usize, 0u32, 0usize);
     {
-        let out = &mut hashes[..];
+        let (kept, ends) = (&mut s.kept[..], &mut s.ends[..]);
         for &c in b {
             let class = CLASS[c as usize];
             let keep = class == KEEP && n < 64;
-            let next = (h ^ u64::from(c.to_ascii_lowercase())).wrapping_mul(FNV_PRIME);
-            h = if keep { next } else { h };
+            kept[j] = c.to_ascii_lowercase();
+            j += usize::from(keep);
             n += u32::from(keep);
             let ws = class == WS;
-            out[k] = (h, n);
+            ends[k] = j as u32;
             k += usize::from(ws && n > 0);
-            h = if ws { FNV_BASIS } else { h };
             n = if ws { 0 } else { n };
         }
-        out[k] = (h, n);
+        ends[k] = j as u32;
         k += usize::from(n > 0);
     }
     s.words.clear();
@@ -343,20 +332,41 @@ fn words(text: &str, s: &mut RepScratch) {
     s.cum.push(0);
     s.word_count.clear();
     s.word_count.resize(k + 1, 0);
-    s.table.reset(k / 8 + 16);
-    let mut acc = 0u32;
-    for &(h, n) in &hashes[..k] {
-        let id = s.table.id(fmix(h)).0;
+    s.table.reset(k / 2 + 16);
+    let mut from = 0usize;
+    for &end in &s.ends[..k] {
+        let end = end as usize;
+        let len = end - from;
+        let key = if len <= 8 {
+            let w = &s.kept[from..from + 8];
+            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            w & (u64::MAX >> (64 - 8 * len))
+        } else {
+            hash_long(&s.kept[from..end])
+        };
+        let id = s.table.id(key).0;
         s.word_count[id as usize] += 1;
         s.words.push(id);
-        acc += n;
-        s.cum.push(acc);
+        s.cum.push(end as u32);
+        from = end;
     }
-    s.hashes = hashes;
+    s.distinct = s.table.len();
 }
 
-/// Measures `text` and judges it.
+/// Measures `text` and judges it. The top n-gram shares are measured exactly only where it
+/// could matter: when an upper bound from the word counts ([`top_bounds`]) is at or below
+/// every threshold, `top_ngram` holds those bounds (and the verdict is the same as with the
+/// exact shares); [`check_exact`] always measures them.
 pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
+    judge(text, p, s, false)
+}
+
+/// [`check`] with the top n-gram shares always measured exactly (for threshold studies).
+pub fn check_exact(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
+    judge(text, p, s, true)
+}
+
+fn judge(text: &str, p: &RepParams, s: &mut RepScratch, exact: bool) -> RepReport {
     let mut r = RepReport::default();
     split_all(text, s);
     r.dup_line_chars = dup_share(&s.lines, &mut s.table);
@@ -365,7 +375,15 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
     let m = s.words.len();
     let total_chars = s.cum[m] as usize;
     if total_chars > 0 && m >= MIN_WORDS {
-        ngrams(s, &mut r, total_chars);
+        let bound = top_bounds(s, total_chars);
+        // Bits per word id in a packed 5-gram key.
+        let bits = (usize::BITS - s.distinct.saturating_sub(1).leading_zeros()).max(1);
+        if exact || 5 * bits > 64 || (0..3).any(|k| bound[k] > p.top_ngram[k]) {
+            ngrams(s, &mut r, total_chars);
+        } else {
+            r.top_ngram = bound;
+            dup_ngrams(s, &mut r, total_chars, bits);
+        }
     }
     // Back-to-back repeats of units of 1..=4 sentences (sentences end at . ! ? \n and 。).
     for period in 1..=4usize {
@@ -414,6 +432,77 @@ pub fn check(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
         None
     };
     r
+}
+
+/// Upper bounds of the top 2-, 3- and 4-gram shares, from the word counts alone: an n-gram
+/// occurs at most as often as the rarest of its words, so `min(count of its words) x its
+/// characters`, maximised over positions, bounds what [`ngrams`] measures. Leaves the
+/// occurrences of the word at each position in `s.occ`.
+fn top_bounds(s: &mut RepScratch, total_chars: usize) -> [f64; 3] {
+    s.occ.clear();
+    s.occ.extend(s.words.iter().map(|&w| s.word_count[w as usize]));
+    let (occ, cum) = (&s.occ, &s.cum);
+    let mut best = [0u64; 3];
+    for i in 0..occ.len() {
+        let mut least = occ[i];
+        for n in 2..=4usize.min(occ.len() - i) {
+            least = least.min(occ[i + n - 1]);
+            let b = u64::from(least) * u64::from(cum[i + n] - cum[i]);
+            best[n - 2] = best[n - 2].max(b);
+        }
+    }
+    best.map(|b| b as f64 / total_chars as f64)
+}
+
+/// The duplicated 5- and 10-gram shares without the 2- to 4-gram levels of [`ngrams`] (same
+/// values): a 5-gram can occur twice only where its five words all do, and there its key is
+/// its five word ids packed `bits` bits each (exact; `5 * bits <= 64`). The 10-grams pair the
+/// 5-grams at i and i+5, as in [`ngrams`]. Needs `s.occ` from [`top_bounds`].
+fn dup_ngrams(s: &mut RepScratch, r: &mut RepReport, total_chars: usize, bits: u32) {
+    let m = s.words.len();
+    let cum = &s.cum;
+    let chars = |a: usize, b: usize| (cum[b] - cum[a]) as usize;
+    // 5-grams whose words all occur twice or more start at the end of a run of 5 such words.
+    s.live.clear();
+    let mut run = 0usize;
+    for (j, &c) in s.occ.iter().enumerate() {
+        run = if c > 1 { run + 1 } else { 0 };
+        if run >= 5 {
+            s.live.push((j - 4) as u32);
+        }
+    }
+    s.cur.clear();
+    s.cur.resize(m - 4, UNIQUE);
+    s.count.clear();
+    s.count.resize(s.live.len() + 1, 0);
+    s.table.reset(s.live.len());
+    let (mut covered, mut dups) = (0usize, 0usize);
+    for &i in &s.live {
+        let i = i as usize;
+        let key = s.words[i..i + 5].iter().fold(0u64, |k, &w| (k << bits) | u64::from(w));
+        let (id, new) = s.table.id(key);
+        s.count[id as usize] += 1;
+        s.cur[i] = id;
+        // Words of this 5-gram not yet covered by an earlier repeat.
+        dups += if new { 0 } else { chars(i.max(covered), i + 5) };
+        covered = if new { covered } else { i + 5 };
+    }
+    r.dup_5gram = dups as f64 / total_chars as f64;
+    // 10-grams: where both 5-grams occur twice or more.
+    let k = s.live.len();
+    let count = &s.count;
+    let twice = |id: u32| count[(id as usize).min(k)] > 1;
+    s.live.clear();
+    s.live.extend((0..m - 9).filter(|&i| twice(s.cur[i]) && twice(s.cur[i + 5])).map(|i| i as u32));
+    s.table.reset(s.live.len());
+    let (mut covered, mut dups) = (0usize, 0usize);
+    for &i in &s.live {
+        let i = i as usize;
+        let new = s.table.id((u64::from(s.cur[i]) << 32) | u64::from(s.cur[i + 5])).1;
+        dups += if new { 0 } else { chars(i.max(covered), i + 10) };
+        covered = if new { covered } else { i + 10 };
+    }
+    r.dup_10gram = dups as f64 / total_chars as f64;
 }
 
 /// The n-gram shares. Top n-gram (n = 2, 3, 4): characters of the most frequent n-gram's
@@ -595,10 +684,80 @@ mod tests {
                 t.push_str(w);
                 t.push(if next() % 9 == 0 { '\n' } else { ' ' });
             }
-            let got = run(&t);
+            let got = check_exact(&t, &RepParams::default(), &mut RepScratch::default());
             let (top, d5, d10, dl, dp) = plain(&t);
             assert_eq!((got.top_ngram, got.dup_5gram, got.dup_10gram), (top, d5, d10), "round {round}");
             assert_eq!((got.dup_line_chars, got.dup_para_chars), (dl, dp), "round {round}");
+            same_verdict(&t, &got);
         }
+    }
+
+    /// `check` (bounds in place of exact top n-gram shares when they are under the thresholds,
+    /// 5-grams from packed word ids) says what `check_exact` says.
+    fn same_verdict(t: &str, exact: &RepReport) -> bool {
+        let fast = run(t);
+        assert_eq!(
+            (fast.dup_5gram, fast.dup_10gram, &fast.problem),
+            (exact.dup_5gram, exact.dup_10gram, &exact.problem)
+        );
+        for k in 0..3 {
+            assert!(fast.top_ngram[k] >= exact.top_ngram[k], "{fast:?} {exact:?}");
+        }
+        fast.top_ngram != exact.top_ngram
+    }
+
+    #[test]
+    fn bounds_and_packed_5grams_keep_the_verdict() {
+        // Texts of many distinct words with phrases that recur (as reasoning habits do), some
+        // with a loop: the bounds path and the exact path both run.
+        let mut rng = 11u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let vocab: Vec<String> = (0..600)
+            .map(|i| {
+                let len = 1 + (next() % 9) as usize;
+                let w: String = (0..len).map(|_| (b'a' + (next() % 26) as u8) as char).collect();
+                if i % 7 == 0 {
+                    format!("{w}.")
+                } else if i % 11 == 0 {
+                    w.to_uppercase()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        let phrases: Vec<Vec<usize>> =
+            (0..40).map(|_| (0..3 + next() % 12).map(|_| (next() % 600) as usize).collect()).collect();
+        let (mut fast, mut slow) = (0, 0);
+        for round in 0..60 {
+            let mut t = String::new();
+            for _ in 0..200 + next() % 600 {
+                if next() % 3 == 0 {
+                    for &w in &phrases[(next() % 40) as usize] {
+                        t.push_str(&vocab[w]);
+                        t.push(' ');
+                    }
+                } else {
+                    t.push_str(&vocab[(next() % 600) as usize]);
+                    t.push(if next() % 15 == 0 { '\n' } else { ' ' });
+                }
+            }
+            if round % 5 == 0 {
+                t.push_str(&"the same words again and again ".repeat(3 + round / 5));
+            }
+            let exact = check_exact(&t, &RepParams::default(), &mut RepScratch::default());
+            let (top, d5, d10, _, _) = plain(&t);
+            assert_eq!((exact.top_ngram, exact.dup_5gram, exact.dup_10gram), (top, d5, d10), "round {round}");
+            if same_verdict(&t, &exact) {
+                fast += 1;
+            } else {
+                slow += 1;
+            }
+        }
+        assert!(fast > 10 && slow > 3, "bounds path {fast}, exact path {slow}");
     }
 }

@@ -52,7 +52,7 @@ fn main() {
                 fails[2] += 1;
                 examples.push(format!("readability: {p}"));
             }
-            let rep = repetition::check(&t, &rp, &mut rs);
+            let rep = repetition::check_exact(&t, &rp, &mut rs);
             if let Some(p) = &rep.problem {
                 fails[3] += 1;
                 examples.push(format!("repetition: {p}"));
