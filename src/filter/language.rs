@@ -146,6 +146,21 @@ struct Lexicon {
     shift: u32,
 }
 
+/// The `n <= 8` bytes `b[at..at + n]` as a little-endian u64, zero-padded.
+#[inline]
+fn load_le(b: &[u8], at: usize, n: usize) -> u64 {
+    if n == 0 {
+        0
+    } else if at + 8 <= b.len() {
+        let w = &b[at..at + 8];
+        u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) & (u64::MAX >> (64 - 8 * n))
+    } else {
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(&b[at..at + n]);
+        u64::from_le_bytes(w)
+    }
+}
+
 /// `LOWER[j]`: the byte 0x20 in the low `j` bytes (ORed into packed ASCII letters, apostrophes
 /// and hyphens, it lower-cases them).
 const LOWER: [u64; 9] = {
@@ -171,15 +186,16 @@ impl Lexicon {
         Some([k(0), k(8), k(16)])
     }
 
-    /// An ASCII word (letters, `'` and `-`, at most 24 bytes) packed and lower-cased.
+    /// The ASCII word `b[at..at + n]` (letters, digits, `'` and `-`, at most 24 bytes) packed
+    /// and lower-cased, read 8 bytes at a time straight from `b` (a copy to a buffer first
+    /// would stall each wide load on the narrow stores before it).
     #[inline]
-    fn pack_ascii_lower(w: &[u8]) -> [u64; 3] {
-        let mut b = [0u8; 24];
-        b[..w.len()].copy_from_slice(w);
-        let k =
-            |j: usize| u64::from_le_bytes([b[j], b[j + 1], b[j + 2], b[j + 3], b[j + 4], b[j + 5], b[j + 6], b[j + 7]]);
-        let n = w.len();
-        [k(0) | LOWER[n.min(8)], k(8) | LOWER[n.saturating_sub(8).min(8)], k(16) | LOWER[n.saturating_sub(16).min(8)]]
+    fn pack_ascii_lower(b: &[u8], at: usize, n: usize) -> [u64; 3] {
+        let part = |j: usize| {
+            let len = n.saturating_sub(j).min(8);
+            load_le(b, at + j, len) | LOWER[len]
+        };
+        [part(0), part(8), part(16)]
     }
 
     #[inline]
@@ -477,9 +493,15 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
             let (mut lat_words, mut en_hits) = (0u32, 0u32);
             let mut hits = [0u32; 4];
             let sb = sentence.as_bytes();
-            if seg_ascii || sb.is_ascii() {
+            // The first Latin word's offset (ASCII sentences push no tokens: all their words
+            // are Latin, and are counted together below).
+            let mut first_at = 0u32;
+            let ascii = seg_ascii || sb.is_ascii();
+            if ascii {
                 // ASCII fast path: the same words as below, byte by byte (every letter is
                 // Latin, a digit is the only numeric character, no CJK, no curly apostrophe).
+                let tb = text.as_bytes();
+                let base = rs + sent_start;
                 let mut i = 0;
                 while i < sb.len() {
                     let c = sb[i];
@@ -507,10 +529,13 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
                     if digit || len < 2 {
                         continue;
                     }
-                    let bits = if len > 20 { 0 } else { lex.get_packed(&Lexicon::pack_ascii_lower(&sb[start..i])) };
+                    let bits =
+                        if len > 20 { 0 } else { lex.get_packed(&Lexicon::pack_ascii_lower(tb, base + start, len)) };
+                    if lat_words == 0 {
+                        first_at = (base + start) as u32;
+                    }
                     lat_words += 1;
                     tally(bits, &mut en_hits, &mut hits);
-                    toks.push(Tok { script: Script::Latin, units: 1, at: (rs + sent_start + start) as u32 });
                 }
             } else {
                 let mut it = sentence.char_indices().peekable();
@@ -603,6 +628,28 @@ pub fn analyse(text: &str, targets: &[&str], scratch: &mut LangScratch) -> LangR
             // Every Latin word of the sentence has the sentence's Latin language.
             let latin_word_lang = latin_lang.map_or("latin", |(l, _)| l);
             let latin_word_target = is_target_lang(latin_word_lang);
+            if ascii && lat_words > 0 {
+                // What the loop below does word by word, for a sentence of Latin words only.
+                let n = lat_words as usize;
+                if latin_word_target {
+                    rep.target_units += n;
+                    span_words = 0;
+                    span_cjk = 0;
+                    span_lang = "";
+                } else {
+                    rep.foreign_units += n;
+                    if span_words == 0 && span_cjk == 0 {
+                        span_start = first_at as usize;
+                        span_lang = latin_word_lang;
+                    }
+                    span_words += n;
+                    if span_words > rep.max_span_words {
+                        rep.max_span_words = span_words;
+                        rep.span_lang = Some(span_lang);
+                        rep.span_at = span_start;
+                    }
+                }
+            }
             for t in toks.iter() {
                 let (lang, cjk, is_target): (&'static str, bool, bool) = match t.script {
                     Script::Latin => (latin_word_lang, false, latin_word_target),

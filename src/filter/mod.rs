@@ -776,12 +776,15 @@ enum Out {
 
 impl Out {
     /// `lines`: the output is JSONL, whose writer takes `serde_json::to_vec` bytes as they are.
-    fn new(v: Value, lines: bool, id: &str) -> Result<Out, FilterError> {
+    /// `text`: about how many bytes of text the record holds (the buffer starts that big,
+    /// rather than doubling its way up from nothing).
+    fn new(v: Value, lines: bool, id: &str, text: usize) -> Result<Out, FilterError> {
         if !lines {
             return Ok(Out::Value(v));
         }
-        serde_json::to_vec(&v)
-            .map(Out::Line)
+        let mut buf = Vec::with_capacity(text + text / 16 + 1024);
+        serde_json::to_writer(&mut buf, &v)
+            .map(|()| Out::Line(buf))
             .map_err(|e| FilterError::Serialise { id: id.to_string(), msg: e.to_string() })
     }
 }
@@ -878,7 +881,7 @@ fn select_prompt(
     for (i, h) in held.into_iter().enumerate() {
         if keep.binary_search(&i).is_ok() {
             let ex = sft_example(&h.record, &h.id, &h.prompt_id, pass_rate, st.n);
-            out.kept.push(Out::new(ex, lines, &h.id)?);
+            out.kept.push(Out::new(ex, lines, &h.id, h.len)?);
         } else {
             out.removed += 1;
             let why = match &window {
@@ -890,7 +893,7 @@ fn select_prompt(
                 v.insert("reject_reason".into(), Value::String(why));
                 v.insert("kept".into(), Value::Bool(false));
             }
-            out.rejects.push(Out::new(Value::Object(rec), lines, &h.id)?);
+            out.rejects.push(Out::new(Value::Object(rec), lines, &h.id, h.len)?);
         }
     }
     Ok(out)
@@ -1084,7 +1087,7 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                     && j.first_fail < CHECKS.len()
                 {
                     let rec = std::mem::take(&mut j.record);
-                    j.out = Some(Out::new(Value::Object(rec), lines, &j.id));
+                    j.out = Some(Out::new(Value::Object(rec), lines, &j.id, j.bytes));
                 }
                 item
             })
