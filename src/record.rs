@@ -280,7 +280,12 @@ pub fn prompt_messages(
 
 /// The assistant turn of an SFT example: `<think>\n{reasoning}\n</think>\n\n{content}`.
 pub fn assistant_turn(reasoning: &str, content: &str) -> String {
-    format!("<think>\n{reasoning}\n</think>\n\n{content}")
+    // Sized once (`format!` would grow the buffer a doubling at a time through a long trace).
+    let mut s = String::with_capacity(reasoning.len() + content.len() + 20);
+    for part in ["<think>\n", reasoning, "\n</think>\n\n", content] {
+        s.push_str(part);
+    }
+    s
 }
 
 /// Splits a response into (reasoning, answer): the text inside `<think>…</think>` and the text

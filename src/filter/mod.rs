@@ -33,6 +33,7 @@ pub mod repetition;
 pub mod scan;
 pub mod select;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -322,8 +323,9 @@ pub struct Report {
     pub funnel: Funnel,
 }
 
-/// The reasoning and answer of a sample, however it was stored.
-fn split_response(rec: &Map<String, Value>) -> Option<(String, String)> {
+/// The reasoning and answer of a sample, however it was stored (borrowed from the record
+/// where they are stored as they are).
+fn split_response(rec: &Map<String, Value>) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     let s = |k: &str| rec.get(k).and_then(Value::as_str);
     let reasoning = s("reasoning").or_else(|| s("reasoning_content")).unwrap_or("");
     let content = s("content").or_else(|| s("response"));
@@ -332,7 +334,7 @@ fn split_response(rec: &Map<String, Value>) -> Option<(String, String)> {
     }
     let content = content.unwrap_or("");
     if !reasoning.trim().is_empty() {
-        return Some((reasoning.to_string(), content.to_string()));
+        return Some((reasoning.into(), content.into()));
     }
     if let Some(end) = content.find("<|end_of_thought|>") {
         let head = &content[..end];
@@ -342,19 +344,19 @@ fn split_response(rec: &Map<String, Value>) -> Option<(String, String)> {
             a = &a[x + "<|begin_of_solution|>".len()..];
         }
         let a = a.replace("<|end_of_solution|>", "");
-        return Some((r.trim().to_string(), a.trim().to_string()));
+        return Some((r.trim().into(), a.trim().to_string().into()));
     }
     if content.contains("</think>") {
         let (r, a) = record::split_thinking(content);
-        return Some((r.to_string(), a.to_string()));
+        return Some((r.into(), a.into()));
     }
     let t = content.trim_start();
     for open in ["<think>", "<|begin_of_thought|>"] {
         if let Some(rest) = t.strip_prefix(open) {
-            return Some((rest.trim().to_string(), String::new()));
+            return Some((rest.trim().into(), Cow::Borrowed("")));
         }
     }
-    Some((String::new(), content.to_string()))
+    Some((Cow::Borrowed(""), content.into()))
 }
 
 /// Per-thread buffers.
@@ -435,7 +437,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
     let loc = raw.loc.to_string();
     let id = raw.id();
     let mut rec = raw.value;
-    let Some((reasoning, answer)) = split_response(&rec) else {
+    let Some((reasoning, answer)) = split_response(&rec).map(|(r, a)| (r.into_owned(), a.into_owned())) else {
         let err = StoreError::Schema {
             loc: raw.loc,
             id: store::IdSuffix(id),
@@ -1266,8 +1268,9 @@ mod tests {
             (json!({"response": "just an answer"}), ("", "just an answer")),
         ];
         for (v, (r, a)) in cases {
-            let got = split_response(&m(v.clone())).expect("a response");
-            assert_eq!((got.0.as_str(), got.1.as_str()), (r, a), "{v}");
+            let rec = m(v.clone());
+            let got = split_response(&rec).expect("a response");
+            assert_eq!((&*got.0, &*got.1), (r, a), "{v}");
         }
         assert!(split_response(&m(json!({"id": "x", "prompt": "p"}))).is_none());
     }

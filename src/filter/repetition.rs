@@ -299,33 +299,32 @@ static CLASS: [u8; 256] = {
 /// `s.words` with prefix sums of their lengths in `s.cum`; the distinct words' occurrence
 /// counts go to `s.word_count`. A branch-free pass over the bytes copies the kept bytes of
 /// every word, back to back, to `s.kept` and notes where each word ends; a word's key is then
-/// its bytes themselves when it has at most 8 (no kept byte is 0, so the zero padding is
+/// its (first 64) bytes themselves when it has at most 8 (no kept byte is 0, so the zero padding is
 /// unambiguous), else a 64-bit hash of them.
 fn words(text: &str, s: &mut RepScratch) {
     let b = text.as_bytes();
     // At most one kept byte per input byte (and 8 of padding for the last word's load); at
     // most `len / 2 + 1` words, and the slot after the last takes the writes of the bytes
-    // that end none.
+    // that end none. The 64-byte cap is applied below, so that the only state carried from
+    // byte to byte is three indices (`wstart`: where the current word's kept bytes start).
     s.kept.clear();
     s.kept.resize(b.len() + 9, 0);
     s.ends.clear();
     s.ends.resize(b.len() / 2 + 2, 0);
-    let (mut j, mut n, mut k) = (0usize, 0u32, 0usize);
+    let (mut j, mut wstart, mut k) = (0usize, 0usize, 0usize);
     {
         let (kept, ends) = (&mut s.kept[..], &mut s.ends[..]);
         for &c in b {
             let class = CLASS[c as usize];
-            let keep = class == KEEP && n < 64;
             kept[j] = c.to_ascii_lowercase();
-            j += usize::from(keep);
-            n += u32::from(keep);
+            j += usize::from(class == KEEP);
             let ws = class == WS;
             ends[k] = j as u32;
-            k += usize::from(ws && n > 0);
-            n = if ws { 0 } else { n };
+            k += usize::from(ws & (j > wstart));
+            wstart = if ws { j } else { wstart };
         }
         ends[k] = j as u32;
-        k += usize::from(n > 0);
+        k += usize::from(j > wstart);
     }
     s.words.clear();
     s.cum.clear();
@@ -333,21 +332,22 @@ fn words(text: &str, s: &mut RepScratch) {
     s.word_count.clear();
     s.word_count.resize(k + 1, 0);
     s.table.reset(k / 2 + 16);
-    let mut from = 0usize;
+    let (mut from, mut acc) = (0usize, 0u32);
     for &end in &s.ends[..k] {
         let end = end as usize;
-        let len = end - from;
+        let len = (end - from).min(64);
         let key = if len <= 8 {
             let w = &s.kept[from..from + 8];
             let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
             w & (u64::MAX >> (64 - 8 * len))
         } else {
-            hash_long(&s.kept[from..end])
+            hash_long(&s.kept[from..from + len])
         };
         let id = s.table.id(key).0;
         s.word_count[id as usize] += 1;
         s.words.push(id);
-        s.cum.push(end as u32);
+        acc += len as u32;
+        s.cum.push(acc);
         from = end;
     }
     s.distinct = s.table.len();
@@ -673,14 +673,17 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
+        // The last two: words of more than 64 kept bytes, the same in their first 64.
+        let (long1, long2) = (format!("{}x", "ab".repeat(33)), format!("{}-yz.", "AB".repeat(32)));
         let vocab = [
-            "wait", "Let", "me", "check.", "the", "sum", "is", "7", "so", "x", "(3,", "4)", "$y$", "café", "\n", "\n\n",
+            "wait", "Let", "me", "check.", "the", "sum", "is", "7", "so", "x", "(3,", "4)", "$y$", "café", "\n",
+            "\n\n", &long1, &long2,
         ];
         for round in 0..40 {
             let n = 120 + (next() % 900) as usize;
             let mut t = String::new();
             for _ in 0..n {
-                let w = vocab[(next() % (4 + round % 12) as u64) as usize];
+                let w = vocab[(next() % (4 + round % 14) as u64) as usize];
                 t.push_str(w);
                 t.push(if next() % 9 == 0 { '\n' } else { ' ' });
             }
