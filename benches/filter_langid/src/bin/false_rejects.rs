@@ -21,6 +21,8 @@ mod readability;
 #[path = "../../../../src/filter/repetition.rs"]
 #[allow(dead_code)]
 mod repetition;
+#[path = "../../../../src/filter/scan.rs"]
+mod scan;
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
