@@ -14,7 +14,8 @@
 use candle_core::{D, DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
-use super::decoder::Layer;
+use super::decoder::{Layer, Linear};
+use super::kernels::ops;
 use super::{Model, ModelError, Result};
 
 /// Slots the cache grows by when it is full.
@@ -188,7 +189,8 @@ impl<'m> Session<'m> {
         let h = x.index_select(&Tensor::from_vec(last, b, dev)?, 0)?;
         let h = model.norm.forward(&h)?;
         let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
-        let logits = h.matmul(&head.tensor.t()?)?.to_dtype(DType::F32)?;
+        let logits = if t == 1 { ops::decode_linear(&h, &head.tensor, None)? } else { h.matmul(&head.tensor.t()?)? };
+        let logits = logits.to_dtype(DType::F32)?;
         for (r, row) in tokens.iter().enumerate() {
             self.valid[r].extend((0..t).map(|i| i < row.len()));
             self.pos[r] += row.len() as u32;
@@ -237,9 +239,9 @@ impl<'m> Session<'m> {
         let total = self.len + t;
         let xs = layer.input_layernorm.forward(x)?;
         let a = &layer.self_attn;
-        let q = a.q_proj.forward(&xs, false)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = a.k_proj.forward(&xs, false)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = a.v_proj.forward(&xs, false)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = proj(&a.q_proj, &xs, t)?.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = proj(&a.k_proj, &xs, t)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = proj(&a.v_proj, &xs, t)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
         let cache = &self.layers[li];
@@ -253,13 +255,23 @@ impl<'m> Session<'m> {
         let scores = (q.matmul(&keys.t()?)? * scale)?.reshape((b, kv, g, t, total))?.broadcast_add(bias)?;
         let probs = softmax_last(&scores)?.reshape((b, kv, g * t, total))?;
         let o = probs.matmul(&values)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
-        let x = x.add(&a.o_proj.forward(&o, false)?)?;
+        let x = x.add(&proj(&a.o_proj, &o, t)?)?;
         let xs = layer.post_attention_layernorm.forward(&x)?;
         let m = &layer.mlp;
-        let gate = m.gate_proj.forward(&xs, false)?;
-        let up = m.up_proj.forward(&xs, false)?;
-        Ok(x.add(&m.down_proj.forward(&gate.silu()?.mul(&up)?, false)?)?)
+        let gate = proj(&m.gate_proj, &xs, t)?;
+        let up = proj(&m.up_proj, &xs, t)?;
+        Ok(x.add(&proj(&m.down_proj, &gate.silu()?.mul(&up)?, t)?)?)
     }
+}
+
+/// A projection in the cached forward: at one new token per row (a decoding step) the base
+/// weight goes through the few-row `decode` kernel, whose result for a row does not depend on
+/// the other rows; prefill (several tokens per row) keeps the general matmul.
+fn proj(l: &Linear, x: &Tensor, t: usize) -> Result<Tensor> {
+    if t != 1 || l.lora.is_some() {
+        return Ok(l.forward(x, false)?);
+    }
+    Ok(ops::decode_linear(x, &l.weight.tensor, l.bias.as_ref().map(|b| &b.tensor))?)
 }
 
 /// Softmax over the last dimension, computed in f32.

@@ -1,7 +1,9 @@
-//! CPU kernels of the decoder with their own backward passes: blocked attention without
-//! `H x T x T` tensors (`attn_cpu`), the chunked cross-entropy (`ce_cpu`), and the candle custom
-//! ops that wrap them and the frozen-weight matmul / fused SwiGLU (`ops`).
+//! CPU kernels of the decoder: the few-row projections of a decoding step (`decode`), and, with
+//! their own backward passes, blocked attention without `H x T x T` tensors (`attn_cpu`), the
+//! chunked cross-entropy (`ce_cpu`), and the candle custom ops that wrap them and the
+//! frozen-weight matmul / fused SwiGLU (`ops`).
 
 pub mod attn_cpu;
 pub mod ce_cpu;
+pub mod decode;
 pub mod ops;

@@ -113,6 +113,49 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
+/// `x @ w^T (+ b)` for the few rows of one decoding step, without autograd: the `decode`
+/// kernel where `x` and `w` are f32 on a CPU with AVX2/FMA, the frozen matmul elsewhere.
+pub fn decode_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let fits = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.rank() == 2
+        && w.rank() == 2
+        && super::decode::available();
+    if !fits {
+        return FrozenLinear { w: w.clone(), b: b.cloned() }.fwd(x);
+    }
+    let y = x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &DecodeMatmul)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+struct DecodeMatmul;
+
+impl CustomOp2 for DecodeMatmul {
+    fn name(&self) -> &'static str {
+        "decode-matmul"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else { candle_core::bail!("decode matmul: f32 only") };
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("decode matmul: inputs must be contiguous")
+        };
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("decode matmul: x has {k} columns, w has {k2}")
+        }
+        let mut out = vec![0f32; rows * n];
+        if !super::decode::matmul_t(&x[x0..x1], &w[w0..w1], &mut out, rows, k, n) {
+            candle_core::bail!("decode matmul: no AVX2/FMA on this CPU")
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+}
+
 /// `x * c` (broadcast) with a constant `c`: backward returns only `dx = dy * c`.
 pub struct ConstMul {
     pub c: Tensor,
