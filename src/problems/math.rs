@@ -14,7 +14,7 @@ pub(super) const EXTRA: &[Family] = &[
         task: Task::Math,
         template: "Compute $# + #$.",
         params: gen_add2,
-        solve: solve_add,
+        solve: solve_add2,
         tests: None,
     },
     Family {
@@ -23,7 +23,7 @@ pub(super) const EXTRA: &[Family] = &[
         task: Task::Math,
         template: "Compute $# + #$.",
         params: gen_add3,
-        solve: solve_add,
+        solve: solve_add_columns,
         tests: None,
     },
 ];
@@ -36,8 +36,13 @@ fn gen_add3(r: &mut fastrand::Rng) -> Vec<i64> {
     vec![r.i64(100..1000), r.i64(100..1000)]
 }
 
-fn solve_add(p: &[i64]) -> Option<Solved> {
+/// Two two-digit numbers in one step (the demo's tiny student learns this form); other
+/// additions are left to [`solve_add_columns`] (the two families share their template).
+fn solve_add2(p: &[i64]) -> Option<Solved> {
     let [a, b] = p[..] else { return None };
+    if !(10..100).contains(&a) || !(10..100).contains(&b) {
+        return None;
+    }
     let (ones, tens) = (a % 10 + b % 10, a / 10 + b / 10);
     let sum = a + b;
     Some(Solved::math(
@@ -48,6 +53,38 @@ fn solve_add(p: &[i64]) -> Option<Solved> {
             format!("So {a} + {b} = {sum}."),
         ],
     ))
+}
+
+/// Column by column, as one adds on paper: each step is a one-digit sum plus the carry, which a
+/// small student can learn where it cannot learn a three-digit sum in one jump.
+fn solve_add_columns(p: &[i64]) -> Option<Solved> {
+    let [a, b] = p[..] else { return None };
+    if a < 0 || b < 0 {
+        return None;
+    }
+    let sum = a + b;
+    let mut steps = vec![format!("I add {a} and {b} column by column, from the ones.")];
+    let (mut x, mut y, mut carry) = (a, b, 0);
+    for place in ["Ones", "Tens", "Hundreds", "Thousands"] {
+        if x == 0 && y == 0 {
+            break;
+        }
+        let (dx, dy) = (x % 10, y % 10);
+        let total = dx + dy + carry;
+        let plus = if carry > 0 { format!(" + {carry}") } else { String::new() };
+        steps.push(if total >= 10 {
+            format!("{place}: {dx} + {dy}{plus} = {total}, so I write {} and carry 1.", total - 10)
+        } else {
+            format!("{place}: {dx} + {dy}{plus} = {total}, so I write {total}.")
+        });
+        carry = total / 10;
+        (x, y) = (x / 10, y / 10);
+    }
+    if carry > 0 {
+        steps.push("The last carry 1 is the leading digit.".to_string());
+    }
+    steps.push(format!("So {a} + {b} = {sum}."));
+    Some(Solved::math(sum.to_string(), (sum + 10).to_string(), steps))
 }
 
 pub(super) const FAMILIES: &[Family] = &[
@@ -325,4 +362,48 @@ fn solve_roots(p: &[i64]) -> Option<Solved> {
             format!("So x^2 - {s}x + {q} = (x - {r1})(x - {r2}), and the solutions are x = {r1} and x = {r2}."),
         ],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_additions_show_every_digit_and_carry() {
+        let cases: &[(i64, i64, &[&str])] = &[
+            (
+                493,
+                388,
+                &[
+                    "Ones: 3 + 8 = 11, so I write 1 and carry 1.",
+                    "Tens: 9 + 8 + 1 = 18, so I write 8 and carry 1.",
+                    "Hundreds: 4 + 3 + 1 = 8, so I write 8.",
+                    "So 493 + 388 = 881.",
+                ],
+            ),
+            (
+                962,
+                515,
+                &[
+                    "Ones: 2 + 5 = 7, so I write 7.",
+                    "Tens: 6 + 1 = 7, so I write 7.",
+                    "Hundreds: 9 + 5 = 14, so I write 4 and carry 1.",
+                    "The last carry 1 is the leading digit.",
+                    "So 962 + 515 = 1477.",
+                ],
+            ),
+            (100, 900, &["Hundreds: 1 + 9 = 10, so I write 0 and carry 1.", "So 100 + 900 = 1000."]),
+        ];
+        for &(a, b, want) in cases {
+            // As teacher-sim solves it: recognised from the question's text.
+            let s = crate::problems::solve(&format!("Compute ${a} + {b}$.")).expect("solved");
+            assert_eq!(s.answer, (a + b).to_string());
+            for line in want {
+                assert!(s.steps.iter().any(|l| l == line), "{a} + {b}: missing {line:?} in {:?}", s.steps);
+            }
+        }
+        // Two-digit additions keep the one-step form the demo's tiny student learns.
+        let s = crate::problems::solve("Compute $47 + 38$.").expect("solved");
+        assert_eq!(s.steps[0], "I add 47 and 38: the ones give 15 and the rest gives 7 tens.");
+    }
 }
