@@ -366,8 +366,6 @@ fn solve_roots(p: &[i64]) -> Option<Solved> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn column_additions_show_every_digit_and_carry() {
         let cases: &[(i64, i64, &[&str])] = &[

@@ -78,6 +78,7 @@ mod avx2 {
     /// `out[m * ldo + j]`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // a register tile reads clearest by index
     unsafe fn tile<const NW: usize, const MX: usize>(
         xp: *const f32,
         wp: *const f32,
@@ -116,6 +117,7 @@ mod avx2 {
 
     /// Columns `j0..j1` of `out` (`rows x ldo`).
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         x: *const f32,
         rows: usize,
