@@ -664,15 +664,19 @@ mod tests {
         (top, dup[0], dup[1], lines("\n"), lines("\n\n"))
     }
 
-    #[test]
-    fn shares_match_the_definition() {
-        let mut rng = 7u64;
-        let mut next = move || {
+    /// The test texts' random draws (xorshift64), from `seed`.
+    fn xorshift(mut rng: u64) -> impl FnMut() -> u64 {
+        move || {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             rng
-        };
+        }
+    }
+
+    #[test]
+    fn shares_match_the_definition() {
+        let mut next = xorshift(7);
         // The last two: words of more than 64 kept bytes, the same in their first 64.
         let (long1, long2) = (format!("{}x", "ab".repeat(33)), format!("{}-yz.", "AB".repeat(32)));
         let vocab = [
@@ -685,7 +689,7 @@ mod tests {
             for _ in 0..n {
                 let w = vocab[(next() % (4 + round % 14) as u64) as usize];
                 t.push_str(w);
-                t.push(if next() % 9 == 0 { '\n' } else { ' ' });
+                t.push(if next().is_multiple_of(9) { '\n' } else { ' ' });
             }
             let got = check_exact(&t, &RepParams::default(), &mut RepScratch::default());
             let (top, d5, d10, dl, dp) = plain(&t);
@@ -713,13 +717,7 @@ mod tests {
     fn bounds_and_packed_5grams_keep_the_verdict() {
         // Texts of many distinct words with phrases that recur (as reasoning habits do), some
         // with a loop: the bounds path and the exact path both run.
-        let mut rng = 11u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(11);
         let vocab: Vec<String> = (0..600)
             .map(|i| {
                 let len = 1 + (next() % 9) as usize;
@@ -739,14 +737,14 @@ mod tests {
         for round in 0..60 {
             let mut t = String::new();
             for _ in 0..200 + next() % 600 {
-                if next() % 3 == 0 {
+                if next().is_multiple_of(3) {
                     for &w in &phrases[(next() % 40) as usize] {
                         t.push_str(&vocab[w]);
                         t.push(' ');
                     }
                 } else {
                     t.push_str(&vocab[(next() % 600) as usize]);
-                    t.push(if next() % 15 == 0 { '\n' } else { ' ' });
+                    t.push(if next().is_multiple_of(15) { '\n' } else { ' ' });
                 }
             }
             if round % 5 == 0 {
