@@ -32,8 +32,11 @@ pub fn available() -> bool {
 /// writes nothing) where [`available`] is false.
 pub fn matmul_t(x: &[f32], w: &[f32], out: &mut [f32], rows: usize, k: usize, n: usize) -> bool {
     assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n, "decode matmul: slices too short");
-    if !available() || rows == 0 || n == 0 {
-        return available();
+    if !available() {
+        return false;
+    }
+    if rows == 0 || n == 0 {
+        return true;
     }
     #[cfg(target_arch = "x86_64")]
     {

@@ -123,7 +123,7 @@ pub fn decode_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
         && w.rank() == 2
         && super::decode::available();
     if !fits {
-        return FrozenLinear { w: w.clone(), b: b.cloned() }.fwd(x);
+        return frozen_linear(x, w, b);
     }
     let y = x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &DecodeMatmul)?;
     match b {
