@@ -101,6 +101,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if ops::rms_norm_fused(x, &self.weight.tensor) {
+            return ops::rms_norm(x, &self.weight.tensor, self.eps);
+        }
         let dtype = x.dtype();
         let work = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
         let xf = x.to_dtype(work)?;

@@ -67,6 +67,32 @@ impl Rng {
     }
 }
 
+/// A dropout mask of `n` elements, each `1 / keep` with probability `keep`, else 0. One draw
+/// of the adapter's generator (`seed`) makes the whole mask: element `i` compares a 32-bit half
+/// of the SplitMix64 output at counter `i / 2` with `keep · 2³²`. Counter-based, so the mask is
+/// filled in parallel and comes out the same on any number of threads (and a resumed or
+/// recomputed step replays it from the generator's position alone).
+pub fn dropout_mask(seed: u64, n: usize, keep: f64) -> Vec<f32> {
+    use rayon::prelude::*;
+    // Even, so that a chunk starts at the first half of a draw.
+    const CHUNK: usize = 1 << 14;
+    let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+    let scale = (1.0 / keep) as f32;
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let first = (c * CHUNK / 2) as u64;
+        for (j, pair) in chunk.chunks_mut(2).enumerate() {
+            let counter = first + j as u64 + 1;
+            let h = crate::rng::mix(seed.wrapping_add(counter.wrapping_mul(crate::rng::GAMMA)));
+            for (half, m) in pair.iter_mut().enumerate() {
+                let draw = (h >> (32 * half)) & 0xFFFF_FFFF;
+                *m = if draw < threshold { scale } else { 0.0 };
+            }
+        }
+    });
+    mask
+}
+
 /// One adapter: `a` is `(r, in)`, `b` is `(out, r)`; both are tensors of trainable `Var`s.
 #[derive(Clone)]
 pub struct LoraAdapter {
@@ -81,11 +107,11 @@ impl LoraAdapter {
     /// `x`: `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = if train && self.dropout > 0.0 {
-            let keep = 1.0 - self.dropout as f64;
-            let n = x.elem_count();
-            let mask: Vec<f32> =
-                (0..n).map(|_| if self.rng.uniform() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
-            let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+            let mask = dropout_mask(self.rng.next_u64(), x.elem_count(), 1.0 - self.dropout as f64);
+            let mut mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+            if x.dtype() != mask.dtype() {
+                mask = mask.to_dtype(x.dtype())?;
+            }
             ops::const_mul(x, &mask)?
         } else {
             x.clone()
@@ -97,5 +123,30 @@ impl LoraAdapter {
     /// `scale · B A`, the update merged into the base weight.
     pub fn delta(&self) -> Result<Tensor> {
         self.b.matmul(&self.a)?.affine(self.scale, 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropout_mask;
+
+    #[test]
+    fn dropout_mask_keeps_its_share_and_is_reproducible() {
+        let n = 200_001;
+        for keep in [0.95, 0.8, 0.5] {
+            let m = dropout_mask(7, n, keep);
+            assert_eq!(m, dropout_mask(7, n, keep), "same seed, same mask");
+            assert_ne!(m, dropout_mask(8, n, keep), "another seed, another mask");
+            let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+            // 5 standard deviations of a binomial share.
+            let sd = (keep * (1.0 - keep) / n as f64).sqrt();
+            assert!((kept - keep).abs() < 5.0 * sd, "keep {keep}: kept {kept}");
+            assert!(m.iter().all(|&v| v == 0.0 || v == (1.0 / keep) as f32));
+            // Halves of one draw are not the same decision.
+            let same = m.chunks(2).filter(|p| p.len() == 2 && (p[0] == 0.0) == (p[1] == 0.0)).count() as f64;
+            let expect = keep * keep + (1.0 - keep) * (1.0 - keep);
+            assert!((same / (n / 2) as f64 - expect).abs() < 0.01, "keep {keep}: pairs agree {same}");
+        }
+        assert!(dropout_mask(1, 1000, 1.0).iter().all(|&v| v == 1.0));
     }
 }

@@ -97,6 +97,83 @@ impl FrozenLinear {
     }
 }
 
+/// Runs `f` on the elements of a contiguous f32 CPU tensor (None: another dtype, device or layout).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else { return None };
+    let (a, b) = layout.contiguous_offsets()?;
+    Some(f(&v[a..b]))
+}
+
+impl FrozenLinear {
+    /// The f32 forward straight from the input's storage into the result's (the general path
+    /// copies the input into a tensor and the result out of one): the same `gemm` call as
+    /// candle's matmul, so the same numbers. None when a tensor is not contiguous f32.
+    fn cpu_fwd_f32(&self, s: &CpuStorage, l: &Layout) -> Option<Result<(CpuStorage, Shape)>> {
+        let CpuStorage::F32(x) = s else { return None };
+        let (x0, x1) = l.contiguous_offsets()?;
+        let x = &x[x0..x1];
+        let (n, k) = self.w.dims2().ok()?;
+        let dims = l.shape().dims();
+        if dims.last() != Some(&k) || k == 0 {
+            return None;
+        }
+        let m = x.len() / k;
+        let mut out = with_f32(&self.w, |w| {
+            let mut out = vec![0f32; m * n];
+            let threads = candle_core::utils::get_num_threads();
+            let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+            // SAFETY: x is m × k and w is n × k (both row-major, read through these strides,
+            // w as the k × n matrix wᵀ); out is m × n; nothing is read from out.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            };
+            out
+        })?;
+        if let Some(b) = &self.b {
+            let added = with_f32(b, |b| {
+                if b.len() != n {
+                    return false;
+                }
+                for row in out.chunks_exact_mut(n) {
+                    for (o, &v) in row.iter_mut().zip(b) {
+                        *o += v;
+                    }
+                }
+                true
+            });
+            if added != Some(true) {
+                return None;
+            }
+        }
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Some(Ok((CpuStorage::F32(out), Shape::from(shape))))
+    }
+}
+
 impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
         "frozen-linear"
@@ -106,6 +183,9 @@ impl CustomOp1 for FrozenLinear {
         gpu::to_storage(&self.fwd(&gpu::to_tensor(s, l)?)?)
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let Some(out) = self.cpu_fwd_f32(s, l) {
+            return out;
+        }
         to_storage(&self.fwd(&to_tensor(s, l)?)?)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -177,6 +257,31 @@ impl CustomOp1 for ConstMul {
         gpu::to_storage(&gpu::to_tensor(s, l)?.broadcast_mul(&self.c)?)
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        // f32 with `c` of the same shape or of the last dimension's size: straight from the
+        // input's storage (the general path copies it in and the result out).
+        if let (CpuStorage::F32(x), Some((x0, x1))) = (s, l.contiguous_offsets()) {
+            let x = &x[x0..x1];
+            let last = l.shape().dims().last().copied().unwrap_or(1);
+            let c_dims = self.c.dims();
+            let same = c_dims == l.shape().dims();
+            let row = c_dims.len() == 1 && c_dims[0] == last && last > 0;
+            if same || row {
+                let out = with_f32(&self.c, |c| {
+                    if same {
+                        x.iter().zip(c).map(|(a, b)| a * b).collect::<Vec<f32>>()
+                    } else {
+                        let mut out = Vec::with_capacity(x.len());
+                        for r in x.chunks_exact(last) {
+                            out.extend(r.iter().zip(c).map(|(a, b)| a * b));
+                        }
+                        out
+                    }
+                });
+                if let Some(out) = out {
+                    return Ok((CpuStorage::F32(out), l.shape().clone()));
+                }
+            }
+        }
         to_storage(&to_tensor(s, l)?.broadcast_mul(&self.c)?)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -209,6 +314,49 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// The rotation of `x` `(B, H, T, D)` row by row on the CPU, with the same operations in the
+    /// same order as [`Rope::fwd`] (and, `transposed`, as the backward's tensor ops), so the
+    /// same numbers without the intermediate tensors. None when the tables are not contiguous
+    /// `(B, 1, T, D)` tensors of `T`'s dtype.
+    fn rows<T: candle_core::WithDType + std::ops::Neg<Output = T>>(
+        &self,
+        x: &[T],
+        dims: &[usize],
+        transposed: bool,
+    ) -> Option<Vec<T>> {
+        use rayon::prelude::*;
+        let &[b, h, t, d] = dims else { return None };
+        if self.cos.dims() != [b, 1, t, d] || self.sin.dims() != [b, 1, t, d] || d % 2 != 0 || x.len() != b * h * t * d
+        {
+            return None;
+        }
+        let (cv, sv) = (self.cos.storage_and_layout(), self.sin.storage_and_layout());
+        let (cos, sin) = (cpu_slice::<T>(&cv).ok()?, cpu_slice::<T>(&sv).ok()?);
+        let half = d / 2;
+        let mut out = vec![T::zero(); x.len()];
+        // One task per (batch, head): T rows of D.
+        out.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).enumerate().for_each(|(bh, (o, x))| {
+            let table = (bh / h) * t * d;
+            for (r, (o, x)) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+                let c = &cos[table + r * d..table + (r + 1) * d];
+                let s = &sin[table + r * d..table + (r + 1) * d];
+                for i in 0..d {
+                    let rot = if transposed {
+                        if i < half { x[i + half] * s[i + half] } else { -(x[i - half] * s[i - half]) }
+                    } else if i < half {
+                        -x[i + half] * s[i]
+                    } else {
+                        x[i - half] * s[i]
+                    };
+                    o[i] = x[i] * c[i] + rot;
+                }
+            }
+        });
+        Some(out)
+    }
+}
+
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Rope { cos: cos.clone(), sin: sin.clone() })
 }
@@ -222,9 +370,38 @@ impl CustomOp1 for Rope {
         gpu::to_storage(&self.fwd(&gpu::to_tensor(s, l)?)?)
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if let Some((start, end)) = l.contiguous_offsets() {
+            let dims = l.shape().dims();
+            let out = match s {
+                CpuStorage::F32(x) => self.rows(&x[start..end], dims, false).map(CpuStorage::F32),
+                CpuStorage::F64(x) => self.rows(&x[start..end], dims, false).map(CpuStorage::F64),
+                _ => None,
+            };
+            if let Some(out) = out {
+                return Ok((out, l.shape().clone()));
+            }
+        }
         to_storage(&self.fwd(&to_tensor(s, l)?)?)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        if g.device().is_cpu() && matches!(g.dtype(), DType::F32 | DType::F64) {
+            let g = g.contiguous()?;
+            let dims = g.dims().to_vec();
+            let dx = {
+                let view = g.storage_and_layout();
+                match g.dtype() {
+                    DType::F32 => self
+                        .rows(cpu_slice::<f32>(&view)?, &dims, true)
+                        .map(|v| Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)),
+                    _ => self
+                        .rows(cpu_slice::<f64>(&view)?, &dims, true)
+                        .map(|v| Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)),
+                }
+            };
+            if let Some(dx) = dx {
+                return Ok(Some(dx?));
+            }
+        }
         let gs = g.broadcast_mul(&self.sin)?;
         Ok(Some(g.broadcast_mul(&self.cos)?.add(&rotate_half(&gs, 1.0)?)?))
     }
@@ -674,9 +851,225 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
+/// RMSNorm `y = x · r · w`, `r = 1 / sqrt(mean(x²) + eps)` per row, with its backward in one
+/// pass each way (the plain composition is about ten tensor passes forward and more backward).
+/// `dw` is computed only when `w` is tracked (full fine-tuning). CPU f32/f64 only: callers
+/// use [`rms_norm`], which falls back to tensor operations elsewhere.
+pub struct RmsNormOp {
+    pub eps: f64,
+}
+
+/// Whether [`rms_norm`] runs the fused op: on CPU, f32 or f64 (its forward gives the tensor
+/// composition's numbers bit for bit).
+pub fn rms_norm_fused(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && w.dtype() == x.dtype()
+        && w.rank() == 1
+        && x.dims().last() == Some(&w.dims()[0])
+}
+
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNormOp { eps })
+}
+
+/// Rows per parallel task of the RMSNorm kernels.
+const RMS_ROWS: usize = 16;
+
+/// Elements a fused-RMSNorm kernel works on: candle's float types.
+trait RmsElem: candle_core::WithDType + candle_core::cpu::kernels::VecOps + num_traits::Float {}
+impl RmsElem for f32 {}
+impl RmsElem for f64 {}
+
+/// `1 / sqrt(mean(x²) + eps)` of a row, computed exactly as the tensor composition in
+/// [`super::super::RmsNorm`] computes it (squares, candle's row sum, `· (1/d) + 0`,
+/// `· 1 + eps`, sqrt, recip), so that training and inference see the same numbers.
+fn rms_inv<T: RmsElem>(row: &[T], sq: &mut Vec<T>, eps: f64) -> T {
+    sq.clear();
+    sq.extend(row.iter().map(|&v| v * v));
+    let mut ss = T::zero();
+    // SAFETY: `sq` holds `sq.len()` elements and `ss` is one valid element.
+    unsafe { T::vec_reduce_sum(sq.as_ptr(), &mut ss, sq.len()) };
+    let mean = ss * T::from_f64(1.0 / row.len() as f64) + T::from_f64(0.0);
+    (mean * T::from_f64(1.0) + T::from_f64(eps)).sqrt().recip()
+}
+
+fn rms_fwd<T: RmsElem>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+    use rayon::prelude::*;
+    let d = w.len();
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(d * RMS_ROWS).zip(x.par_chunks(d * RMS_ROWS)).for_each(|(o, x)| {
+        let mut sq = Vec::with_capacity(d);
+        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            let r = rms_inv(x, &mut sq, eps);
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * r * w;
+            }
+        }
+    });
+    out
+}
+
+/// `(dx, dw)`: `dx = r·g − x·r³·mean(g·x)` with `g = dy·w`; `dw = Σ_rows dy·x·r` when asked.
+fn rms_bwd<T: RmsElem>(x: &[T], w: &[T], dy: &[T], eps: f64, need_dw: bool) -> (Vec<T>, Option<Vec<T>>) {
+    use rayon::prelude::*;
+    let d = w.len();
+    let mut dx = vec![T::zero(); x.len()];
+    let dw = dx
+        .par_chunks_mut(d * RMS_ROWS)
+        .zip(x.par_chunks(d * RMS_ROWS).zip(dy.par_chunks(d * RMS_ROWS)))
+        .map(|(dx, (x, dy))| {
+            let mut dw = if need_dw { vec![0f64; d] } else { Vec::new() };
+            let mut sq = Vec::with_capacity(d);
+            for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+                let f = |v: T| <T as candle_core::WithDType>::to_f64(v);
+                let r = f(rms_inv(x, &mut sq, eps));
+                let dot: f64 = x.iter().zip(dy).zip(w).map(|((&x, &g), &w)| f(g) * f(w) * f(x)).sum();
+                let c = r * r * r * dot / d as f64;
+                for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+                    *dx = T::from_f64(r * f(g) * f(w) - f(x) * c);
+                }
+                if need_dw {
+                    for ((a, &x), &g) in dw.iter_mut().zip(x).zip(dy) {
+                        *a += f(g) * f(x) * r;
+                    }
+                }
+            }
+            dw
+        })
+        .reduce(Vec::new, |a, b| {
+            if a.is_empty() {
+                return b;
+            }
+            if b.is_empty() {
+                return a;
+            }
+            a.iter().zip(&b).map(|(a, b)| a + b).collect()
+        });
+    let dw = need_dw.then(|| {
+        let mut dw: Vec<T> = dw.iter().map(|&v| T::from_f64(v)).collect();
+        dw.resize(d, T::zero());
+        dw
+    });
+    (dx, dw)
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((a1, e1)), Some((a2, e2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("rms-norm inputs must be contiguous")
+        };
+        if l1.shape().dims().last() != Some(&(e2 - a2)) || e2 == a2 {
+            candle_core::bail!("rms-norm: input {:?} and weight {:?} do not match", l1.shape(), l2.shape())
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(rms_fwd(&x[a1..e1], &w[a2..e2], self.eps)),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(rms_fwd(&x[a1..e1], &w[a2..e2], self.eps)),
+            _ => candle_core::bail!("rms-norm: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let need_dw = w.track_op();
+        let (xs, ws) = (x.shape().clone(), w.shape().clone());
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.to_dtype(x.dtype())?.contiguous()?);
+        let (dx, dw) = match x.dtype() {
+            DType::F32 => {
+                let (dx, dw) =
+                    with_cpu_slices::<f32, _>([&x, &w, &dy], |[x, w, d]| rms_bwd(x, w, d, self.eps, need_dw))?;
+                (
+                    Tensor::from_vec(dx, &xs, &Device::Cpu)?,
+                    dw.map(|v| Tensor::from_vec(v, &ws, &Device::Cpu)).transpose()?,
+                )
+            }
+            _ => {
+                let (dx, dw) =
+                    with_cpu_slices::<f64, _>([&x, &w, &dy], |[x, w, d]| rms_bwd(x, w, d, self.eps, need_dw))?;
+                (
+                    Tensor::from_vec(dx, &xs, &Device::Cpu)?,
+                    dw.map(|v| Tensor::from_vec(v, &ws, &Device::Cpu)).transpose()?,
+                )
+            }
+        };
+        Ok((Some(dx), dw))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row kernels of the rotary op give the tensor composition's numbers bit for bit,
+    /// forward and backward.
+    #[test]
+    fn rope_rows_match_the_tensor_ops() {
+        let (b, h, t, d) = (2usize, 3usize, 5usize, 8usize);
+        for dtype in [DType::F64, DType::F32] {
+            let x = rand(&[b, h, t, d], 21).to_dtype(dtype).unwrap();
+            let cos = rand(&[b, 1, t, d], 22).to_dtype(dtype).unwrap();
+            let sin = rand(&[b, 1, t, d], 23).to_dtype(dtype).unwrap();
+            let op = Rope { cos: cos.clone(), sin: sin.clone() };
+            let want = op.fwd(&x).unwrap();
+            let xv = candle_core::Var::from_tensor(&x).unwrap();
+            let got = rope(xv.as_tensor(), &cos, &sin).unwrap();
+            assert_eq!(max_diff(&got.to_dtype(DType::F64).unwrap(), &want.to_dtype(DType::F64).unwrap()), 0.0);
+            let g = rand(&[b, h, t, d], 24).to_dtype(dtype).unwrap();
+            let gs = g.broadcast_mul(&sin).unwrap();
+            let want_dx = g.broadcast_mul(&cos).unwrap().add(&rotate_half(&gs, 1.0).unwrap()).unwrap();
+            let grads = got.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(xv.as_tensor()).unwrap();
+            assert_eq!(max_diff(&dx.to_dtype(DType::F64).unwrap(), &want_dx.to_dtype(DType::F64).unwrap()), 0.0);
+        }
+    }
+
+    /// The fused RMSNorm (forward, dx, dw) against candle autograd of the tensor composition.
+    #[test]
+    fn rms_norm_matches_autograd() {
+        let eps = 1e-5;
+        for rows in [1usize, 3, 40] {
+            let d = 7;
+            let x = candle_core::Var::from_tensor(&rand(&[rows, d], 11 + rows as u64)).unwrap();
+            let w = candle_core::Var::from_tensor(&rand(&[d], 12).affine(0.5, 1.0).unwrap()).unwrap();
+            let xt = x.as_tensor();
+            let var = xt.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let want = xt
+                .broadcast_mul(&var.affine(1.0, eps).unwrap().sqrt().unwrap().recip().unwrap())
+                .unwrap()
+                .broadcast_mul(w.as_tensor())
+                .unwrap();
+            let probe = rand(&[rows, d], 13);
+            let wg = want.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = rms_norm(xt, w.as_tensor(), eps).unwrap();
+            assert_eq!(max_diff(&got, &want), 0.0, "forward: the composition's numbers");
+            let gg = got.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("dx", x.as_tensor()), ("dw", w.as_tensor())] {
+                let (a, b) = (gg.get(v).unwrap(), wg.get(v).unwrap());
+                assert!(max_diff(a, b) < 1e-12, "{name} rows {rows}: {}", max_diff(a, b));
+            }
+            // A frozen weight gets no gradient, and dx is the same.
+            let wf = w.as_tensor().detach();
+            let gf = rms_norm(xt, &wf, eps).unwrap().mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_diff(gf.get(xt).unwrap(), wg.get(xt).unwrap()) < 1e-12);
+            assert!(gf.get(&wf).is_none());
+        }
+        // f32, rows longer than a SIMD step: the composition's numbers bit for bit.
+        let x = rand(&[5, 200], 3).to_dtype(DType::F32).unwrap();
+        let w = rand(&[200], 4).to_dtype(DType::F32).unwrap();
+        let var = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let want = x
+            .broadcast_mul(&var.affine(1.0, eps).unwrap().sqrt().unwrap().recip().unwrap())
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap();
+        let x32 = candle_core::Var::from_tensor(&x).unwrap();
+        let got = rms_norm(x32.as_tensor(), &w, eps).unwrap();
+        let diff =
+            got.sub(&want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "f32 forward differs from the composition");
+    }
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let mut s = seed;
