@@ -66,6 +66,10 @@ bench-generate:
 bench-smollm2:
     bash benches/smollm2_lora_bench.sh
 
+# Where a SmolLM2 LoRA step spends its time: distill under perf beside PyTorch's profiler (needs perf).
+profile-train TOKENS="512" STEPS="4":
+    bash benches/train_profile.sh {{TOKENS}} {{STEPS}}
+
 # Code verifier: programs/s and per-run sandbox overhead vs human-eval-style execution and bare python3.
 bench-code N="200" WORKERS="2":
     bash benches/code_verify_bench.sh {{N}} {{WORKERS}}

@@ -14,16 +14,7 @@ work=$(mktemp -d)
 cargo build --release --quiet --bin distill
 bin="${CARGO_TARGET_DIR:-target}/release/distill"
 "$bin" convert "$gguf" --out "$work/model" >/dev/null
-python3 - "$work/corpus.jsonl" <<'PY'
-import json, sys
-with open(sys.argv[1], "w") as f:
-    for i in range(200):
-        a, b = (i * 7919) % 1000, (i * 104729 + 17) % 1000
-        steps = " ".join(f"Column {k}: add the digits and carry." for k in range(3))
-        f.write(json.dumps({"id": f"a{i}", "messages": [
-            {"role": "user", "content": f"What is {a} + {b}? Think step by step."},
-            {"role": "assistant", "content": f"<think>\n{steps} So {a} + {b} = {a + b}.\n</think>\n\nThe answer is {a + b}."}]}) + "\n")
-PY
+python3 benches/smollm2_corpus.py "$work/corpus.jsonl"
 /usr/bin/time -f "%M" -o "$work/rss" "$bin" finetune --model "$work/model" --data "$work/corpus.jsonl" --out "$work/run" \
   --lora-rank "$rank" --max-steps "$steps" --max-seq-len "$tokens" --tokens-per-step "$tokens" --save-every 0 \
   --eval-every 0 --no-progress 2>"$work/log" || { cat "$work/log"; exit 1; }
