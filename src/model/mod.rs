@@ -61,28 +61,6 @@ pub fn pin_thread_count() {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(logical).build_global();
 }
 
-/// glibc's malloc serves large blocks with fresh `mmap`s (its threshold adapts only up to
-/// 32 MiB) and hands freed heap tops back to the system, so every step of training (and every
-/// batch of filter) had the kernel fault in and zero the pages of the same tensors again:
-/// ~3% of a SmolLM2 LoRA step's samples were the kernel zeroing pages (`clear_page`). This
-/// fixes the threshold at its 32 MiB maximum (smaller blocks come from the heap) and keeps
-/// freed memory for reuse up to 1 GiB. Same-binary A/B (`DISTILL_MALLOC=default` leaves
-/// glibc's settings alone): SmolLM2 LoRA +5-10% tokens/s, filter -2-4% CPU, peak RSS the same.
-/// Call first thing in `main`.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        if std::env::var_os("DISTILL_MALLOC").is_some_and(|v| v == "default") {
-            return;
-        }
-        // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        }
-    }
-}
-
 /// Which layers per-layer activation checkpointing recomputes in backward. In TOML and on the
 /// command line: a number of layers (the first ones; 0 = off) or `"all"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
