@@ -189,6 +189,8 @@ fn bad_input_scattered_prompts_and_policies() {
     assert_eq!(run("window", &["--max-pass-rate", "0.6"]), vec!["b/1"]);
     // Spilling to disk (a tiny memory budget) groups the same way.
     assert_eq!(run("spill", &["--memory-mb", "0", "--policy", "first"]), vec!["a/0", "b/1"]);
+    assert_eq!(run("spill-all", &["--memory-mb", "0"]), vec!["a/0", "a/1", "b/1"]);
+    assert_eq!(records(&d.join("spill-all/kept")), ex, "spilled examples equal the ones held in memory");
     let invalid = std::fs::read_to_string(d.join("all/rejects/invalid.jsonl")).expect("invalid rejects");
     assert!(invalid.contains("s.jsonl:3") && invalid.contains("not a sample"), "{invalid}");
 }

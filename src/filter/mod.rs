@@ -18,9 +18,12 @@
 //! Samples are judged in parallel chunks and written in input order; passing samples are held
 //! per prompt until the input ends (spilled to hash buckets on disk past `memory_mb`) and
 //! selected in prompt-id order, samples by sample index, so the same samples and config give
-//! byte-identical `kept/` whatever order they arrived in (rejects keep input order). Records are serialised on the rayon
-//! workers (rejects as they are judged; kept examples in a parallel selection pass over chunks
-//! of prompts), so the two writer threads only compress; the compression of `kept/` after the
+//! byte-identical `kept/` whatever order they arrived in (rejects keep input order). Records
+//! are serialised on the rayon workers as they are judged: rejects whole, and a passing sample
+//! as its SFT example but for the prompt's pass rate (spliced in at selection) when every
+//! passing sample is kept (policy `all`, no pass-rate window), else as its record, parsed again
+//! at selection. Held samples are bytes, and spill as length-prefixed frames, so nothing held is
+//! parsed twice; the two writer threads only compress. The compression of `kept/` after the
 //! input ends is the one serial stretch left.
 
 pub mod complete;
@@ -384,6 +387,8 @@ struct Judged {
     nanos: [u64; 7],
     /// A rejected sample's record, ready for the rejects writer (`record` is then empty).
     out: Option<Result<Out, FilterError>>,
+    /// A passing sample, ready to be held (`record` is then empty).
+    body: Option<Result<Body, FilterError>>,
 }
 
 enum Item {
@@ -615,6 +620,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
         bytes,
         nanos,
         out: None,
+        body: None,
     }))
 }
 
@@ -643,8 +649,14 @@ const SAMPLE_FIELDS: [&str; 21] = [
     "verdict",
 ];
 
-/// The SFT example of a kept sample.
-fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f64, n: u32) -> Value {
+/// The parts of a kept sample's SFT example: its leading fields (`id`, `messages`, `source`,
+/// `task`, `prompt_id`), the sample's own `meta` (without `pass_rate` and `n_samples`, which
+/// selection adds), and the fields carried from the sample that an example has no slot for.
+fn sft_parts(
+    rec: &Map<String, Value>,
+    id: &str,
+    prompt_id: &str,
+) -> (Map<String, Value>, Map<String, Value>, Map<String, Value>) {
     let (reasoning, answer) = split_response(rec).unwrap_or_default();
     let mut messages: Vec<Value> = rec
         .get("messages")
@@ -656,27 +668,90 @@ fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f
         messages.push(serde_json::to_value(Message::new("user", p)).unwrap_or(Value::Null));
     }
     messages.push(json!({"role": "assistant", "content": record::assistant_turn(&reasoning, &answer)}));
-    let mut out = Map::new();
-    out.insert("id".into(), Value::String(id.to_string()));
-    out.insert("messages".into(), Value::Array(messages));
+    let mut head = Map::new();
+    head.insert("id".into(), Value::String(id.to_string()));
+    head.insert("messages".into(), Value::Array(messages));
     if let Some(s) = rec.get("source").filter(|s| !s.is_null()) {
-        out.insert("source".into(), s.clone());
+        head.insert("source".into(), s.clone());
     }
-    out.insert("task".into(), rec.get("task").cloned().unwrap_or_else(|| Value::String("open".into())));
-    out.insert("prompt_id".into(), Value::String(prompt_id.to_string()));
+    head.insert("task".into(), rec.get("task").cloned().unwrap_or_else(|| Value::String("open".into())));
+    head.insert("prompt_id".into(), Value::String(prompt_id.to_string()));
     let mut meta = match rec.get("meta") {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
     };
+    meta.shift_remove("pass_rate");
+    meta.shift_remove("n_samples");
+    let extra =
+        rec.iter().filter(|(k, _)| !SAMPLE_FIELDS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    (head, meta, extra)
+}
+
+/// The SFT example of a kept sample.
+fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f64, n: u32) -> Value {
+    let (mut out, mut meta, extra) = sft_parts(rec, id, prompt_id);
     meta.insert("pass_rate".into(), json!(pass_rate));
     meta.insert("n_samples".into(), json!(n));
     out.insert("meta".into(), Value::Object(meta));
-    for (k, v) in rec {
-        if !SAMPLE_FIELDS.contains(&k.as_str()) {
-            out.insert(k.clone(), v.clone());
+    out.extend(extra);
+    Value::Object(out)
+}
+
+/// [`sft_example`] serialised before the prompt's pass rate is known: the line, and where
+/// `pass_rate` and `n_samples` go in it ([`Body::finish`]); the bytes then equal
+/// `serde_json::to_vec(&sft_example(..))`.
+fn sft_line(rec: &Map<String, Value>, id: &str, prompt_id: &str, text: usize) -> Result<Body, serde_json::Error> {
+    let (head, meta, extra) = sft_parts(rec, id, prompt_id);
+    let mut line = Vec::with_capacity(text + text / 16 + 1024);
+    serde_json::to_writer(&mut line, &head)?;
+    line.pop(); // the head's `}`
+    line.extend_from_slice(b",\"meta\":");
+    serde_json::to_writer(&mut line, &meta)?;
+    line.pop(); // the meta's `}`
+    let at = line.len();
+    line.push(b'}');
+    for (k, v) in &extra {
+        line.push(b',');
+        serde_json::to_writer(&mut line, k)?;
+        line.push(b':');
+        serde_json::to_writer(&mut line, v)?;
+    }
+    line.push(b'}');
+    Ok(Body::Example { line, at, empty_meta: meta.is_empty() })
+}
+
+/// What a held sample becomes at selection.
+enum Body {
+    /// Its SFT example, serialised but for the meta's `pass_rate` and `n_samples`, which go
+    /// in at byte `at`: used when every held sample is kept (policy `all`, no pass-rate
+    /// window) and the output is JSONL, so that nothing is parsed again at the end.
+    Example { line: Vec<u8>, at: usize, empty_meta: bool },
+    /// The sample record as JSON (selection may reject it, or the output is Parquet).
+    Record(Vec<u8>),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Example { line, .. } => line.len(),
+            Body::Record(r) => r.len(),
         }
     }
-    Value::Object(out)
+
+    /// The kept example's line, with the prompt's pass rate and sample count.
+    fn finish(line: &[u8], at: usize, empty_meta: bool, pass_rate: f64, n: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(line.len() + 48);
+        out.extend_from_slice(&line[..at]);
+        if !empty_meta {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"pass_rate\":");
+        // serde_json writes an f64 as `json!(f64)` would (finite: ryu; else null).
+        let _ = serde_json::to_writer(&mut out, &json!(pass_rate));
+        out.extend_from_slice(format!(",\"n_samples\":{n}").as_bytes());
+        out.extend_from_slice(&line[at..]);
+        out
+    }
 }
 
 /// What is known of a prompt while streaming.
@@ -691,7 +766,6 @@ struct PromptState {
 }
 
 /// A passing sample waiting for its prompt's selection.
-#[derive(Serialize, Deserialize)]
 struct Held {
     prompt_id: String,
     id: String,
@@ -699,14 +773,71 @@ struct Held {
     seq: u64,
     len: usize,
     score: f64,
-    record: Map<String, Value>,
+    body: Body,
+}
+
+impl Held {
+    /// Appends the spill frame of this sample: little-endian lengths and numbers, then the
+    /// bytes (no JSON to parse when it is read back).
+    fn frame(&self, out: &mut Vec<u8>) {
+        let (tag, at, bytes) = match &self.body {
+            Body::Example { line, at, empty_meta } => (1 + u8::from(*empty_meta), *at as u64, line),
+            Body::Record(r) => (0u8, 0, r),
+        };
+        for s in [self.prompt_id.as_bytes(), self.id.as_bytes()] {
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s);
+        }
+        out.extend_from_slice(&self.sample.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&(self.len as u64).to_le_bytes());
+        out.extend_from_slice(&self.score.to_le_bytes());
+        out.push(tag);
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// Reads one frame from the front of `b` (advancing it); `None` at a torn frame.
+    fn unframe(b: &mut &[u8]) -> Option<Held> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (h, t) = (b.get(..n)?, b.get(n..)?);
+            *b = t;
+            Some(h)
+        }
+        fn u64_(b: &mut &[u8]) -> Option<u64> {
+            take(b, 8)?.try_into().ok().map(u64::from_le_bytes)
+        }
+        fn text(b: &mut &[u8]) -> Option<String> {
+            let n = usize::try_from(u64_(b)?).ok()?;
+            String::from_utf8(take(b, n)?.to_vec()).ok()
+        }
+        let prompt_id = text(b)?;
+        let id = text(b)?;
+        let sample = u32::from_le_bytes(take(b, 4)?.try_into().ok()?);
+        let seq = u64_(b)?;
+        let len = usize::try_from(u64_(b)?).ok()?;
+        let score = f64::from_bits(u64_(b)?);
+        let tag = take(b, 1)?[0];
+        let at = usize::try_from(u64_(b)?).ok()?;
+        let n = usize::try_from(u64_(b)?).ok()?;
+        let bytes = take(b, n)?.to_vec();
+        let body = match tag {
+            0 => Body::Record(bytes),
+            t => Body::Example { line: bytes, at, empty_meta: t == 2 },
+        };
+        Some(Held { prompt_id, id, sample, seq, len, score, body })
+    }
 }
 
 const BUCKETS: usize = 64;
 
+/// Held samples past the memory budget, in hash buckets of their prompt ids on disk (one
+/// bucket is read back at a time), as [`Held::frame`]s.
 struct Spill {
     dir: tempfile::TempDir,
     files: Vec<BufWriter<std::fs::File>>,
+    buf: Vec<u8>,
 }
 
 impl Spill {
@@ -714,10 +845,10 @@ impl Spill {
         let dir = tempfile::Builder::new().prefix(".filter-spill").tempdir_in(out).map_err(io_err(out))?;
         let mut files = Vec::with_capacity(BUCKETS);
         for b in 0..BUCKETS {
-            let p = dir.path().join(format!("{b:02}.jsonl"));
+            let p = dir.path().join(format!("{b:02}.bin"));
             files.push(BufWriter::new(std::fs::File::create(&p).map_err(io_err(&p))?));
         }
-        Ok(Spill { dir, files })
+        Ok(Spill { dir, files, buf: Vec::new() })
     }
 
     fn bucket(prompt_id: &str) -> usize {
@@ -728,42 +859,31 @@ impl Spill {
         (h % BUCKETS as u64) as usize
     }
 
-    /// Writes held samples to their buckets, in order (serialised in parallel).
+    /// Writes held samples to their buckets, in order.
     fn write(&mut self, held: Vec<Held>) -> Result<(), FilterError> {
-        let lines: Vec<Result<(usize, Vec<u8>), FilterError>> = held
-            .into_par_iter()
-            .map(|h| {
-                let line = serde_json::to_vec(&h)
-                    .map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?;
-                Ok((Spill::bucket(&h.prompt_id), line))
-            })
-            .collect();
-        for l in lines {
-            let (b, line) = l?;
-            let f = &mut self.files[b];
-            f.write_all(&line).and_then(|_| f.write_all(b"\n")).map_err(io_err(self.dir.path()))?;
+        for h in held {
+            self.buf.clear();
+            h.frame(&mut self.buf);
+            let f = &mut self.files[Spill::bucket(&h.prompt_id)];
+            f.write_all(&self.buf).map_err(io_err(self.dir.path()))?;
         }
         Ok(())
     }
 
     /// Reads bucket `b` back: its held samples grouped by prompt, in file order.
     fn read(&self, b: usize) -> Result<HashMap<String, Vec<Held>>, FilterError> {
-        let p = self.dir.path().join(format!("{b:02}.jsonl"));
+        let p = self.dir.path().join(format!("{b:02}.bin"));
         let bytes = std::fs::read(&p).map_err(io_err(&p))?;
-        let lines: Vec<&[u8]> = bytes.split(|c| *c == b'\n').filter(|l| !l.is_empty()).collect();
-        let parsed: Vec<Result<Held, FilterError>> = lines
-            .into_par_iter()
-            .map(|l| {
-                serde_json::from_slice(l)
-                    .map_err(|e| FilterError::Serialise { id: p.display().to_string(), msg: e.to_string() })
-            })
-            .collect();
-        drop(bytes);
+        let mut rest = &bytes[..];
         let mut groups: HashMap<String, Vec<Held>> = HashMap::new();
-        for h in parsed {
-            let h = h?;
+        while !rest.is_empty() {
+            let h = Held::unframe(&mut rest).ok_or_else(|| FilterError::Serialise {
+                id: p.display().to_string(),
+                msg: "torn spill frame (was the spill directory changed while filter ran?)".into(),
+            })?;
             groups.entry(h.prompt_id.clone()).or_default().push(h);
         }
+        drop(bytes);
         let _ = std::fs::remove_file(&p);
         Ok(groups)
     }
@@ -881,8 +1001,17 @@ fn select_prompt(
     };
     out.prompt_kept = !keep.is_empty();
     for (i, h) in held.into_iter().enumerate() {
+        let record = match h.body {
+            Body::Example { line, at, empty_meta } => {
+                // Every held sample is kept here (see `Body::Example`).
+                out.kept.push(Out::Line(Body::finish(&line, at, empty_meta, pass_rate, st.n)));
+                continue;
+            }
+            Body::Record(r) => serde_json::from_slice::<Map<String, Value>>(&r)
+                .map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?,
+        };
         if keep.binary_search(&i).is_ok() {
-            let ex = sft_example(&h.record, &h.id, &h.prompt_id, pass_rate, st.n);
+            let ex = sft_example(&record, &h.id, &h.prompt_id, pass_rate, st.n);
             out.kept.push(Out::new(ex, lines, &h.id, h.len)?);
         } else {
             out.removed += 1;
@@ -890,7 +1019,7 @@ fn select_prompt(
                 Some(w) => format!("selection: {w}"),
                 None => format!("selection: not chosen by policy {}", policy_name(cfg.policy)),
             };
-            let mut rec = h.record;
+            let mut rec = record;
             if let Some(Value::Object(v)) = rec.get_mut("verdict") {
                 v.insert("reject_reason".into(), Value::String(why));
                 v.insert("kept".into(), Value::Bool(false));
@@ -1009,6 +1138,8 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
         lines: cfg.format != Format::Parquet,
     };
     let lines = outs.lines;
+    // Every sample that passes the checks is kept: its example can be serialised right away.
+    let all_kept = lines && cfg.policy == Policy::All && cfg.min_pass_rate.is_none() && cfg.max_pass_rate.is_none();
     let mut funnel = Funnel { selection_policy: policy_name(cfg.policy), ..Funnel::default() };
     let mut counts: Vec<CheckCount> =
         CHECKS.iter().map(|c| CheckCount { name: c.to_string(), ..CheckCount::default() }).collect();
@@ -1085,11 +1216,22 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             .par_drain(..)
             .map_init(Scratch::default, |s, raw| {
                 let mut item = judge(&ctx, raw, s);
-                if let Item::Judged(j) = &mut item
-                    && j.first_fail < CHECKS.len()
-                {
+                if let Item::Judged(j) = &mut item {
                     let rec = std::mem::take(&mut j.record);
-                    j.out = Some(Out::new(Value::Object(rec), lines, &j.id, j.bytes));
+                    if j.first_fail < CHECKS.len() {
+                        j.out = Some(Out::new(Value::Object(rec), lines, &j.id, j.bytes));
+                    } else if all_kept {
+                        j.body = Some(
+                            sft_line(&rec, &j.id, &j.prompt_id, j.bytes)
+                                .map_err(|e| FilterError::Serialise { id: j.id.clone(), msg: e.to_string() }),
+                        );
+                    } else {
+                        j.body = Some(
+                            serde_json::to_vec(&rec)
+                                .map(Body::Record)
+                                .map_err(|e| FilterError::Serialise { id: j.id.clone(), msg: e.to_string() }),
+                        );
+                    }
                 }
                 item
             })
@@ -1129,6 +1271,7 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                 rejects.push(out?);
                 continue;
             }
+            let Some(body) = j.body else { continue };
             let h = Held {
                 prompt_id: j.prompt_id,
                 id: j.id,
@@ -1136,14 +1279,14 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                 seq,
                 len: j.len,
                 score: j.score,
-                record: j.record,
+                body: body?,
             };
             seq += 1;
             if spilling {
                 to_spill.push(h);
                 continue;
             }
-            held_bytes += j.bytes + 512;
+            held_bytes += h.body.len() + 512;
             match st.held {
                 Some(i) => held[i].push(h),
                 None => {
@@ -1252,6 +1395,59 @@ mod tests {
         let partial: FilterConfig = toml::from_str("policy = \"k-best\"\nk = 2").expect("partial table");
         assert_eq!((partial.policy, partial.k, partial.max_paragraph_words), (Policy::KBest, 2, 800));
         assert!(toml::from_str::<FilterConfig>("typo = 1").is_err());
+    }
+
+    #[test]
+    fn example_lines_equal_the_examples() {
+        let m = |v: Value| v.as_object().cloned().expect("object");
+        let recs = [
+            json!({"id": "p/0", "prompt": "2+2?", "reasoning": "r", "content": "4", "task": "math"}),
+            json!({"id": "p/1", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                   "content": "<think>r</think>a", "source": "gsm8k", "meta": {"level": 3, "pass_rate": 0.1},
+                   "extra": {"k": [1, 2]}, "more": "x\"y"}),
+        ];
+        for (v, (rate, n)) in recs.iter().zip([(1.0, 4), (2.0 / 3.0, 3)]) {
+            let rec = m(v.clone());
+            let want = serde_json::to_vec(&sft_example(&rec, "i", "p", rate, n)).expect("serialises");
+            let Ok(Body::Example { line, at, empty_meta }) = sft_line(&rec, "i", "p", 10) else { panic!("a line") };
+            assert_eq!(
+                String::from_utf8_lossy(&Body::finish(&line, at, empty_meta, rate, n)),
+                String::from_utf8_lossy(&want)
+            );
+        }
+    }
+
+    #[test]
+    fn spill_frames_round_trip() {
+        let bodies =
+            [Body::Record(b"{}".to_vec()), Body::Example { line: b"{\"meta\":{}}".to_vec(), at: 9, empty_meta: true }];
+        let mut buf = Vec::new();
+        for (i, body) in bodies.into_iter().enumerate() {
+            let h = Held {
+                prompt_id: format!("p{i}"),
+                id: "x/\u{e9}".into(),
+                sample: 3,
+                seq: 9,
+                len: 12,
+                score: 0.5,
+                body,
+            };
+            h.frame(&mut buf);
+        }
+        let mut rest = &buf[..];
+        let a = Held::unframe(&mut rest).expect("first");
+        let b = Held::unframe(&mut rest).expect("second");
+        assert!(rest.is_empty());
+        assert_eq!(
+            (a.prompt_id.as_str(), a.id.as_str(), a.sample, a.seq, a.len, a.score),
+            ("p0", "x/\u{e9}", 3, 9, 12, 0.5)
+        );
+        assert!(matches!(a.body, Body::Record(r) if r == b"{}"));
+        assert!(matches!(b.body, Body::Example { at: 9, empty_meta: true, .. }));
+        assert!(Held::unframe(&mut &buf[..buf.len() - 1]).is_some(), "first frame whole");
+        let mut torn = &buf[..buf.len() - 1];
+        let _ = Held::unframe(&mut torn);
+        assert!(Held::unframe(&mut torn).is_none(), "a torn frame is none");
     }
 
     #[test]
