@@ -23,8 +23,8 @@
 //! as its SFT example but for the prompt's pass rate (spliced in at selection) when every
 //! passing sample is kept (policy `all`, no pass-rate window), else as its record, parsed again
 //! at selection. Held samples are bytes, and spill as length-prefixed frames, so nothing held is
-//! parsed twice; the two writer threads only compress. The compression of `kept/` after the
-//! input ends is the one serial stretch left.
+//! parsed twice; the two writer threads only compress, `kept/` (written after the input ends,
+//! when nothing else is left to run) on zstd's two worker threads.
 
 pub mod complete;
 pub mod correct;
@@ -1127,7 +1127,10 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
         }
     }
     let mut outs = Outputs {
-        kept: WriterThread::spawn(ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?),
+        // kept/ is written after the input ends, when nothing else is left to run beside it.
+        kept: WriterThread::spawn(
+            ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?.parallel(),
+        ),
         rejects: WriterThread::spawn(ShardedWriter::new(
             &out.join("rejects"),
             "samples",

@@ -31,6 +31,8 @@ pub struct ShardedWriter {
     current: Option<Box<dyn RecordSink + Send>>,
     in_current: u64,
     finished: Vec<(PathBuf, u64)>,
+    /// `.jsonl.zst` shards compress on zstd's worker threads.
+    parallel: bool,
 }
 
 impl ShardedWriter {
@@ -45,7 +47,15 @@ impl ShardedWriter {
             current: None,
             in_current: 0,
             finished: Vec::new(),
+            parallel: false,
         })
+    }
+
+    /// Compresses `.jsonl.zst` shards on zstd's worker threads (see
+    /// [`JsonlWriter::create_parallel`]).
+    pub fn parallel(mut self) -> Self {
+        self.parallel = true;
+        self
     }
 
     fn partial_path(&self, index: usize) -> PathBuf {
@@ -56,6 +66,7 @@ impl ShardedWriter {
         let p = self.partial_path(index);
         Ok(match self.format {
             Format::Parquet => Box::new(ParquetWriter::create(&p)?),
+            Format::JsonlZst if self.parallel => Box::new(JsonlWriter::create_parallel(&p, Durability::Batched)?),
             Format::Jsonl | Format::JsonlZst => Box::new(JsonlWriter::create(&p, Durability::Batched)?),
         })
     }
