@@ -761,6 +761,11 @@ struct FinetuneArgs {
     /// input and are recomputed in backward — much less memory for long traces, more compute.
     #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all")]
     checkpoint_layers: Option<Checkpointing>,
+    /// f32 (default), or bf16: mixed precision, the projections' matmuls in bf16 with f32
+    /// master weights and optimiser state (for GPUs; on a CPU candle widens bf16 products to
+    /// f32, so it is slower there).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    precision: Option<String>,
     /// Read the file's COLUMN as distill's FIELD (repeatable), for layouts not recognised
     /// by themselves: `--map prompt=question_text --map answer=gold`.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
@@ -806,6 +811,7 @@ impl StageArgs for FinetuneArgs {
         f.switch("progress", "--no-progress", self.no_progress, false);
         f.opt("device", "--device", self.device);
         f.opt("checkpoint_layers", "--checkpoint-layers", self.checkpoint_layers);
+        f.opt("precision", "--precision", self.precision);
         map_flag(&mut f, "loader.map", self.map)?;
         Ok(f)
     }

@@ -201,8 +201,13 @@ fn show_config_matches_the_snapshot_before_unification() {
         ("convert", &["convert", "m.gguf", "--out", "o"]),
     ];
     // Keys new since the snapshot (settings that did not exist), and values that changed on purpose.
-    let new_keys: &[&str] =
-        &["verify.rejects", "score.rejects", "verify.code.compile_timeout_s", "verify.code.compile_memory_mb"];
+    let new_keys: &[&str] = &[
+        "verify.rejects",
+        "score.rejects",
+        "verify.code.compile_timeout_s",
+        "verify.code.compile_memory_mb",
+        "finetune.precision",
+    ];
     for (name, args) in runs {
         let before: toml::Table = std::fs::read_to_string(snap.join(format!("{name}.toml")))
             .unwrap_or_else(|e| panic!("{name}: {e}"))

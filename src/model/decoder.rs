@@ -55,6 +55,10 @@ pub struct Linear {
     pub weight: Weight,
     pub bias: Option<Weight>,
     pub lora: Option<LoraAdapter>,
+    /// Mixed precision: multiply in this dtype (bf16), the input and the weight rounded to it
+    /// and the product widened back to the input's dtype, so that the weight, its gradient and
+    /// the optimiser state stay in the model's dtype; `None`: multiply in the weight's dtype.
+    pub matmul_dtype: Option<DType>,
 }
 
 impl Linear {
@@ -62,11 +66,22 @@ impl Linear {
     pub fn new(inp: usize, out: usize, bias: bool, vb: Vb) -> super::Result<Linear> {
         let weight = vb.get(&[out, inp], "weight")?;
         let bias = if bias { Some(vb.get(&[out], "bias")?) } else { None };
-        Ok(Linear { weight, bias, lora: None })
+        Ok(Linear { weight, bias, lora: None, matmul_dtype: None })
     }
 
     /// `x`: `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(dt) = self.matmul_dtype.filter(|d| *d != x.dtype()) {
+            let w = self.weight.tensor.to_dtype(dt)?;
+            let mut y = x.to_dtype(dt)?.matmul(&w.t()?)?.to_dtype(x.dtype())?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(&b.tensor)?;
+            }
+            if let Some(lora) = &self.lora {
+                y = y.add(&lora.forward(x, train)?)?;
+            }
+            return Ok(y);
+        }
         let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
         let mut y = if frozen {
             ops::frozen_linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor))?

@@ -405,6 +405,18 @@ impl Model {
         self.vars.retain(|(n, _)| n.contains(".lora_"));
     }
 
+    /// Mixed precision: the seven projections of every layer multiply in `dtype` (bf16; see
+    /// [`decoder::Linear::matmul_dtype`]), with master weights, gradients and optimiser state
+    /// in the model's dtype; the embeddings, LM head and loss, attention, norms and LoRA
+    /// adapters stay in it. `None`: everything in the model's dtype.
+    pub fn set_matmul_dtype(&mut self, dtype: Option<DType>) {
+        for layer in &mut self.layers {
+            for (_, lin) in layer.linears_mut() {
+                lin.matmul_dtype = dtype;
+            }
+        }
+    }
+
     /// Freezes the base and adds LoRA adapters (A random, B zero, as PEFT initialises them).
     pub fn add_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
         if cfg.rank == 0 {

@@ -77,6 +77,7 @@ pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
         model.add_lora(l).map_err(model_err)?;
     }
     model.checkpoint_layers = cfg.checkpoint_layers;
+    model.set_matmul_dtype(cfg.precision.matmul_dtype());
     let mut student = Student { model, base: cfg.model.clone(), seed: cfg.train.loader.seed, save_dtype: dtype };
     let report = trainer::train(&cfg.train, &mut student, &ChatEncoder(tokenizer))?;
     if cfg.lora.is_some() {
@@ -114,6 +115,29 @@ pub struct FinetuneConfig {
     /// only their input in the forward pass and are recomputed during backward (less memory
     /// for long sequences, more compute); 0 = off.
     pub checkpoint_layers: Checkpointing,
+    /// `f32`, or `bf16`: mixed precision, the projections' matrix multiplies in bf16 with f32
+    /// master weights, gradients and optimiser state (for GPUs; candle's CPU backend has no
+    /// bf16 matmul kernel and widens the products to f32, so on a CPU it is slower).
+    pub precision: Precision,
+}
+
+/// Precision of training (see [`FinetuneConfig::precision`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype the projections multiply in (`None`: the model's).
+    pub fn matmul_dtype(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+        }
+    }
 }
 
 impl Default for FinetuneConfig {
@@ -124,6 +148,7 @@ impl Default for FinetuneConfig {
             lora: None,
             device: "cpu".into(),
             checkpoint_layers: Checkpointing::Off,
+            precision: Precision::F32,
         }
     }
 }
