@@ -5,7 +5,7 @@
 //! Usage: cargo run --release --example bench_train -- [--tokens 512] [--layers 24] [--lora 16] [--steps 2]
 //!        [--device cpu|cuda]   (cuda: a build with `--features cuda`) [--checkpoint [N]] (per-layer
 //!        activation checkpointing of N layers, default all; forward and backward are then reported
-//!        together)
+//!        together) [--bf16] (mixed precision, as `distill finetune --precision bf16`)
 
 use std::time::Instant;
 
@@ -72,6 +72,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (true, 0) => Checkpointing::All,
         (true, n) => Checkpointing::layers(n),
     };
+    // --bf16: mixed precision (`distill finetune --precision bf16`).
+    let bf16 = args.iter().any(|a| a == "--bf16");
+    if bf16 {
+        model.set_matmul_dtype(Some(DType::BF16));
+    }
     let model_ckpt = model.checkpoint_layers;
     let student = Student { model, base: "random".into(), seed: 0, save_dtype: DType::F32 };
     eprintln!("built in {:.1} s", t_build.elapsed().as_secs_f64());
@@ -106,13 +111,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (f, b, o) = *rows.last().unwrap_or(&(0.0, 0.0, 0.0));
     let total = f + b + o;
     println!(
-        "distill {}{} r={rank} {tokens} tokens, {layers} layers, {device_name}, {:.1}M trainable: {total:.2} s/step (forward {f:.2}, backward {b:.2}, optimizer {o:.3} = {:.1}%), {:.1} tok/s, peak RSS {:.0} MB",
+        "distill {}{}{} r={rank} {tokens} tokens, {layers} layers, {device_name}, {:.1}M trainable: {total:.2} s/step (forward {f:.2}, backward {b:.2}, optimizer {o:.3} = {:.1}%), {:.1} tok/s, peak RSS {:.0} MB",
         if rank > 0 { "LoRA" } else { "full" },
         match model_ckpt {
             Checkpointing::Off => String::new(),
             Checkpointing::All => " (all layers checkpointed)".to_string(),
             Checkpointing::First(n) => format!(" ({n} layers checkpointed)"),
         },
+        if bf16 { " bf16-mixed" } else { "" },
         opt.num_params() as f64 / 1e6,
         100.0 * o / total,
         tokens as f64 / total,
