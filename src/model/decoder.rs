@@ -58,6 +58,8 @@ pub struct Linear {
     /// Mixed precision: multiply in this dtype (bf16), the input and the weight rounded to it
     /// and the product widened back to the input's dtype, so that the weight, its gradient and
     /// the optimiser state stay in the model's dtype; `None`: multiply in the weight's dtype.
+    /// bf16 of f32 on a CPU with AMX runs on its tiles with f32 sums and an f32 result
+    /// ([`ops::amx_linear`]); elsewhere candle multiplies in bf16.
     pub matmul_dtype: Option<DType>,
 }
 
@@ -72,8 +74,17 @@ impl Linear {
     /// `x`: `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let Some(dt) = self.matmul_dtype.filter(|d| *d != x.dtype()) {
-            let w = self.weight.tensor.to_dtype(dt)?;
-            let mut y = x.to_dtype(dt)?.matmul(&w.t()?)?.to_dtype(x.dtype())?;
+            let amx = match dt {
+                DType::BF16 => ops::amx_linear(x, &self.weight.tensor, self.weight.trainable)?,
+                _ => None,
+            };
+            let mut y = match amx {
+                Some(y) => y,
+                None => {
+                    let w = self.weight.tensor.to_dtype(dt)?;
+                    x.to_dtype(dt)?.matmul(&w.t()?)?.to_dtype(x.dtype())?
+                }
+            };
             if let Some(b) = &self.bias {
                 y = y.broadcast_add(&b.tensor)?;
             }
@@ -83,6 +94,12 @@ impl Linear {
             return Ok(y);
         }
         let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
+        if let (true, Some(lora)) = (frozen, &self.lora) {
+            let bias = self.bias.as_ref().map(|b| &b.tensor);
+            if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train)? {
+                return Ok(y);
+            }
+        }
         let mut y = if frozen {
             ops::frozen_linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor))?
         } else {

@@ -46,7 +46,9 @@ fn row_lse<E: Elem>(row: &[E]) -> E {
     m + sum.ln()
 }
 
-/// Forward: `Σ_i weight_i · (lse_i − logit_i[target_i])` (in f64) and every row's log-sum-exp.
+/// Forward: `Σ_i weight_i · (lse_i − logit_i[target_i])` (in f64), every row's log-sum-exp,
+/// and with `keep` every row's logits (`n × vocab`, for [`backward`] to reuse instead of
+/// computing them again; without it only one chunk of rows exists at a time).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<E: Elem>(
     h: &[E],
@@ -56,15 +58,17 @@ pub fn forward<E: Elem>(
     targets: &[u32],
     weights: &[f64],
     chunk_rows: usize,
-) -> (f64, Vec<E>) {
+    keep: bool,
+) -> (f64, Vec<E>, Option<Vec<E>>) {
     let n = targets.len();
     let chunk = chunk_rows.clamp(1, n.max(1));
-    let mut buf = vec![E::zero(); chunk * vocab];
+    let mut all = vec![E::zero(); if keep { n * vocab } else { chunk * vocab }];
     let mut lse = vec![E::zero(); n];
     let mut total = 0f64;
     for s in (0..n).step_by(chunk) {
         let len = chunk.min(n - s);
-        let buf = &mut buf[..len * vocab];
+        let at = if keep { s * vocab } else { 0 };
+        let buf = &mut all[at..at + len * vocab];
         logits(h, w, dim, vocab, s, len, buf);
         let ls = &mut lse[s..s + len];
         total += buf
@@ -78,11 +82,12 @@ pub fn forward<E: Elem>(
             })
             .sum::<f64>();
     }
-    (total, lse)
+    (total, lse, keep.then_some(all))
 }
 
 /// Backward for an upstream gradient `g` of the summed loss: `dh` (`n × dim`) and, when
-/// `need_dw`, `dw` (`vocab × dim`).
+/// `need_dw`, `dw` (`vocab × dim`). `kept`: the forward's logits of every row (then none is
+/// computed again), else `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<E: Elem>(
     h: &[E],
@@ -95,16 +100,22 @@ pub fn backward<E: Elem>(
     g: f64,
     chunk_rows: usize,
     need_dw: bool,
+    kept: Option<Vec<E>>,
 ) -> (Vec<E>, Option<Vec<E>>) {
     let n = targets.len();
     let chunk = chunk_rows.clamp(1, n.max(1));
-    let mut buf = vec![E::zero(); chunk * vocab];
+    let kept = kept.filter(|k| k.len() == n * vocab);
+    let reuse = kept.is_some();
+    let mut all = kept.unwrap_or_else(|| vec![E::zero(); chunk * vocab]);
     let mut dh = vec![E::zero(); n * dim];
     let mut dw = need_dw.then(|| vec![E::zero(); vocab * dim]);
     for s in (0..n).step_by(chunk) {
         let len = chunk.min(n - s);
-        let buf = &mut buf[..len * vocab];
-        logits(h, w, dim, vocab, s, len, buf);
+        let at = if reuse { s * vocab } else { 0 };
+        let buf = &mut all[at..at + len * vocab];
+        if !reuse {
+            logits(h, w, dim, vocab, s, len, buf);
+        }
         buf.par_chunks_mut(vocab).enumerate().for_each(|(r, row)| {
             let c = E::from(weights[s + r] * g).unwrap_or_else(E::zero);
             let l = lse[s + r];

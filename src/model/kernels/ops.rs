@@ -424,10 +424,18 @@ pub struct ChunkedCe {
 #[derive(Default)]
 pub struct CeSaved(Mutex<Option<Lse>>);
 
+/// Each row's log-sum-exp and, when they fit in [`KEEP_LOGITS_BYTES`], every row's logits.
 enum Lse {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
+    F32(Vec<f32>, Option<Vec<f32>>),
+    F64(Vec<f64>, Option<Vec<f64>>),
 }
+
+/// The forward keeps the head's logits for the backward (which then needs one product less:
+/// a third of the head's work) when all rows' logits take at most this much; above it (long
+/// sequences, big vocabularies) backward computes them again, one chunk of rows at a time.
+/// 1 GiB holds 1,700 rows of a 152k vocabulary in f32: less than PyTorch keeps at the same size
+/// (the logits and the float copy of them for the loss).
+const KEEP_LOGITS_BYTES: usize = 1 << 30;
 
 fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op input must be contiguous") };
@@ -499,14 +507,18 @@ impl CustomOp2 for ChunkedCe {
         match (s1, s2) {
             (CpuStorage::F32(h), CpuStorage::F32(w)) => {
                 let (h, w) = (contiguous_slice(h, l1)?, contiguous_slice(w, l2)?);
-                let (total, lse) = ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows);
-                save(Lse::F32(lse));
+                let keep = n * vocab * 4 <= KEEP_LOGITS_BYTES;
+                let (total, lse, kept) =
+                    ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows, keep);
+                save(Lse::F32(lse, kept));
                 Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
             }
             (CpuStorage::F64(h), CpuStorage::F64(w)) => {
                 let (h, w) = (contiguous_slice(h, l1)?, contiguous_slice(w, l2)?);
-                let (total, lse) = ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows);
-                save(Lse::F64(lse));
+                let keep = n * vocab * 8 <= KEEP_LOGITS_BYTES;
+                let (total, lse, kept) =
+                    ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows, keep);
+                save(Lse::F64(lse, kept));
                 Ok((CpuStorage::F64(vec![total]), Shape::from(())))
             }
             _ => to_storage(&self.fwd(&to_tensor(s1, l1)?, &to_tensor(s2, l2)?)?),
@@ -519,24 +531,40 @@ impl CustomOp2 for ChunkedCe {
             let (n, dim) = h.dims2()?;
             let vocab = w.dim(0)?;
             macro_rules! fast {
-                ($t:ty, $lse:expr) => {{
-                    let (hv, wv) = (h.flatten_all()?.to_vec1::<$t>()?, w.flatten_all()?.to_vec1::<$t>()?);
-                    let lse = match $lse {
-                        Some(l) => l,
-                        None => ce_cpu::forward(&hv, &wv, dim, vocab, &self.targets, &self.weights, self.chunk_rows).1,
-                    };
-                    let (dh, dw) = ce_cpu::backward(
-                        &hv,
-                        &wv,
-                        dim,
-                        vocab,
-                        &self.targets,
-                        &self.weights,
-                        &lse,
-                        g,
-                        self.chunk_rows,
-                        self.need_dw,
-                    );
+                ($t:ty, $saved:expr) => {{
+                    let (h, w) = (h.contiguous()?, w.contiguous()?);
+                    // read in place: the head is the embedding matrix, far too big to copy
+                    let (dh, dw) = with_cpu_slices::<$t, _>([&h, &w, &h], |[hv, wv, _]| {
+                        let (lse, kept) = match $saved {
+                            Some(saved) => saved,
+                            None => {
+                                let f = ce_cpu::forward(
+                                    hv,
+                                    wv,
+                                    dim,
+                                    vocab,
+                                    &self.targets,
+                                    &self.weights,
+                                    self.chunk_rows,
+                                    false,
+                                );
+                                (f.1, None)
+                            }
+                        };
+                        ce_cpu::backward(
+                            hv,
+                            wv,
+                            dim,
+                            vocab,
+                            &self.targets,
+                            &self.weights,
+                            &lse,
+                            g,
+                            self.chunk_rows,
+                            self.need_dw,
+                            kept,
+                        )
+                    })?;
                     let dw = match dw {
                         Some(d) => Some(Tensor::from_vec(d, (vocab, dim), w.device())?),
                         None => None,
@@ -545,10 +573,10 @@ impl CustomOp2 for ChunkedCe {
                 }};
             }
             match (h.dtype(), w.dtype(), saved) {
-                (DType::F32, DType::F32, Some(Lse::F32(l))) => fast!(f32, Some(l)),
-                (DType::F32, DType::F32, _) => fast!(f32, None::<Vec<f32>>),
-                (DType::F64, DType::F64, Some(Lse::F64(l))) => fast!(f64, Some(l)),
-                (DType::F64, DType::F64, _) => fast!(f64, None::<Vec<f64>>),
+                (DType::F32, DType::F32, Some(Lse::F32(l, k))) => fast!(f32, Some((l, k))),
+                (DType::F32, DType::F32, _) => fast!(f32, None::<(Vec<f32>, Option<Vec<f32>>)>),
+                (DType::F64, DType::F64, Some(Lse::F64(l, k))) => fast!(f64, Some((l, k))),
+                (DType::F64, DType::F64, _) => fast!(f64, None::<(Vec<f64>, Option<Vec<f64>>)>),
                 _ => {}
             }
         }
@@ -998,6 +1026,306 @@ impl CustomOp2 for RmsNormOp {
     }
 }
 
+/// Mixed-precision `x @ w^T` on AMX tiles ([`amx`](super::amx)): `x` and `w` rounded to bf16,
+/// products summed in f32, an f32 result; backward the same way, `dx = dy @ w` and, when `w` is
+/// trained, `dw = dy^T @ x`. `None` where AMX or the operands don't fit (CPU f32 only): the
+/// caller multiplies in bf16 through candle instead.
+pub fn amx_linear(x: &Tensor, w: &Tensor, trainable: bool) -> Result<Option<Tensor>> {
+    let fits = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !super::amx::available() || !fits(x) || !fits(w) || w.rank() != 2 || x.dims().last() != Some(&w.dims()[1]) {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    let y = if trainable { x.apply_op2(&w, AmxLinear { w: None })? } else { x.apply_op1(AmxLinear { w: Some(w) })? };
+    Ok(Some(y))
+}
+
+/// The op behind [`amx_linear`]: `w` inside it when frozen (an op of `x` alone), else the
+/// second operand.
+pub struct AmxLinear {
+    w: Option<Tensor>,
+}
+
+/// `a (m × k) · b (k × n)` through the AMX kernel into a fresh `m × n` vector.
+fn amx_mm(m: usize, n: usize, k: usize, a: super::amx::View, b: super::amx::View) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    super::amx::matmul(m, n, k, a, b, &mut out, n);
+    out
+}
+
+impl AmxLinear {
+    fn forward(x: &[f32], x_shape: &Shape, w: &[f32], w_dims: (usize, usize)) -> Result<(CpuStorage, Shape)> {
+        use super::amx::View;
+        let (n, k) = w_dims;
+        let m = x.len().checked_div(k).unwrap_or(0);
+        let y = amx_mm(m, n, k, View { data: x, rs: k, cs: 1 }, View { data: w, rs: 1, cs: k });
+        let mut dims = x_shape.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// `dx = dy @ w` (shape of `x`) and, with `want_dw`, `dw = dy^T @ x`.
+    fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, want_dw: bool) -> Result<(Tensor, Option<Tensor>)> {
+        use super::amx::View;
+        let (n, k) = w.dims2()?;
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+        let m = x.elem_count() / k.max(1);
+        let (dx, dw) = with_cpu_slices::<f32, _>([&x, &w, &dy], |[xs, ws, ds]| {
+            let dx = amx_mm(m, k, n, View { data: ds, rs: n, cs: 1 }, View { data: ws, rs: k, cs: 1 });
+            let dw = want_dw.then(|| amx_mm(n, k, m, View { data: ds, rs: 1, cs: n }, View { data: xs, rs: k, cs: 1 }));
+            (dx, dw)
+        })?;
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        let dw = dw.map(|d| Tensor::from_vec(d, (n, k), x.device())).transpose()?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp1 for AmxLinear {
+    fn name(&self) -> &'static str {
+        "amx-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some(w) = &self.w else { candle_core::bail!("amx-linear: frozen form without its weight") };
+        let (CpuStorage::F32(x), Some((x0, x1))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("amx-linear: input must be contiguous f32")
+        };
+        let dims = w.dims2()?;
+        match with_f32(w, |ws| Self::forward(&x[x0..x1], l.shape(), ws, dims)) {
+            Some(out) => out,
+            None => candle_core::bail!("amx-linear: weight must be contiguous f32 on the CPU"),
+        }
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(w) = &self.w else { candle_core::bail!("amx-linear: frozen form without its weight") };
+        Ok(Some(Self::backward(arg, w, grad, false)?.0))
+    }
+}
+
+impl CustomOp2 for AmxLinear {
+    fn name(&self) -> &'static str {
+        "amx-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), Some((x0, x1)), CpuStorage::F32(w), Some((w0, w1))) =
+            (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets())
+        else {
+            candle_core::bail!("amx-linear: operands must be contiguous f32")
+        };
+        let dims = l2.shape().dims2()?;
+        Self::forward(&x[x0..x1], l1.shape(), &w[w0..w1], dims)
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = Self::backward(x, w, grad, true)?;
+        Ok((Some(dx), dw))
+    }
+}
+
+/// `dst (m × n, row stride ldd) = alpha·dst + beta·(lhs · rhs)` for f32 slices read through
+/// (row, column) strides; `read_dst: false` overwrites `dst` instead (alpha unused).
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    ldd: usize,
+    read_dst: bool,
+    (lhs, l_rs, l_cs): (&[f32], usize, usize),
+    (rhs, r_rs, r_cs): (&[f32], usize, usize),
+    alpha: f32,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(dst.len() > last(ldd, 1, m, n), "sgemm: output too small");
+    if k > 0 {
+        assert!(lhs.len() > last(l_rs, l_cs, m, k) && rhs.len() > last(r_rs, r_cs, k, n), "sgemm: operand too small");
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above keep every index the strides reach inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ldd as isize,
+            read_dst,
+            lhs.as_ptr(),
+            l_cs as isize,
+            l_rs as isize,
+            rhs.as_ptr(),
+            r_cs as isize,
+            r_rs as isize,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// A frozen projection with its LoRA adapter in one op: `y = x wᵀ (+ b) + s·((x ⊙ mask) aᵀ) bᵀ`,
+/// the adapter's product added into the base product's buffer (candle's composition makes a
+/// separate `N × out` tensor and adds it, and adds the two input gradients the same way).
+/// Backward returns `dx`, `da`, `db`; the frozen `w` gets nothing. CPU f32 only (see
+/// [`lora_linear`]).
+pub struct LoraLinear {
+    pub w: Tensor,
+    pub bias: Option<Tensor>,
+    pub scale: f64,
+    /// The adapter's dropout mask over `x` (already scaled by `1 / keep`), when training with one.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// `x wᵀ (+ bias)` plus `lora`'s product as one [`LoraLinear`] when everything is f32 on the CPU,
+/// else `None` (nothing drawn from the adapter's generator then). With `train` and dropout,
+/// the mask is drawn as [`LoraAdapter::forward`](crate::model::lora::LoraAdapter::forward) draws it.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    lora: &crate::model::lora::LoraAdapter,
+    train: bool,
+) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if ![x, w, &lora.a, &lora.b].into_iter().all(f32_cpu) || !bias.is_none_or(f32_cpu) || w.rank() != 2 {
+        return Ok(None);
+    }
+    let mask = (train && lora.dropout > 0.0)
+        .then(|| crate::model::lora::dropout_mask(lora.rng.next_u64(), x.elem_count(), 1.0 - lora.dropout as f64));
+    let op =
+        LoraLinear { w: w.contiguous()?, bias: bias.map(|t| t.contiguous()).transpose()?, scale: lora.scale, mask };
+    Ok(Some(x.contiguous()?.apply_op3(&lora.a.contiguous()?, &lora.b.contiguous()?, op)?))
+}
+
+impl LoraLinear {
+    /// `x ⊙ mask`, or `x` itself without a mask.
+    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.mask {
+            Some(m) => std::borrow::Cow::Owned(x.iter().zip(m).map(|(x, m)| x * m).collect()),
+            None => std::borrow::Cow::Borrowed(x),
+        }
+    }
+
+    /// `s·(xd aᵀ)` (`m × r`).
+    fn down(&self, xd: &[f32], a: &[f32], (m, r, k): (usize, usize, usize)) -> Vec<f32> {
+        let mut u = vec![0f32; m * r];
+        sgemm((m, r, k), &mut u, r, false, (xd, k, 1), (a, 1, k), 0.0, 1.0);
+        let s = self.scale as f32;
+        u.iter_mut().for_each(|v| *v *= s);
+        u
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2, s3) else {
+            candle_core::bail!("lora-linear: operands must be f32")
+        };
+        let (x, a, b) = (contiguous_slice(x, l1)?, contiguous_slice(a, l2)?, contiguous_slice(b, l3)?);
+        let (n, k) = self.w.dims2()?;
+        let r = l2.shape().dims2()?.0;
+        if l2.shape().dims2()? != (r, k) || l3.shape().dims2()? != (n, r) || l1.shape().dims().last() != Some(&k) {
+            candle_core::bail!(
+                "lora-linear: shapes {:?} {:?} {:?} for a {n} x {k} weight",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        let m = x.len().checked_div(k).unwrap_or(0);
+        let mut y = vec![0f32; m * n];
+        let done = with_f32(&self.w, |w| sgemm((m, n, k), &mut y, n, false, (x, k, 1), (w, 1, k), 0.0, 1.0));
+        if done.is_none() {
+            candle_core::bail!("lora-linear: weight must be contiguous f32")
+        }
+        if let Some(bias) = &self.bias {
+            let added = with_f32(bias, |bias| {
+                for row in y.chunks_exact_mut(n) {
+                    row.iter_mut().zip(bias).for_each(|(o, v)| *o += v);
+                }
+            });
+            if added.is_none() {
+                candle_core::bail!("lora-linear: bias must be contiguous f32")
+            }
+        }
+        let u = self.down(&self.dropped(x), a, (m, r, k));
+        sgemm((m, n, r), &mut y, n, true, (&u, r, 1), (b, 1, r), 1.0, 1.0);
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = self.w.dims2()?;
+        let r = a.dim(0)?;
+        let m = x.elem_count() / k.max(1);
+        let (dy, w) = (grad.contiguous()?, self.w.contiguous()?);
+        let s = self.scale as f32;
+        let (dx, da, db) = with_cpu_slices::<f32, _>([x, a, b], |[xs, as_, bs]| {
+            with_cpu_slices::<f32, _>([&dy, &w, &w], |[dys, ws, _]| {
+                let xd = self.dropped(xs);
+                let u = self.down(&xd, as_, (m, r, k));
+                // g = s·(dy b)  (m × r): the gradient at the adapter's down product
+                let mut g = vec![0f32; m * r];
+                sgemm((m, r, n), &mut g, r, false, (dys, n, 1), (bs, r, 1), 0.0, s);
+                // db = dyᵀ u  (n × r), u already scaled
+                let mut db = vec![0f32; n * r];
+                sgemm((n, r, m), &mut db, r, false, (dys, 1, n), (&u, r, 1), 0.0, 1.0);
+                // da = gᵀ xd  (r × k)
+                let mut da = vec![0f32; r * k];
+                sgemm((r, k, m), &mut da, k, false, (&g, 1, r), (&xd, k, 1), 0.0, 1.0);
+                // dx = dy w + (g a) ⊙ mask
+                let mut dx = vec![0f32; m * k];
+                sgemm((m, k, n), &mut dx, k, false, (dys, n, 1), (ws, k, 1), 0.0, 1.0);
+                match &self.mask {
+                    None => sgemm((m, k, r), &mut dx, k, true, (&g, r, 1), (as_, k, 1), 1.0, 1.0),
+                    Some(mask) => {
+                        let mut t = vec![0f32; m * k];
+                        sgemm((m, k, r), &mut t, k, false, (&g, r, 1), (as_, k, 1), 0.0, 1.0);
+                        dx.iter_mut().zip(t.iter().zip(mask)).for_each(|(d, (t, mk))| *d += t * mk);
+                    }
+                }
+                (dx, da, db)
+            })
+        })??;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(da, (r, k), dev)?),
+            Some(Tensor::from_vec(db, (n, r), dev)?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1069,6 +1397,90 @@ mod tests {
         let diff =
             got.sub(&want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0, "f32 forward differs from the composition");
+    }
+
+    /// The fused LoRA projection against candle's composition (`x wᵀ + b + s·((x⊙mask) aᵀ) bᵀ`):
+    /// the forward's numbers bit for bit, gradients of x, a and b within f32 rounding, none
+    /// for the frozen weight; with and without bias and dropout.
+    #[test]
+    fn lora_linear_matches_the_composition() {
+        use crate::model::lora::{LoraAdapter, Rng, dropout_mask};
+        let (m, k, n, r) = (37usize, 24usize, 19usize, 4usize);
+        let f = |shape: &[usize], seed| rand(shape, seed).to_dtype(DType::F32).unwrap();
+        for (with_bias, dropout) in [(false, 0.0f32), (true, 0.0), (true, 0.25)] {
+            let w = f(&[n, k], 1);
+            let bias = with_bias.then(|| f(&[n], 2));
+            let x = candle_core::Var::from_tensor(&f(&[m, k], 3)).unwrap();
+            let a = candle_core::Var::from_tensor(&f(&[r, k], 4)).unwrap();
+            let b = candle_core::Var::from_tensor(&f(&[n, r], 5)).unwrap();
+            let lora = LoraAdapter {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 2.5,
+                dropout,
+                rng: std::sync::Arc::new(Rng::new(9)),
+            };
+            let seed = Rng::new(9).next_u64();
+            let xt = x.as_tensor();
+            let xd = if dropout > 0.0 {
+                let mask = dropout_mask(seed, m * k, 1.0 - dropout as f64);
+                xt.mul(&Tensor::from_vec(mask, (m, k), &Device::Cpu).unwrap()).unwrap()
+            } else {
+                xt.clone()
+            };
+            let mut want = xt.matmul(&w.t().unwrap()).unwrap();
+            if let Some(bb) = &bias {
+                want = want.broadcast_add(bb).unwrap();
+            }
+            let low = xd.matmul(&a.as_tensor().t().unwrap()).unwrap().affine(2.5, 0.0).unwrap();
+            want = want.add(&low.matmul(&b.as_tensor().t().unwrap()).unwrap()).unwrap();
+            let got = lora_linear(xt, &w, bias.as_ref(), &lora, true).unwrap().expect("f32 on the CPU fits");
+            let diff = got.sub(&want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "forward: the composition's numbers");
+            let probe = f(&[m, n], 6);
+            let gw = want.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gg = got.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("dx", xt), ("da", a.as_tensor()), ("db", b.as_tensor())] {
+                let (g, e) = (gg.get(v).unwrap(), gw.get(v).unwrap());
+                let d =
+                    g.sub(e).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-4, "{name} (bias {with_bias}, dropout {dropout}): {d}");
+            }
+            assert!(gg.get(&w).is_none(), "the frozen weight gets no gradient");
+        }
+    }
+
+    /// The AMX op where the CPU has AMX: forward and both gradients equal f32 products of the
+    /// bf16-rounded operands (to f32 summation order); elsewhere it declines.
+    #[test]
+    fn amx_linear_is_the_product_of_rounded_operands() {
+        let (m, k, n) = (45usize, 70usize, 33usize);
+        let f = |shape: &[usize], seed| rand(shape, seed).to_dtype(DType::F32).unwrap();
+        let x = candle_core::Var::from_tensor(&f(&[m, k], 1)).unwrap();
+        let w = candle_core::Var::from_tensor(&f(&[n, k], 2)).unwrap();
+        let Some(y) = amx_linear(x.as_tensor(), w.as_tensor(), true).unwrap() else {
+            assert!(!super::super::amx::available());
+            eprintln!("no AMX here: the op declines and the caller multiplies through candle");
+            return;
+        };
+        let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "{what}: {d}");
+        };
+        let (xr, wr) = (round(x.as_tensor()), round(w.as_tensor()));
+        close(&y, &xr.matmul(&wr.t().unwrap()).unwrap(), "y");
+        let probe = f(&[m, n], 3);
+        let g = y.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let pr = round(&probe);
+        close(g.get(x.as_tensor()).unwrap(), &pr.matmul(&wr).unwrap(), "dx");
+        close(g.get(w.as_tensor()).unwrap(), &pr.t().unwrap().matmul(&xr).unwrap(), "dw");
+        // frozen weight: an op of x alone, no weight gradient
+        let wf = w.as_tensor().detach();
+        let yf = amx_linear(x.as_tensor(), &wf, false).unwrap().expect("AMX");
+        let gf = yf.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(x.as_tensor()).unwrap(), &pr.matmul(&wr).unwrap(), "dx frozen");
+        assert!(gf.get(&wf).is_none());
     }
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {

@@ -1,0 +1,374 @@
+//! bf16 matrix products on Intel AMX tiles (`TDPBF16PS`; Sapphire Rapids and later Xeons), for
+//! the mixed precision of `finetune --precision bf16`.
+//!
+//! In: two f32 matrices, each read through a row and a column stride (so a transposed operand
+//! needs no copy). Out: their f32 product. The operands are rounded to bf16 (to nearest, ties
+//! to even, as `half::bf16::from_f32`) while they are packed into 1 KiB tiles; products and sums
+//! stay f32 in the tile accumulators. Stable Rust has no AMX intrinsics, so the five tile
+//! instructions are written with `asm!`; Linux must be asked once per process for the tile
+//! state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`). [`available`] is false on
+//! any other CPU or OS, and when `DISTILL_NO_AMX` is set (to compare with the plain path).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// A matrix of f32 read as `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Rows of a tile, bf16 values in a tile row, and bf16 values in a tile (1 KiB).
+const TM: usize = 16;
+const TK: usize = 32;
+const TILE: usize = TM * TK;
+
+/// Whether this process can run [`matmul`].
+pub fn available() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unused_unsafe)]
+fn detect() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    if std::env::var_os("DISTILL_NO_AMX").is_some() {
+        return false;
+    }
+    // SAFETY: cpuid exists on every x86_64 CPU; leaf 7 is read only when the CPU has it.
+    let leaf7 = unsafe {
+        if __cpuid(0).eax < 7 {
+            return false;
+        }
+        __cpuid_count(7, 0)
+    };
+    let (amx_bf16, amx_tile) = ((leaf7.edx >> 22) & 1 == 1, (leaf7.edx >> 24) & 1 == 1);
+    if !(amx_bf16 && amx_tile) {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a request for the tile state; the kernel answers 0 or an error, nothing else.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// f32 → bf16 bits, to nearest with ties to even; NaN stays NaN.
+#[inline(always)]
+fn bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The value a bf16 rounding gives back as f32 (for references in tests and fallbacks).
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits((bf16(x) as u32) << 16)
+}
+
+/// `m × k` rows of `a` as tiles of 16 rows × 32 values: tile `(it, kt)` at `(it * kb + kt) * TILE`,
+/// row `r` of it at `r * 32`; rows past `m` and values past `k` are zero. `mt` row tiles.
+fn pack_a(a: View, m: usize, k: usize, mt: usize, kb: usize) -> Vec<u16> {
+    let mut out = vec![0u16; mt * kb * TILE];
+    out.par_chunks_mut(kb * TILE).enumerate().for_each(|(it, dst)| {
+        for r in 0..TM.min(m.saturating_sub(it * TM)) {
+            let i = it * TM + r;
+            if a.cs == 1 {
+                let row = &a.data[i * a.rs..i * a.rs + k];
+                for (kt, chunk) in row.chunks(TK).enumerate() {
+                    let d = &mut dst[kt * TILE + r * TK..kt * TILE + r * TK + chunk.len()];
+                    for (o, &v) in d.iter_mut().zip(chunk) {
+                        *o = bf16(v);
+                    }
+                }
+            } else {
+                for p in 0..k {
+                    dst[(p / TK) * TILE + r * TK + p % TK] = bf16(a.data[i * a.rs + p * a.cs]);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `k × n` columns of `b` as VNNI tiles: tile `(jt, kt)` at `(jt * kb + kt) * TILE` holds
+/// `b[kt*32 + 2q + e][jt*16 + j]` at `q * 32 + 2j + e` (pairs of rows side by side, as
+/// `TDPBF16PS` reads them); columns past `n` and rows past `k` are zero. `nt` column tiles.
+fn pack_b(b: View, k: usize, n: usize, nt: usize, kb: usize) -> Vec<u16> {
+    let mut out = vec![0u16; nt * kb * TILE];
+    out.par_chunks_mut(kb * TILE).enumerate().for_each(|(jt, dst)| {
+        let cols = TM.min(n.saturating_sub(jt * TM));
+        if cols == 0 {
+            return; // a padding tile: zeros
+        }
+        if b.cs == 1 {
+            // rows of b are contiguous: 16 columns of one row at a time
+            for p in 0..k {
+                let row = &b.data[p * b.rs + jt * TM..p * b.rs + jt * TM + cols];
+                let base = (p / TK) * TILE + ((p % TK) / 2) * TK + (p & 1);
+                for (j, &v) in row.iter().enumerate() {
+                    dst[base + 2 * j] = bf16(v);
+                }
+            }
+        } else {
+            for j in 0..cols {
+                let c = jt * TM + j;
+                for p in 0..k {
+                    let v = b.data[p * b.rs + c * b.cs];
+                    dst[(p / TK) * TILE + ((p % TK) / 2) * TK + 2 * j + (p & 1)] = bf16(v);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The raw output pointer shared by the tasks, each writing its own 32 × 32 blocks.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint blocks of the output (see `matmul`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `c = a · b` (`a`: `m × k`, `b`: `k × n`, `c`: `m × n` row-major with row stride `ldc`;
+/// `c` is overwritten). Call only when [`available`]. Work runs on the rayon pool.
+pub fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], ldc: usize) {
+    assert!(available(), "amx::matmul called on a CPU without AMX");
+    assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n, "output too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            c[i * ldc..i * ldc + n].fill(0.0);
+        }
+        return;
+    }
+    let kb = k.div_ceil(TK);
+    let mt = m.div_ceil(2 * TM) * 2;
+    let nt = n.div_ceil(2 * TM) * 2;
+    let ap = pack_a(a, m, k, mt, kb);
+    let bp = pack_b(b, k, n, nt, kb);
+    // Rows of `a` in blocks whose packed tiles stay in L2 (~768 KiB), swept by every column
+    // pair of `b` in turn; a column pair's tiles stay in L1 while its blocks are computed.
+    let rows_per_block = ((768 * 1024) / (kb * TILE * 2 * 2)).max(1) * 2 * TM;
+    let threads = rayon::current_num_threads().max(1);
+    let out = Out(c.as_mut_ptr());
+    let (i2s, j2s) = (mt / 2, nt / 2);
+    let mut lo = 0;
+    while lo < i2s {
+        let hi = (lo + rows_per_block / (2 * TM)).min(i2s);
+        // split the rows too when there are few column pairs, so every thread has work
+        let parts = (2 * threads).div_ceil(j2s).clamp(1, hi - lo);
+        let tasks: Vec<(usize, usize, usize)> = (0..j2s)
+            .flat_map(|j2| (0..parts).map(move |p| (j2, lo + (hi - lo) * p / parts, lo + (hi - lo) * (p + 1) / parts)))
+            .collect();
+        tasks.par_iter().for_each(|&(j2, i_lo, i_hi)| {
+            // SAFETY: the CPU has AMX and the process has the tile state (`available`); the
+            // tiles read lie inside `ap` and `bp`, and the blocks written (rows of i_lo..i_hi,
+            // columns of j2, clipped to m × n) belong to this task alone.
+            unsafe { blocks(&ap, &bp, kb, j2, i_lo, i_hi, m, n, out, ldc) };
+        });
+        lo = hi;
+    }
+}
+
+/// The 64-byte tile configuration: palette 1, eight tiles of 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    const fn new() -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64; // bytes per row (u16 little-endian)
+            c[48 + t] = TM as u8; // rows
+            t += 1;
+        }
+        TileConfig(c)
+    }
+}
+
+static CONFIG: TileConfig = TileConfig::new();
+
+/// Computes the 32 × 32 output blocks of column pair `j2` and row pairs `i_lo..i_hi`.
+///
+/// # Safety
+/// AMX must be available to this process; `ap`/`bp` packed by `pack_a`/`pack_b` with `kb`
+/// k-tiles; `out` valid for `m × n` with row stride `ldc`, these blocks written by no one else.
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+unsafe fn blocks(
+    ap: &[u16],
+    bp: &[u16],
+    kb: usize,
+    j2: usize,
+    i_lo: usize,
+    i_hi: usize,
+    m: usize,
+    n: usize,
+    out: Out,
+    ldc: usize,
+) {
+    use std::arch::asm;
+    const STRIDE: usize = TK * 2; // bytes per tile row
+    let mut acc = [0f32; 4 * TM * TM];
+    // SAFETY (every asm block): tile instructions on this thread's configured tiles, reading
+    // whole tiles inside `ap`/`bp` and writing `acc`.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+        let b0 = bp.as_ptr().add(2 * j2 * kb * TILE);
+        let b1 = b0.add(kb * TILE);
+        for i2 in i_lo..i_hi {
+            let a0 = ap.as_ptr().add(2 * i2 * kb * TILE);
+            let a1 = a0.add(kb * TILE);
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            for kt in 0..kb {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {s}*1]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(kt * TILE),
+                    a1 = in(reg) a1.add(kt * TILE),
+                    b0 = in(reg) b0.add(kt * TILE),
+                    b1 = in(reg) b1.add(kt * TILE),
+                    s = in(reg) STRIDE,
+                    options(nostack, readonly),
+                );
+            }
+            let p = acc.as_mut_ptr();
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) p,
+                c1 = in(reg) p.add(TM * TM),
+                c2 = in(reg) p.add(2 * TM * TM),
+                c3 = in(reg) p.add(3 * TM * TM),
+                s = in(reg) TM * 4,
+                options(nostack),
+            );
+            // tile q = 2 * (row half) + (column half), each 16 × 16 f32 row-major
+            for q in 0..4 {
+                let (i0, j0) = ((2 * i2 + q / 2) * TM, (2 * j2 + q % 2) * TM);
+                if i0 >= m || j0 >= n {
+                    continue;
+                }
+                let cols = TM.min(n - j0);
+                for r in 0..TM.min(m - i0) {
+                    let src = &acc[q * TM * TM + r * TM..q * TM * TM + r * TM + cols];
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.0.add((i0 + r) * ldc + j0), cols);
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocks(_: &[u16], _: &[u16], _: usize, _: usize, _: usize, _: usize, _: usize, _: usize, _: Out, _: usize) {
+    unreachable!("AMX exists only on x86_64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `a · b` of the bf16-rounded operands, summed in f64.
+    fn reference(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    let x = round_bf16(a.data[i * a.rs + p * a.cs]) as f64;
+                    let y = round_bf16(b.data[p * b.rs + j * b.cs]) as f64;
+                    s += x * y;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_matches_half() {
+        for x in [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.003_906_2,
+            1.011_718_8,
+            std::f32::consts::PI,
+            -2.5e-3,
+            1e38,
+            f32::INFINITY,
+            f32::MIN_POSITIVE,
+        ] {
+            assert_eq!(bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+        for x in values(10_000, 3) {
+            assert_eq!(bf16(x * 1e3), half::bf16::from_f32(x * 1e3).to_bits());
+        }
+        assert!(round_bf16(f32::NAN).is_nan());
+    }
+
+    /// Every layout the linear layer uses (row-major, transposed either side) and ragged sizes
+    /// past tile edges; on a CPU without AMX the test only checks that nothing claims AMX.
+    #[test]
+    fn products_equal_the_rounded_reference() {
+        if !available() {
+            eprintln!("no AMX on this CPU (or DISTILL_NO_AMX set): amx::matmul not exercised");
+            return;
+        }
+        for &(m, n, k) in &[(1, 1, 1), (16, 16, 32), (33, 17, 65), (70, 40, 100), (64, 96, 31), (5, 130, 300)] {
+            let a = values(m * k, 1 + m as u64);
+            let b = values(k * n, 2 + n as u64);
+            let layouts: [(View, View); 3] = [
+                (View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: n, cs: 1 }),
+                (View { data: &a, rs: 1, cs: m }, View { data: &b, rs: 1, cs: k }),
+                (View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: 1, cs: k }),
+            ];
+            for (li, (va, vb)) in layouts.into_iter().enumerate() {
+                let want = reference(m, n, k, va, vb);
+                let mut got = vec![f32::NAN; m * n];
+                matmul(m, n, k, va, vb, &mut got, n);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()) * (k as f32).sqrt(),
+                        "{m}x{n}x{k} layout {li} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
