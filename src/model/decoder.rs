@@ -73,7 +73,14 @@ impl Linear {
 
     /// `x`: `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
         if let Some(dt) = self.matmul_dtype.filter(|d| *d != x.dtype()) {
+            if let (DType::BF16, true, Some(lora)) = (dt, frozen, &self.lora) {
+                let bias = self.bias.as_ref().map(|b| &b.tensor);
+                if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train, true)? {
+                    return Ok(y);
+                }
+            }
             let amx = match dt {
                 DType::BF16 => ops::amx_linear(x, &self.weight.tensor, self.weight.trainable)?,
                 _ => None,
@@ -93,10 +100,9 @@ impl Linear {
             }
             return Ok(y);
         }
-        let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
         if let (true, Some(lora)) = (frozen, &self.lora) {
             let bias = self.bias.as_ref().map(|b| &b.tensor);
-            if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train)? {
+            if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train, false)? {
                 return Ok(y);
             }
         }

@@ -61,14 +61,14 @@ fn detect() -> bool {
     false
 }
 
-/// f32 → bf16 bits, to nearest with ties to even; NaN stays NaN.
+/// f32 → bf16 bits, to nearest with ties to even; NaN stays NaN (branch-free, so that the
+/// packing loops vectorise).
 #[inline(always)]
 fn bf16(x: f32) -> u16 {
     let b = x.to_bits();
-    if b & 0x7fff_ffff > 0x7f80_0000 {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let quiet = (b >> 16) | 0x40;
+    (if b & 0x7fff_ffff > 0x7f80_0000 { quiet } else { rounded }) as u16
 }
 
 /// The value a bf16 rounding gives back as f32 (for references in tests and fallbacks).
@@ -76,61 +76,124 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits((bf16(x) as u32) << 16)
 }
 
-/// `m × k` rows of `a` as tiles of 16 rows × 32 values: tile `(it, kt)` at `(it * kb + kt) * TILE`,
-/// row `r` of it at `r * 32`; rows past `m` and values past `k` are zero. `mt` row tiles.
-fn pack_a(a: View, m: usize, k: usize, mt: usize, kb: usize) -> Vec<u16> {
-    let mut out = vec![0u16; mt * kb * TILE];
+/// A tile buffer's bf16 values (two per `u32`: buffers are `u32` so that VNNI pairs can be
+/// written whole).
+fn halves(v: &mut [u32]) -> &mut [u16] {
+    // SAFETY: u16 has no invalid values and half the alignment of u32; same bytes.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u16>(), v.len() * 2) }
+}
+
+/// Rounds a contiguous run.
+#[inline(always)]
+fn convert(src: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = bf16(v);
+    }
+}
+
+/// `m × k` rows of `a` as tiles of 16 rows × 32 values into `out` (`mt × kb` tiles): tile
+/// `(it, kt)` at `(it * kb + kt) * TILE`, row `r` of it at `r * 32`; rows past `m` and
+/// values past `k` are zero.
+fn pack_a(a: View, m: usize, k: usize, mt: usize, kb: usize, out: &mut [u32]) {
+    let out = halves(out);
+    if m != mt * TM || k != kb * TK {
+        out.fill(0);
+    }
     out.par_chunks_mut(kb * TILE).enumerate().for_each(|(it, dst)| {
-        for r in 0..TM.min(m.saturating_sub(it * TM)) {
-            let i = it * TM + r;
-            if a.cs == 1 {
+        let rows = TM.min(m.saturating_sub(it * TM));
+        if rows == 0 {
+            return; // a padding tile: zeros
+        }
+        if a.cs == 1 {
+            for r in 0..rows {
+                let i = it * TM + r;
                 let row = &a.data[i * a.rs..i * a.rs + k];
                 for (kt, chunk) in row.chunks(TK).enumerate() {
-                    let d = &mut dst[kt * TILE + r * TK..kt * TILE + r * TK + chunk.len()];
-                    for (o, &v) in d.iter_mut().zip(chunk) {
-                        *o = bf16(v);
-                    }
+                    convert(chunk, &mut dst[kt * TILE + r * TK..kt * TILE + r * TK + chunk.len()]);
                 }
-            } else {
+            }
+        } else if a.rs == 1 {
+            // columns of a are contiguous: 16 rows of one column at a time
+            for p in 0..k {
+                let col = &a.data[p * a.cs + it * TM..p * a.cs + it * TM + rows];
+                let base = (p / TK) * TILE + p % TK;
+                for (r, &v) in col.iter().enumerate() {
+                    dst[base + r * TK] = bf16(v);
+                }
+            }
+        } else {
+            for r in 0..rows {
                 for p in 0..k {
-                    dst[(p / TK) * TILE + r * TK + p % TK] = bf16(a.data[i * a.rs + p * a.cs]);
+                    dst[(p / TK) * TILE + r * TK + p % TK] = bf16(a.data[(it * TM + r) * a.rs + p * a.cs]);
                 }
             }
         }
     });
-    out
 }
 
-/// `k × n` columns of `b` as VNNI tiles: tile `(jt, kt)` at `(jt * kb + kt) * TILE` holds
-/// `b[kt*32 + 2q + e][jt*16 + j]` at `q * 32 + 2j + e` (pairs of rows side by side, as
-/// `TDPBF16PS` reads them); columns past `n` and rows past `k` are zero. `nt` column tiles.
-fn pack_b(b: View, k: usize, n: usize, nt: usize, kb: usize) -> Vec<u16> {
-    let mut out = vec![0u16; nt * kb * TILE];
-    out.par_chunks_mut(kb * TILE).enumerate().for_each(|(jt, dst)| {
+/// `k × n` columns of `b` as VNNI tiles into `out` (`nt × kb` tiles): tile `(jt, kt)` at
+/// `(jt * kb + kt) * TILE / 2` (in u32) holds, as its row `q` and column `j`, the pair
+/// `b[kt*32 + 2q][jt*16 + j]` (low half) and `b[kt*32 + 2q + 1][jt*16 + j]` (high half), as
+/// `TDPBF16PS` reads them; columns past `n` and rows past `k` are zero.
+fn pack_b(b: View, k: usize, n: usize, nt: usize, kb: usize, out: &mut [u32]) {
+    const PAIRS: usize = TILE / 2; // u32 per tile
+    if n != nt * TM || k != kb * TK {
+        out.fill(0);
+    }
+    out.par_chunks_mut(kb * PAIRS).enumerate().for_each(|(jt, dst)| {
         let cols = TM.min(n.saturating_sub(jt * TM));
         if cols == 0 {
             return; // a padding tile: zeros
         }
+        let j0 = jt * TM;
         if b.cs == 1 {
-            // rows of b are contiguous: 16 columns of one row at a time
-            for p in 0..k {
-                let row = &b.data[p * b.rs + jt * TM..p * b.rs + jt * TM + cols];
-                let base = (p / TK) * TILE + ((p % TK) / 2) * TK + (p & 1);
-                for (j, &v) in row.iter().enumerate() {
-                    dst[base + 2 * j] = bf16(v);
+            // rows of b are contiguous: a pair of rows gives a tile row of 16 pairs
+            let mut lo = [0u16; TM];
+            let mut hi = [0u16; TM];
+            for pp in 0..k.div_ceil(2) {
+                let (p0, p1) = (2 * pp, 2 * pp + 1);
+                convert(&b.data[p0 * b.rs + j0..p0 * b.rs + j0 + cols], &mut lo[..cols]);
+                if p1 < k {
+                    convert(&b.data[p1 * b.rs + j0..p1 * b.rs + j0 + cols], &mut hi[..cols]);
+                } else {
+                    hi = [0; TM];
+                }
+                let row = &mut dst[(p0 / TK) * PAIRS + (pp % (TK / 2)) * TM..][..cols];
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = lo[j] as u32 | (hi[j] as u32) << 16;
+                }
+            }
+        } else if b.rs == 1 {
+            // columns of b are contiguous (b is a row-major matrix read transposed): 32
+            // values of one column round into 16 pairs, which go down column j of the tile
+            let mut run;
+            for j in 0..cols {
+                let col = &b.data[(j0 + j) * b.cs..(j0 + j) * b.cs + k];
+                for (kt, chunk) in col.chunks(TK).enumerate() {
+                    run = [0; TK];
+                    convert(chunk, &mut run[..chunk.len()]);
+                    let tile = &mut dst[kt * PAIRS..(kt + 1) * PAIRS];
+                    for q in 0..TK / 2 {
+                        tile[q * TM + j] = run[2 * q] as u32 | (run[2 * q + 1] as u32) << 16;
+                    }
                 }
             }
         } else {
+            let dst = halves(dst);
             for j in 0..cols {
-                let c = jt * TM + j;
                 for p in 0..k {
-                    let v = b.data[p * b.rs + c * b.cs];
+                    let v = b.data[p * b.rs + (j0 + j) * b.cs];
                     dst[(p / TK) * TILE + ((p % TK) / 2) * TK + 2 * j + (p & 1)] = bf16(v);
                 }
             }
         }
     });
-    out
+}
+
+thread_local! {
+    /// Packed operands reused call after call on a thread (no fresh pages each time); a
+    /// nested call on the same thread (rayon work-stealing) packs into its own.
+    static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The raw output pointer shared by the tasks, each writing its own 32 × 32 blocks.
@@ -154,11 +217,35 @@ pub fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], ldc
         }
         return;
     }
+    PACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (ap, bp) = &mut *bufs;
+            packed_matmul(m, n, k, a, b, c, ldc, ap, bp);
+        }
+        Err(_) => packed_matmul(m, n, k, a, b, c, ldc, &mut Vec::new(), &mut Vec::new()),
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn packed_matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: &mut [f32],
+    ldc: usize,
+    ap: &mut Vec<u32>,
+    bp: &mut Vec<u32>,
+) {
     let kb = k.div_ceil(TK);
     let mt = m.div_ceil(2 * TM) * 2;
     let nt = n.div_ceil(2 * TM) * 2;
-    let ap = pack_a(a, m, k, mt, kb);
-    let bp = pack_b(b, k, n, nt, kb);
+    ap.resize(mt * kb * TILE / 2, 0);
+    bp.resize(nt * kb * TILE / 2, 0);
+    pack_a(a, m, k, mt, kb, ap);
+    pack_b(b, k, n, nt, kb, bp);
+    let (ap, bp): (&[u32], &[u32]) = (ap, bp);
     // Rows of `a` in blocks whose packed tiles stay in L2 (~768 KiB), swept by every column
     // pair of `b` in turn; a column pair's tiles stay in L1 while its blocks are computed.
     let rows_per_block = ((768 * 1024) / (kb * TILE * 2 * 2)).max(1) * 2 * TM;
@@ -177,7 +264,7 @@ pub fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], ldc
             // SAFETY: the CPU has AMX and the process has the tile state (`available`); the
             // tiles read lie inside `ap` and `bp`, and the blocks written (rows of i_lo..i_hi,
             // columns of j2, clipped to m × n) belong to this task alone.
-            unsafe { blocks(&ap, &bp, kb, j2, i_lo, i_hi, m, n, out, ldc) };
+            unsafe { blocks(ap, bp, kb, j2, i_lo, i_hi, m, n, out, ldc) };
         });
         lo = hi;
     }
@@ -211,8 +298,8 @@ static CONFIG: TileConfig = TileConfig::new();
 #[allow(clippy::too_many_arguments)]
 #[cfg(target_arch = "x86_64")]
 unsafe fn blocks(
-    ap: &[u16],
-    bp: &[u16],
+    ap: &[u32],
+    bp: &[u32],
     kb: usize,
     j2: usize,
     i_lo: usize,
@@ -225,14 +312,15 @@ unsafe fn blocks(
     use std::arch::asm;
     const STRIDE: usize = TK * 2; // bytes per tile row
     let mut acc = [0f32; 4 * TM * TM];
+    let (ap, bp) = (ap.as_ptr().cast::<u16>(), bp.as_ptr().cast::<u16>());
     // SAFETY (every asm block): tile instructions on this thread's configured tiles, reading
-    // whole tiles inside `ap`/`bp` and writing `acc`.
+    // whole tiles inside `ap`/`bp` and writing `acc` or this task's blocks of `out`.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-        let b0 = bp.as_ptr().add(2 * j2 * kb * TILE);
+        let b0 = bp.add(2 * j2 * kb * TILE);
         let b1 = b0.add(kb * TILE);
         for i2 in i_lo..i_hi {
-            let a0 = ap.as_ptr().add(2 * i2 * kb * TILE);
+            let a0 = ap.add(2 * i2 * kb * TILE);
             let a1 = a0.add(kb * TILE);
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             for kt in 0..kb {
@@ -253,29 +341,28 @@ unsafe fn blocks(
                     options(nostack, readonly),
                 );
             }
-            let p = acc.as_mut_ptr();
+            let (i0, j0) = (2 * i2 * TM, 2 * j2 * TM);
+            // a whole 32 × 32 block inside the output goes straight there; an edge block
+            // through `acc`, clipped
+            let whole = i0 + 2 * TM <= m && j0 + 2 * TM <= n;
+            let (p, ld) = if whole { (out.0.add(i0 * ldc + j0), ldc) } else { (acc.as_mut_ptr(), 2 * TM) };
             asm!(
                 "tilestored [{c0} + {s}*1], tmm0",
                 "tilestored [{c1} + {s}*1], tmm1",
                 "tilestored [{c2} + {s}*1], tmm2",
                 "tilestored [{c3} + {s}*1], tmm3",
                 c0 = in(reg) p,
-                c1 = in(reg) p.add(TM * TM),
-                c2 = in(reg) p.add(2 * TM * TM),
-                c3 = in(reg) p.add(3 * TM * TM),
-                s = in(reg) TM * 4,
+                c1 = in(reg) p.add(TM),
+                c2 = in(reg) p.add(TM * ld),
+                c3 = in(reg) p.add(TM * ld + TM),
+                s = in(reg) ld * 4,
                 options(nostack),
             );
-            // tile q = 2 * (row half) + (column half), each 16 × 16 f32 row-major
-            for q in 0..4 {
-                let (i0, j0) = ((2 * i2 + q / 2) * TM, (2 * j2 + q % 2) * TM);
-                if i0 >= m || j0 >= n {
-                    continue;
-                }
-                let cols = TM.min(n - j0);
-                for r in 0..TM.min(m - i0) {
-                    let src = &acc[q * TM * TM + r * TM..q * TM * TM + r * TM + cols];
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.0.add((i0 + r) * ldc + j0), cols);
+            if !whole {
+                for r in 0..(2 * TM).min(m.saturating_sub(i0)) {
+                    for c in 0..(2 * TM).min(n.saturating_sub(j0)) {
+                        *out.0.add((i0 + r) * ldc + j0 + c) = acc[r * 2 * TM + c];
+                    }
                 }
             }
         }
@@ -285,7 +372,7 @@ unsafe fn blocks(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn blocks(_: &[u16], _: &[u16], _: usize, _: usize, _: usize, _: usize, _: usize, _: usize, _: Out, _: usize) {
+unsafe fn blocks(_: &[u32], _: &[u32], _: usize, _: usize, _: usize, _: usize, _: usize, _: usize, _: Out, _: usize) {
     unreachable!("AMX exists only on x86_64")
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 
+use super::amx::View;
 use super::{attn_cpu, ce_cpu};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
@@ -1048,7 +1049,7 @@ pub struct AmxLinear {
 }
 
 /// `a (m × k) · b (k × n)` through the AMX kernel into a fresh `m × n` vector.
-fn amx_mm(m: usize, n: usize, k: usize, a: super::amx::View, b: super::amx::View) -> Vec<f32> {
+fn amx_mm(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     super::amx::matmul(m, n, k, a, b, &mut out, n);
     out
@@ -1056,7 +1057,6 @@ fn amx_mm(m: usize, n: usize, k: usize, a: super::amx::View, b: super::amx::View
 
 impl AmxLinear {
     fn forward(x: &[f32], x_shape: &Shape, w: &[f32], w_dims: (usize, usize)) -> Result<(CpuStorage, Shape)> {
-        use super::amx::View;
         let (n, k) = w_dims;
         let m = x.len().checked_div(k).unwrap_or(0);
         let y = amx_mm(m, n, k, View { data: x, rs: k, cs: 1 }, View { data: w, rs: 1, cs: k });
@@ -1069,7 +1069,6 @@ impl AmxLinear {
 
     /// `dx = dy @ w` (shape of `x`) and, with `want_dw`, `dw = dy^T @ x`.
     fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, want_dw: bool) -> Result<(Tensor, Option<Tensor>)> {
-        use super::amx::View;
         let (n, k) = w.dims2()?;
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
         let m = x.elem_count() / k.max(1);
@@ -1184,6 +1183,9 @@ pub struct LoraLinear {
     pub scale: f64,
     /// The adapter's dropout mask over `x` (already scaled by `1 / keep`), when training with one.
     pub mask: Option<Vec<f32>>,
+    /// Mixed precision: the base products (`x wᵀ`, `dy w`) in bf16 on AMX tiles, the adapter's
+    /// in f32 (only when [`amx::available`](super::amx::available)).
+    pub amx: bool,
 }
 
 /// `x wᵀ (+ bias)` plus `lora`'s product as one [`LoraLinear`] when everything is f32 on the CPU,
@@ -1195,15 +1197,25 @@ pub fn lora_linear(
     bias: Option<&Tensor>,
     lora: &crate::model::lora::LoraAdapter,
     train: bool,
+    amx: bool,
 ) -> Result<Option<Tensor>> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if ![x, w, &lora.a, &lora.b].into_iter().all(f32_cpu) || !bias.is_none_or(f32_cpu) || w.rank() != 2 {
+    if ![x, w, &lora.a, &lora.b].into_iter().all(f32_cpu)
+        || !bias.is_none_or(f32_cpu)
+        || w.rank() != 2
+        || (amx && !super::amx::available())
+    {
         return Ok(None);
     }
     let mask = (train && lora.dropout > 0.0)
         .then(|| crate::model::lora::dropout_mask(lora.rng.next_u64(), x.elem_count(), 1.0 - lora.dropout as f64));
-    let op =
-        LoraLinear { w: w.contiguous()?, bias: bias.map(|t| t.contiguous()).transpose()?, scale: lora.scale, mask };
+    let op = LoraLinear {
+        w: w.contiguous()?,
+        bias: bias.map(|t| t.contiguous()).transpose()?,
+        scale: lora.scale,
+        mask,
+        amx,
+    };
     Ok(Some(x.contiguous()?.apply_op3(&lora.a.contiguous()?, &lora.b.contiguous()?, op)?))
 }
 
@@ -1255,7 +1267,12 @@ impl CustomOp3 for LoraLinear {
         }
         let m = x.len().checked_div(k).unwrap_or(0);
         let mut y = vec![0f32; m * n];
-        let done = with_f32(&self.w, |w| sgemm((m, n, k), &mut y, n, false, (x, k, 1), (w, 1, k), 0.0, 1.0));
+        let done = with_f32(&self.w, |w| match self.amx {
+            true => {
+                super::amx::matmul(m, n, k, View { data: x, rs: k, cs: 1 }, View { data: w, rs: 1, cs: k }, &mut y, n)
+            }
+            false => sgemm((m, n, k), &mut y, n, false, (x, k, 1), (w, 1, k), 0.0, 1.0),
+        });
         if done.is_none() {
             candle_core::bail!("lora-linear: weight must be contiguous f32")
         }
@@ -1305,7 +1322,18 @@ impl CustomOp3 for LoraLinear {
                 sgemm((r, k, m), &mut da, k, false, (&g, 1, r), (&xd, k, 1), 0.0, 1.0);
                 // dx = dy w + (g a) ⊙ mask
                 let mut dx = vec![0f32; m * k];
-                sgemm((m, k, n), &mut dx, k, false, (dys, n, 1), (ws, k, 1), 0.0, 1.0);
+                match self.amx {
+                    true => super::amx::matmul(
+                        m,
+                        k,
+                        n,
+                        View { data: dys, rs: n, cs: 1 },
+                        View { data: ws, rs: k, cs: 1 },
+                        &mut dx,
+                        k,
+                    ),
+                    false => sgemm((m, k, n), &mut dx, k, false, (dys, n, 1), (ws, k, 1), 0.0, 1.0),
+                }
                 match &self.mask {
                     None => sgemm((m, k, r), &mut dx, k, true, (&g, r, 1), (as_, k, 1), 1.0, 1.0),
                     Some(mask) => {
@@ -1434,7 +1462,7 @@ mod tests {
             }
             let low = xd.matmul(&a.as_tensor().t().unwrap()).unwrap().affine(2.5, 0.0).unwrap();
             want = want.add(&low.matmul(&b.as_tensor().t().unwrap()).unwrap()).unwrap();
-            let got = lora_linear(xt, &w, bias.as_ref(), &lora, true).unwrap().expect("f32 on the CPU fits");
+            let got = lora_linear(xt, &w, bias.as_ref(), &lora, true, false).unwrap().expect("f32 on the CPU fits");
             let diff = got.sub(&want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "forward: the composition's numbers");
             let probe = f(&[m, n], 6);
