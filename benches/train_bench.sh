@@ -11,6 +11,7 @@ layers="${1:-24}"; steps="${2:-2}"
 for tokens in 512 1024; do
   for rank in 0 16; do
     "$bin" --tokens "$tokens" --layers "$layers" --lora "$rank" --steps "$steps"
+    if [ "$bf16_units" = 1 ]; then "$bin" --tokens "$tokens" --layers "$layers" --lora "$rank" --steps "$steps" --bf16; fi
     if [ "$rank" = 0 ]; then  # full fine-tuning with every layer recomputed: the memory floor
       "$bin" --tokens "$tokens" --layers "$layers" --lora 0 --steps "$steps" --checkpoint
     fi

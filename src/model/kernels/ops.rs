@@ -1223,7 +1223,14 @@ impl LoraLinear {
     /// `x ⊙ mask`, or `x` itself without a mask.
     fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         match &self.mask {
-            Some(m) => std::borrow::Cow::Owned(x.iter().zip(m).map(|(x, m)| x * m).collect()),
+            Some(m) => {
+                use rayon::prelude::*;
+                let mut out = vec![0f32; x.len()];
+                out.par_chunks_mut(SWIGLU_CHUNK)
+                    .zip(x.par_chunks(SWIGLU_CHUNK).zip(m.par_chunks(SWIGLU_CHUNK)))
+                    .for_each(|(o, (x, m))| o.iter_mut().zip(x.iter().zip(m)).for_each(|(o, (x, m))| *o = x * m));
+                std::borrow::Cow::Owned(out)
+            }
             None => std::borrow::Cow::Borrowed(x),
         }
     }
@@ -1339,7 +1346,12 @@ impl CustomOp3 for LoraLinear {
                     Some(mask) => {
                         let mut t = vec![0f32; m * k];
                         sgemm((m, k, r), &mut t, k, false, (&g, r, 1), (as_, k, 1), 0.0, 1.0);
-                        dx.iter_mut().zip(t.iter().zip(mask)).for_each(|(d, (t, mk))| *d += t * mk);
+                        use rayon::prelude::*;
+                        dx.par_chunks_mut(SWIGLU_CHUNK)
+                            .zip(t.par_chunks(SWIGLU_CHUNK).zip(mask.par_chunks(SWIGLU_CHUNK)))
+                            .for_each(|(d, (t, mk))| {
+                                d.iter_mut().zip(t.iter().zip(mk)).for_each(|(d, (t, m))| *d += t * m)
+                            });
                     }
                 }
                 (dx, da, db)
