@@ -74,13 +74,15 @@ impl Linear {
     /// `x`: `(N, in)` → `(N, out)`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
-        if let Some(dt) = self.matmul_dtype.filter(|d| *d != x.dtype()) {
-            if let (DType::BF16, true, Some(lora)) = (dt, frozen, &self.lora) {
-                let bias = self.bias.as_ref().map(|b| &b.tensor);
-                if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train, true)? {
-                    return Ok(y);
-                }
+        let mixed = self.matmul_dtype.filter(|d| *d != x.dtype());
+        // a frozen projection with its adapter: one op (its base products on AMX in bf16)
+        if let (true, Some(lora), None | Some(DType::BF16)) = (frozen, &self.lora, mixed) {
+            let bias = self.bias.as_ref().map(|b| &b.tensor);
+            if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train, mixed.is_some())? {
+                return Ok(y);
             }
+        }
+        if let Some(dt) = mixed {
             let amx = match dt {
                 DType::BF16 => ops::amx_linear(x, &self.weight.tensor, self.weight.trainable)?,
                 _ => None,
@@ -99,12 +101,6 @@ impl Linear {
                 y = y.add(&lora.forward(x, train)?)?;
             }
             return Ok(y);
-        }
-        if let (true, Some(lora)) = (frozen, &self.lora) {
-            let bias = self.bias.as_ref().map(|b| &b.tensor);
-            if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train, false)? {
-                return Ok(y);
-            }
         }
         let mut y = if frozen {
             ops::frozen_linear(x, &self.weight.tensor, self.bias.as_ref().map(|b| &b.tensor))?

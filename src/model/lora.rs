@@ -74,23 +74,48 @@ impl Rng {
 /// recomputed step replays it from the generator's position alone).
 pub fn dropout_mask(seed: u64, n: usize, keep: f64) -> Vec<f32> {
     use rayon::prelude::*;
-    // Even, so that a chunk starts at the first half of a draw.
-    const CHUNK: usize = 1 << 14;
-    let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
-    let scale = (1.0 / keep) as f32;
+    let d = Dropout::new(seed, keep);
     let mut mask = vec![0f32; n];
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let first = (c * CHUNK / 2) as u64;
-        for (j, pair) in chunk.chunks_mut(2).enumerate() {
-            let counter = first + j as u64 + 1;
-            let h = crate::rng::mix(seed.wrapping_add(counter.wrapping_mul(crate::rng::GAMMA)));
-            for (half, m) in pair.iter_mut().enumerate() {
-                let draw = (h >> (32 * half)) & 0xFFFF_FFFF;
-                *m = if draw < threshold { scale } else { 0.0 };
-            }
-        }
+    mask.par_chunks_mut(Dropout::CHUNK).enumerate().for_each(|(c, chunk)| {
+        d.each(c * Dropout::CHUNK, chunk.len(), |j, m| chunk[j] = m);
     });
     mask
+}
+
+/// The mask of [`dropout_mask`] element by element, for kernels that apply it as they go
+/// instead of storing it.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    seed: u64,
+    threshold: u64,
+    scale: f32,
+}
+
+impl Dropout {
+    /// Even, so that a chunk starts at the first half of a draw.
+    pub const CHUNK: usize = 1 << 14;
+
+    pub fn new(seed: u64, keep: f64) -> Dropout {
+        let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+        Dropout { seed, threshold, scale: (1.0 / keep) as f32 }
+    }
+
+    /// Calls `f(j, mask[start + j])` for `j` in `0..len`; `start` must be even.
+    #[inline(always)]
+    pub fn each(&self, start: usize, len: usize, mut f: impl FnMut(usize, f32)) {
+        debug_assert!(start.is_multiple_of(2), "a run of the mask starts at an even element");
+        let value = |draw: u64| if draw < self.threshold { self.scale } else { 0.0 };
+        let mut j = 0;
+        while j < len {
+            let counter = ((start + j) / 2) as u64 + 1;
+            let h = crate::rng::mix(self.seed.wrapping_add(counter.wrapping_mul(crate::rng::GAMMA)));
+            f(j, value(h & 0xFFFF_FFFF));
+            if j + 1 < len {
+                f(j + 1, value(h >> 32));
+            }
+            j += 2;
+        }
+    }
 }
 
 /// One adapter: `a` is `(r, in)`, `b` is `(out, r)`; both are tensors of trainable `Var`s.

@@ -116,8 +116,9 @@ pub struct FinetuneConfig {
     /// for long sequences, more compute); 0 = off.
     pub checkpoint_layers: Checkpointing,
     /// `f32`, or `bf16`: mixed precision, the projections' matrix multiplies in bf16 with f32
-    /// master weights, gradients and optimiser state (for GPUs; candle's CPU backend has no
-    /// bf16 matmul kernel and widens the products to f32, so on a CPU it is slower).
+    /// master weights, gradients and optimiser state (for GPUs, and CPUs with AMX units, where
+    /// the products run on its tiles; candle's CPU backend has no bf16 matmul kernel and widens
+    /// the products to f32, so on other CPUs it is slower).
     pub precision: Precision,
 }
 

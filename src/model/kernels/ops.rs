@@ -432,11 +432,22 @@ enum Lse {
 }
 
 /// The forward keeps the head's logits for the backward (which then needs one product less:
-/// a third of the head's work) when all rows' logits take at most this much; above it (long
-/// sequences, big vocabularies) backward computes them again, one chunk of rows at a time.
-/// 1 GiB holds 1,700 rows of a 152k vocabulary in f32: less than PyTorch keeps at the same size
-/// (the logits and the float copy of them for the loss).
+/// a third of the head's work) when all rows' logits take at most this much with a frozen
+/// head (LoRA); above it (long sequences, big vocabularies) backward computes them again, one
+/// chunk of rows at a time. 1 GiB holds 1,700 rows of a 152k vocabulary in f32: less than
+/// PyTorch keeps at the same size (the logits and the float copy of them for the loss).
 const KEEP_LOGITS_BYTES: usize = 1 << 30;
+/// The same with a trained head (full fine-tuning), whose backward also holds the head's
+/// gradient (the size of the embedding matrix, added to the embedding's own): that moment is
+/// the step's peak, so only small logits are kept (512 tokens of a 152k vocabulary).
+const KEEP_LOGITS_BYTES_TRAINED_HEAD: usize = 256 << 20;
+
+impl ChunkedCe {
+    /// Whether the forward keeps logits of this many bytes (see [`KEEP_LOGITS_BYTES`]).
+    fn keeps(&self, bytes: usize) -> bool {
+        bytes <= if self.need_dw { KEEP_LOGITS_BYTES_TRAINED_HEAD } else { KEEP_LOGITS_BYTES }
+    }
+}
 
 fn contiguous_slice<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("custom op input must be contiguous") };
@@ -508,7 +519,7 @@ impl CustomOp2 for ChunkedCe {
         match (s1, s2) {
             (CpuStorage::F32(h), CpuStorage::F32(w)) => {
                 let (h, w) = (contiguous_slice(h, l1)?, contiguous_slice(w, l2)?);
-                let keep = n * vocab * 4 <= KEEP_LOGITS_BYTES;
+                let keep = self.keeps(n * vocab * 4);
                 let (total, lse, kept) =
                     ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows, keep);
                 save(Lse::F32(lse, kept));
@@ -516,7 +527,7 @@ impl CustomOp2 for ChunkedCe {
             }
             (CpuStorage::F64(h), CpuStorage::F64(w)) => {
                 let (h, w) = (contiguous_slice(h, l1)?, contiguous_slice(w, l2)?);
-                let keep = n * vocab * 8 <= KEEP_LOGITS_BYTES;
+                let keep = self.keeps(n * vocab * 8);
                 let (total, lse, kept) =
                     ce_cpu::forward(h, w, dim, vocab, &self.targets, &self.weights, self.chunk_rows, keep);
                 save(Lse::F64(lse, kept));
@@ -1181,8 +1192,9 @@ pub struct LoraLinear {
     pub w: Tensor,
     pub bias: Option<Tensor>,
     pub scale: f64,
-    /// The adapter's dropout mask over `x` (already scaled by `1 / keep`), when training with one.
-    pub mask: Option<Vec<f32>>,
+    /// The adapter's dropout over `x` (its mask made element by element where it is applied,
+    /// forward and backward), when training with one.
+    pub mask: Option<crate::model::lora::Dropout>,
     /// Mixed precision: the base products (`x wᵀ`, `dy w`) in bf16 on AMX tiles, the adapter's
     /// in f32 (only when [`amx::available`](super::amx::available)).
     pub amx: bool,
@@ -1208,7 +1220,7 @@ pub fn lora_linear(
         return Ok(None);
     }
     let mask = (train && lora.dropout > 0.0)
-        .then(|| crate::model::lora::dropout_mask(lora.rng.next_u64(), x.elem_count(), 1.0 - lora.dropout as f64));
+        .then(|| crate::model::lora::Dropout::new(lora.rng.next_u64(), 1.0 - lora.dropout as f64));
     let op = LoraLinear {
         w: w.contiguous()?,
         bias: bias.map(|t| t.contiguous()).transpose()?,
@@ -1222,13 +1234,15 @@ pub fn lora_linear(
 impl LoraLinear {
     /// `x ⊙ mask`, or `x` itself without a mask.
     fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        use crate::model::lora::Dropout;
+        use rayon::prelude::*;
         match &self.mask {
-            Some(m) => {
-                use rayon::prelude::*;
+            Some(d) => {
                 let mut out = vec![0f32; x.len()];
-                out.par_chunks_mut(SWIGLU_CHUNK)
-                    .zip(x.par_chunks(SWIGLU_CHUNK).zip(m.par_chunks(SWIGLU_CHUNK)))
-                    .for_each(|(o, (x, m))| o.iter_mut().zip(x.iter().zip(m)).for_each(|(o, (x, m))| *o = x * m));
+                out.par_chunks_mut(Dropout::CHUNK)
+                    .zip(x.par_chunks(Dropout::CHUNK))
+                    .enumerate()
+                    .for_each(|(c, (o, x))| d.each(c * Dropout::CHUNK, x.len(), |j, m| o[j] = x[j] * m));
                 std::borrow::Cow::Owned(out)
             }
             None => std::borrow::Cow::Borrowed(x),
@@ -1343,15 +1357,14 @@ impl CustomOp3 for LoraLinear {
                 }
                 match &self.mask {
                     None => sgemm((m, k, r), &mut dx, k, true, (&g, r, 1), (as_, k, 1), 1.0, 1.0),
-                    Some(mask) => {
+                    Some(dropout) => {
+                        use crate::model::lora::Dropout;
+                        use rayon::prelude::*;
                         let mut t = vec![0f32; m * k];
                         sgemm((m, k, r), &mut t, k, false, (&g, r, 1), (as_, k, 1), 0.0, 1.0);
-                        use rayon::prelude::*;
-                        dx.par_chunks_mut(SWIGLU_CHUNK)
-                            .zip(t.par_chunks(SWIGLU_CHUNK).zip(mask.par_chunks(SWIGLU_CHUNK)))
-                            .for_each(|(d, (t, mk))| {
-                                d.iter_mut().zip(t.iter().zip(mk)).for_each(|(d, (t, m))| *d += t * m)
-                            });
+                        dx.par_chunks_mut(Dropout::CHUNK).zip(t.par_chunks(Dropout::CHUNK)).enumerate().for_each(
+                            |(c, (d, t))| dropout.each(c * Dropout::CHUNK, t.len(), |j, mk| d[j] += t[j] * mk),
+                        );
                     }
                 }
                 (dx, da, db)
