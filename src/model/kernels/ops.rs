@@ -98,6 +98,13 @@ impl FrozenLinear {
     }
 }
 
+/// Adds `b` to every row of `out` (rows of `b.len()` values).
+fn add_rows(out: &mut [f32], b: &[f32]) {
+    for row in out.chunks_exact_mut(b.len().max(1)) {
+        row.iter_mut().zip(b).for_each(|(o, v)| *o += v);
+    }
+}
+
 /// Runs `f` on the elements of a contiguous f32 CPU tensor (None: another dtype, device or layout).
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -121,34 +128,9 @@ impl FrozenLinear {
         }
         let m = x.len() / k;
         let mut out = with_f32(&self.w, |w| {
+            // x is m × k and w is n × k, read as the k × n matrix wᵀ; nothing is read from out
             let mut out = vec![0f32; m * n];
-            let threads = candle_core::utils::get_num_threads();
-            let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-            // SAFETY: x is m × k and w is n × k (both row-major, read through these strides,
-            // w as the k × n matrix wᵀ); out is m × n; nothing is read from out.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0f32,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            };
+            sgemm((m, n, k), &mut out, n, false, (x, k, 1), (w, 1, k), 0.0, 1.0);
             out
         })?;
         if let Some(b) = &self.b {
@@ -156,11 +138,7 @@ impl FrozenLinear {
                 if b.len() != n {
                     return false;
                 }
-                for row in out.chunks_exact_mut(n) {
-                    for (o, &v) in row.iter_mut().zip(b) {
-                        *o += v;
-                    }
-                }
+                add_rows(&mut out, b);
                 true
             });
             if added != Some(true) {
@@ -1299,12 +1277,14 @@ impl CustomOp3 for LoraLinear {
         }
         if let Some(bias) = &self.bias {
             let added = with_f32(bias, |bias| {
-                for row in y.chunks_exact_mut(n) {
-                    row.iter_mut().zip(bias).for_each(|(o, v)| *o += v);
+                let fits = bias.len() == n;
+                if fits {
+                    add_rows(&mut y, bias);
                 }
+                fits
             });
-            if added.is_none() {
-                candle_core::bail!("lora-linear: bias must be contiguous f32")
+            if added != Some(true) {
+                candle_core::bail!("lora-linear: bias must be contiguous f32 of {n} values")
             }
         }
         let u = self.down(&self.dropped(x), a, (m, r, k));
