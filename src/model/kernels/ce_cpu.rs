@@ -172,3 +172,37 @@ pub fn backward<E: Elem>(
     }
     (dh, dw)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backward from the forward's kept logits and backward that computes them again, chunk by
+    /// chunk, give the same gradients bit for bit (the same products of the same rows), with
+    /// chunks that do not divide the rows, with and without the head's gradient.
+    #[test]
+    fn kept_logits_give_the_recomputed_gradients() {
+        let (n, dim, vocab, chunk) = (11usize, 6usize, 37usize, 4usize);
+        let mut s = 5u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let h: Vec<f32> = (0..n * dim).map(|_| next()).collect();
+        let w: Vec<f32> = (0..vocab * dim).map(|_| next()).collect();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % vocab as u32).collect();
+        let weights: Vec<f64> = (0..n).map(|i| 1.0 + i as f64 / 10.0).collect();
+        let (t0, lse0, none) = forward(&h, &w, dim, vocab, &targets, &weights, chunk, false);
+        let (t1, lse1, kept) = forward(&h, &w, dim, vocab, &targets, &weights, chunk, true);
+        assert!(none.is_none());
+        assert_eq!(kept.as_ref().map(Vec::len), Some(n * vocab));
+        assert_eq!((t0, &lse0), (t1, &lse1), "keeping changes nothing in the forward");
+        for need_dw in [false, true] {
+            let again = backward(&h, &w, dim, vocab, &targets, &weights, &lse0, 0.5, chunk, need_dw, None);
+            let reused = backward(&h, &w, dim, vocab, &targets, &weights, &lse1, 0.5, chunk, need_dw, kept.clone());
+            assert_eq!(again, reused, "need_dw {need_dw}");
+            assert!(again.0.iter().any(|v| *v != 0.0));
+            assert_eq!(again.1.is_some(), need_dw);
+        }
+    }
+}
