@@ -9,6 +9,10 @@
 
 use std::time::Instant;
 
+// The allocator of the `distill` binary, so the step is measured as `distill finetune` runs it.
+#[global_allocator]
+static ALLOC: distill::alloc::Hybrid = distill::alloc::Hybrid;
+
 use candle_core::{DType, Tensor};
 use distill::model::{Checkpointing, Config, LoraConfig, Model};
 use distill::train::data::{self, DataConfig, Sample};

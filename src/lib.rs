@@ -3,6 +3,7 @@
 //! The pipeline and the record schema are described in DESIGN.md; each stage is one module
 //! whose documentation says which records go in and which come out.
 
+pub mod alloc;
 pub mod cli;
 pub mod client;
 pub mod collect;
