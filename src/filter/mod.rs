@@ -1078,6 +1078,7 @@ fn policy_name(p: Policy) -> String {
 
 /// Runs `filter` with the verifiers given (the caller picks them; tests plant their own).
 pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterError> {
+    let _small_pages = crate::alloc::NoHugePages::new();
     cfg.validate()?;
     let started = Instant::now();
     let tokenizer = match &cfg.tokenizer {
