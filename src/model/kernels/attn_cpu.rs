@@ -5,7 +5,11 @@
 //! accumulates dq, dk and dv with matrix products; nothing of size `T × T` is kept between the
 //! passes or between blocks.
 //!
-//! Inputs are contiguous `(B, H, T, D)` slices; `allowed` is the `(B, T, T)` mask of
+//! Grouped-query attention is native: k and v have `kv_heads` heads, each read by
+//! `heads / kv_heads` query heads in place (no repeated copies); their gradients are summed
+//! over the group.
+//!
+//! Inputs are contiguous `(B, H, T, D)` (q) and `(B, KV, T, D)` (k, v) slices; `allowed` is the `(B, T, T)` mask of
 //! [`super::ops::Attention`] (1 = may attend). A query row with no allowed key (padding) gets a
 //! zero output and passes no gradient.
 
@@ -25,6 +29,8 @@ impl Real for f64 {}
 pub struct Dims {
     pub batch: usize,
     pub heads: usize,
+    /// Heads of k and v (a divisor of `heads`; `heads` without grouping).
+    pub kv_heads: usize,
     pub seq: usize,
     pub head_dim: usize,
 }
@@ -154,15 +160,24 @@ fn softmax_block<T: Real>(
     }
 }
 
-/// `out = softmax(q kᵀ · scale + mask) v`, all `(B, H, T, D)`.
+impl Dims {
+    /// Where query head `bh` (batch row × heads + head) reads its keys and values.
+    fn kv_base(&self, bh: usize) -> usize {
+        let (b, h) = (bh / self.heads, bh % self.heads);
+        let group = self.heads / self.kv_heads.max(1);
+        (b * self.kv_heads + h / group.max(1)) * self.seq * self.head_dim
+    }
+}
+
+/// `out = softmax(q kᵀ · scale + mask) v`: q and out `(B, H, T, D)`, k and v `(B, KV, T, D)`.
 pub fn forward<T: Real>(q: &[T], k: &[T], v: &[T], allowed: &[u8], d: Dims, scale: T) -> Vec<T> {
     let (t, hd) = (d.seq, d.head_dim);
     let ranges = row_ranges(allowed, d.batch, t);
     let mut out = vec![T::zero(); q.len()];
     out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, o)| {
         let b = bh / d.heads;
-        let base = bh * t * hd;
-        let (q, k, v) = (&q[base..base + t * hd], &k[base..base + t * hd], &v[base..base + t * hd]);
+        let (base, kb) = (bh * t * hd, d.kv_base(bh));
+        let (q, k, v) = (&q[base..base + t * hd], &k[kb..kb + t * hd], &v[kb..kb + t * hd]);
         let mask = &allowed[b * t * t..(b + 1) * t * t];
         let mut s = vec![T::zero(); BLOCK * t];
         for r0 in (0..t).step_by(BLOCK) {
@@ -183,7 +198,9 @@ pub fn forward<T: Real>(q: &[T], k: &[T], v: &[T], allowed: &[u8], d: Dims, scal
     out
 }
 
-/// Gradients `(dq, dk, dv)` of [`forward`] given its output `o` and the output gradient `g`.
+/// Gradients `(dq, dk, dv)` of [`forward`] given its output `o` and the output gradient `g`
+/// (dk and dv shaped as k and v: each query head's share computed apart, then summed over
+/// the group in head order).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     q: &[T],
@@ -202,9 +219,9 @@ pub fn backward<T: Real>(
     dq.par_chunks_mut(t * hd).zip(dk.par_chunks_mut(t * hd)).zip(dv.par_chunks_mut(t * hd)).enumerate().for_each(
         |(bh, ((dq, dk), dv))| {
             let b = bh / d.heads;
-            let base = bh * t * hd;
-            let span = base..base + t * hd;
-            let (q, k, v, o, g) = (&q[span.clone()], &k[span.clone()], &v[span.clone()], &o[span.clone()], &g[span]);
+            let (base, kb) = (bh * t * hd, d.kv_base(bh));
+            let (span, kspan) = (base..base + t * hd, kb..kb + t * hd);
+            let (q, k, v, o, g) = (&q[span.clone()], &k[kspan.clone()], &v[kspan], &o[span.clone()], &g[span]);
             let mask = &allowed[b * t * t..(b + 1) * t * t];
             let mut p = vec![T::zero(); BLOCK * t];
             let mut dp = vec![T::zero(); BLOCK * t];
@@ -237,7 +254,25 @@ pub fn backward<T: Real>(
             }
         },
     );
-    (dq, dk, dv)
+    (dq, sum_groups(dk, d), sum_groups(dv, d))
+}
+
+/// Per-query-head gradients `(B, H, T, D)` summed over each key/value head's group: `(B, KV,
+/// T, D)`.
+fn sum_groups<T: Real>(full: Vec<T>, d: Dims) -> Vec<T> {
+    let group = d.heads / d.kv_heads.max(1);
+    if group <= 1 {
+        return full;
+    }
+    let span = d.seq * d.head_dim;
+    let mut out = vec![T::zero(); d.batch * d.kv_heads * span];
+    out.par_chunks_mut(span).enumerate().for_each(|(bk, o)| {
+        let first = (bk / d.kv_heads * d.heads + bk % d.kv_heads * group) * span;
+        for src in full[first..first + group * span].chunks_exact(span) {
+            o.iter_mut().zip(src).for_each(|(a, &s)| *a = *a + s);
+        }
+    });
+    out
 }
 
 #[cfg(test)]
@@ -302,7 +337,7 @@ mod tests {
     #[test]
     fn forward_matches_plain_loops_and_backward_matches_finite_differences() {
         // 150 rows: three blocks, the last one partial.
-        let d = Dims { batch: 2, heads: 3, seq: 150, head_dim: 8 };
+        let d = Dims { batch: 2, heads: 3, kv_heads: 3, seq: 150, head_dim: 8 };
         let n = d.batch * d.heads * d.seq * d.head_dim;
         let (q, k, v, g) = (data(n, 1), data(n, 2), data(n, 3), data(n, 4));
         let m = mask(d.batch, d.seq);
@@ -336,6 +371,48 @@ mod tests {
                     "input {which} element {idx}: finite difference {fd} vs backward {}",
                     grad[idx]
                 );
+            }
+        }
+    }
+
+    /// Grouped heads read k and v in place: the same output as k and v repeated per query
+    /// head, and dk, dv the repeated version's gradients summed over each group.
+    #[test]
+    fn grouped_heads_equal_repeated_keys_and_values() {
+        let (batch, heads, kv_heads, seq, head_dim) = (2, 6, 2, 70, 8);
+        let d = Dims { batch, heads, kv_heads, seq, head_dim };
+        let full = Dims { kv_heads: heads, ..d };
+        let span = seq * head_dim;
+        let nq = batch * heads * span;
+        let nk = batch * kv_heads * span;
+        let (q, k, v, g) = (data(nq, 11), data(nk, 12), data(nk, 13), data(nq, 14));
+        let group = heads / kv_heads;
+        let repeat = |x: &[f64]| -> Vec<f64> {
+            let mut out = Vec::with_capacity(nq);
+            for b in 0..batch {
+                for h in 0..heads {
+                    let at = (b * kv_heads + h / group) * span;
+                    out.extend_from_slice(&x[at..at + span]);
+                }
+            }
+            out
+        };
+        let (kr, vr) = (repeat(&k), repeat(&v));
+        let m = mask(batch, seq);
+        let out = forward(&q, &k, &v, &m, d, 0.3);
+        assert_eq!(out, forward(&q, &kr, &vr, &m, full, 0.3));
+        let (dq, dk, dv) = backward(&q, &k, &v, &out, &g, &m, d, 0.3);
+        let (dq_r, dk_r, dv_r) = backward(&q, &kr, &vr, &out, &g, &m, full, 0.3);
+        assert_eq!(dq, dq_r);
+        assert_eq!(dk.len(), nk);
+        for (grouped, repeated) in [(&dk, &dk_r), (&dv, &dv_r)] {
+            for b in 0..batch {
+                for kh in 0..kv_heads {
+                    for i in 0..span {
+                        let want: f64 = (0..group).map(|j| repeated[(b * heads + kh * group + j) * span + i]).sum();
+                        assert_eq!(grouped[(b * kv_heads + kh) * span + i], want);
+                    }
+                }
             }
         }
     }

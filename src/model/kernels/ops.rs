@@ -612,28 +612,49 @@ pub struct Attention {
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, allowed: &Arc<Vec<u8>>, scale: f64) -> Result<Tensor> {
-    let (b, _h, t, _d) = q.dims4()?;
+    let (b, h, t, _d) = q.dims4()?;
+    let kv = k.dim(1)?;
     if allowed.len() != b * t * t {
         candle_core::bail!("attention mask has {} entries for batch {b} x {t} x {t}", allowed.len())
     }
+    if kv == 0 || h % kv != 0 || k.dims() != v.dims() {
+        candle_core::bail!(
+            "attention: {h} query heads need k and v of one shape with a divisor of them as heads, got {:?} and {:?}",
+            k.dims(),
+            v.dims()
+        )
+    }
+    // The CPU kernel reads grouped heads in place; the other paths get them repeated.
+    let native = q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64);
+    let (k, v) = if native { (k.clone(), v.clone()) } else { (repeat_kv(k, h / kv)?, repeat_kv(v, h / kv)?) };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { allowed: allowed.clone(), scale })
+}
+
+/// `(B, KV, T, D)` → `(B, KV·n, T, D)`, each key/value head repeated for its `n` query heads.
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    let x = x.unsqueeze(2)?;
+    let copies: Vec<&Tensor> = std::iter::repeat_n(&x, n).collect();
+    Tensor::cat(&copies, 2)?.reshape((b, kv * n, t, d))
 }
 
 const MASKED: f64 = -1e30;
 
-/// `(B, H, T, D)` of an attention input.
-fn dims(shape: &Shape) -> Result<attn_cpu::Dims> {
-    let (batch, heads, seq, head_dim) = shape.dims4()?;
-    Ok(attn_cpu::Dims { batch, heads, seq, head_dim })
+/// `(B, H, T, D)` of q and `(B, KV, T, D)` of k and v.
+fn dims(q: &Shape, k: &Shape) -> Result<attn_cpu::Dims> {
+    let (batch, heads, seq, head_dim) = q.dims4()?;
+    let kv_heads = k.dims4()?.1;
+    if k.dims() != [batch, kv_heads, seq, head_dim] || kv_heads == 0 || heads % kv_heads != 0 {
+        candle_core::bail!("attention: q {:?} and k {:?} do not fit grouped heads", q.dims(), k.dims())
+    }
+    Ok(attn_cpu::Dims { batch, heads, kv_heads, seq, head_dim })
 }
 
 fn q_shape(d: attn_cpu::Dims) -> (usize, usize, usize, usize) {
     (d.batch, d.heads, d.seq, d.head_dim)
-}
-
-/// The elements of a tensor, in order.
-fn flat<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
 }
 
 impl Attention {
@@ -673,13 +694,19 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = dims(l1.shape())?;
+        let d = dims(l1.shape(), l2.shape())?;
         let view = |s: &CpuStorage, l: &Layout| -> Result<(usize, usize)> {
-            l.contiguous_offsets().filter(|_| l.shape() == l1.shape() && s.dtype() == s1.dtype()).ok_or_else(|| {
-                candle_core::Error::Msg("attention: q, k and v must be contiguous with one shape and dtype".into())
+            l.contiguous_offsets().filter(|_| l.shape() == l2.shape() && s.dtype() == s1.dtype()).ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "attention: q, k and v must be contiguous, k and v of one shape, one dtype".into(),
+                )
             })
         };
-        let ((a1, e1), (a2, e2), (a3, e3)) = (view(s1, l1)?, view(s2, l2)?, view(s3, l3)?);
+        let ((a1, e1), (a2, e2), (a3, e3)) = (
+            l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("attention: q must be contiguous".into()))?,
+            view(s2, l2)?,
+            view(s3, l3)?,
+        );
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(attn_cpu::forward(
                 &s1.as_slice::<f32>()?[a1..e1],
@@ -722,20 +749,28 @@ impl CustomOp3 for Attention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64) {
-            let d = dims(q.shape())?;
+            let d = dims(q.shape(), k.shape())?;
+            let grad = grad.contiguous()?;
+            let o = _res.contiguous()?;
+            let kv_shape = k.shape().clone();
+            // The operands are read in place (no copies of q, k, v, the output and its gradient).
+            fn grads<T: attn_cpu::Real + candle_core::WithDType>(
+                [q, k, v, o, g]: [&Tensor; 5],
+                allowed: &[u8],
+                d: attn_cpu::Dims,
+                scale: T,
+                kv_shape: &Shape,
+            ) -> Result<(Tensor, Tensor, Tensor)> {
+                let (dq, dk, dv) = with_cpu_slices::<T, _>([q, k, v], |[q, k, v]| {
+                    with_cpu_slices::<T, _>([o, g, g], |[o, g, _]| attn_cpu::backward(q, k, v, o, g, allowed, d, scale))
+                })??;
+                let t = |x: Vec<T>, s: &Shape| Tensor::from_vec(x, s, &Device::Cpu);
+                Ok((t(dq, &Shape::from(q_shape(d)))?, t(dk, kv_shape)?, t(dv, kv_shape)?))
+            }
+            let ops = [q, k, v, &o, &grad];
             let (dq, dk, dv) = match q.dtype() {
-                DType::F32 => {
-                    let [q, k, v, o, g] = [q, k, v, _res, grad].map(flat::<f32>);
-                    let (dq, dk, dv) = attn_cpu::backward(&q?, &k?, &v?, &o?, &g?, &self.allowed, d, self.scale as f32);
-                    let t = |x: Vec<f32>| Tensor::from_vec(x, q_shape(d), &Device::Cpu);
-                    (t(dq)?, t(dk)?, t(dv)?)
-                }
-                _ => {
-                    let [q, k, v, o, g] = [q, k, v, _res, grad].map(flat::<f64>);
-                    let (dq, dk, dv) = attn_cpu::backward(&q?, &k?, &v?, &o?, &g?, &self.allowed, d, self.scale);
-                    let t = |x: Vec<f64>| Tensor::from_vec(x, q_shape(d), &Device::Cpu);
-                    (t(dq)?, t(dk)?, t(dv)?)
-                }
+                DType::F32 => grads::<f32>(ops, &self.allowed, d, self.scale as f32, &kv_shape)?,
+                _ => grads::<f64>(ops, &self.allowed, d, self.scale, &kv_shape)?,
             };
             return Ok((Some(dq), Some(dk), Some(dv)));
         }
