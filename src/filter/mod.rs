@@ -1077,6 +1077,10 @@ fn policy_name(p: Policy) -> String {
 }
 
 /// Runs `filter` with the verifiers given (the caller picks them; tests plant their own).
+/// zstd level of `kept/` and `rejects/` (`.jsonl.zst`): level 3 spent ~11% of the run's CPU
+/// compressing; level 1 about half that, for files ~8% larger (dedup reads them once).
+const OUT_LEVEL: i32 = 1;
+
 pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterError> {
     let _small_pages = crate::alloc::NoHugePages::new();
     cfg.validate()?;
@@ -1130,14 +1134,13 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
     let mut outs = Outputs {
         // kept/ is written after the input ends, when nothing else is left to run beside it.
         kept: WriterThread::spawn(
-            ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?.parallel(),
+            ShardedWriter::new(&out.join("kept"), "kept", cfg.format, cfg.records_per_shard)?
+                .parallel()
+                .level(OUT_LEVEL),
         ),
-        rejects: WriterThread::spawn(ShardedWriter::new(
-            &out.join("rejects"),
-            "samples",
-            cfg.format,
-            cfg.records_per_shard,
-        )?),
+        rejects: WriterThread::spawn(
+            ShardedWriter::new(&out.join("rejects"), "samples", cfg.format, cfg.records_per_shard)?.level(OUT_LEVEL),
+        ),
         invalid: RejectsWriter::new(out.join("rejects").join("invalid.jsonl")),
         lines: cfg.format != Format::Parquet,
     };

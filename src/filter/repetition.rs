@@ -313,17 +313,24 @@ fn words(text: &str, s: &mut RepScratch) {
     s.ends.resize(b.len() / 2 + 2, 0);
     let (mut j, mut wstart, mut k) = (0usize, 0usize, 0usize);
     {
-        let (kept, ends) = (&mut s.kept[..], &mut s.ends[..]);
+        let (kept, ends) = (s.kept.as_mut_ptr(), s.ends.as_mut_ptr());
         for &c in b {
             let class = CLASS[c as usize];
-            kept[j] = c.to_ascii_lowercase();
+            // SAFETY: after i bytes, j <= i < kept.len() (b.len() + 9 of them) and k <= i / 2
+            // (a word ends at a whitespace byte after a kept one) < ends.len() (b.len() / 2 + 2):
+            // in bounds, and the raw pointers keep `b`'s and the indices' loads out of the loop.
+            unsafe {
+                *kept.add(j) = c.to_ascii_lowercase();
+            }
             j += usize::from(class == KEEP);
             let ws = class == WS;
-            ends[k] = j as u32;
+            unsafe {
+                *ends.add(k) = j as u32;
+            }
             k += usize::from(ws & (j > wstart));
             wstart = if ws { j } else { wstart };
         }
-        ends[k] = j as u32;
+        s.ends[k] = j as u32;
         k += usize::from(j > wstart);
     }
     s.words.clear();
@@ -442,8 +449,18 @@ fn top_bounds(s: &mut RepScratch, total_chars: usize) -> [f64; 3] {
     s.occ.clear();
     s.occ.extend(s.words.iter().map(|&w| s.word_count[w as usize]));
     let (occ, cum) = (&s.occ, &s.cum);
-    let mut best = [0u64; 3];
-    for i in 0..occ.len() {
+    // Every position with a whole 4-gram after it, in registers; then the last three.
+    let (mut b2, mut b3, mut b4) = (0u64, 0u64, 0u64);
+    for (o, c) in occ.windows(4).zip(cum.windows(5)) {
+        let m2 = o[0].min(o[1]);
+        let m3 = m2.min(o[2]);
+        let m4 = m3.min(o[3]);
+        b2 = b2.max(u64::from(m2) * u64::from(c[2] - c[0]));
+        b3 = b3.max(u64::from(m3) * u64::from(c[3] - c[0]));
+        b4 = b4.max(u64::from(m4) * u64::from(c[4] - c[0]));
+    }
+    let mut best = [b2, b3, b4];
+    for i in occ.len().saturating_sub(3)..occ.len() {
         let mut least = occ[i];
         for n in 2..=4usize.min(occ.len() - i) {
             least = least.min(occ[i + n - 1]);

@@ -122,6 +122,9 @@ impl Iterator for LineReader {
     }
 }
 
+/// zstd level of `.jsonl.zst` files unless a writer asks for another.
+pub const DEFAULT_LEVEL: i32 = 3;
+
 /// When a JSONL writer pushes what it has to the operating system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -153,6 +156,12 @@ pub struct JsonlWriter {
 impl JsonlWriter {
     /// Creates (or truncates) `path`, creating its directory.
     pub fn create(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::create_level(path, durability, DEFAULT_LEVEL)
+    }
+
+    /// [`JsonlWriter::create`] with zstd level `level` for a `.jsonl.zst` path (1 compresses about
+    /// 1.5 times as fast as the default 3, for files ~8% larger: intermediate files on a hot path).
+    pub fn create_level(path: &Path, durability: Durability, level: i32) -> Result<Self, StoreError> {
         let zst = match Format::from_path(path) {
             Some(Format::JsonlZst) => true,
             Some(Format::Jsonl) => false,
@@ -162,7 +171,7 @@ impl JsonlWriter {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         }
         let file = File::create(path).map_err(|e| StoreError::io(path, e))?;
-        Self::from_file(path, file, zst, durability)
+        Self::from_file(path, file, zst.then_some(level), durability)
     }
 
     /// Opens a plain `.jsonl` file for appending (creating it). Compressed files cannot be
@@ -178,7 +187,7 @@ impl JsonlWriter {
             ));
         }
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| StoreError::io(path, e))?;
-        let mut w = Self::from_file(path, file, false, durability)?;
+        let mut w = Self::from_file(path, file, None, durability)?;
         // A torn last line of an earlier writer must not swallow our first record.
         let len = std::fs::metadata(path).map_err(|e| StoreError::io(path, e))?.len();
         if len > 0 {
@@ -196,8 +205,8 @@ impl JsonlWriter {
     /// [`JsonlWriter::create`] compressing with zstd's worker threads (a `.jsonl.zst` path): for
     /// a writer that is the only work left, such as `filter`'s `kept/` after its input ends.
     /// The bytes differ from a single-threaded writer's, but not from run to run.
-    pub fn create_parallel(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let mut w = Self::create(path, durability)?;
+    pub fn create_parallel(path: &Path, durability: Durability, level: i32) -> Result<Self, StoreError> {
+        let mut w = Self::create_level(path, durability, level)?;
         if let Inner::Zst(enc) = &mut w.inner {
             // A fixed count (not the machine's), so that every machine writes the same bytes;
             // jobs of 1 MiB keep both busy between the flushes of whole blocks.
@@ -208,11 +217,13 @@ impl JsonlWriter {
         Ok(w)
     }
 
-    fn from_file(path: &Path, file: File, zst: bool, durability: Durability) -> Result<Self, StoreError> {
-        let inner = if zst {
-            Inner::Zst(zstd::stream::write::Encoder::new(file, 3).map_err(|e| StoreError::io(path, e))?)
-        } else {
-            Inner::Plain(io::BufWriter::with_capacity(1 << 16, file))
+    /// `zst`: the zstd level, or `None` for plain JSONL.
+    fn from_file(path: &Path, file: File, zst: Option<i32>, durability: Durability) -> Result<Self, StoreError> {
+        let inner = match zst {
+            Some(level) => {
+                Inner::Zst(zstd::stream::write::Encoder::new(file, level).map_err(|e| StoreError::io(path, e))?)
+            }
+            None => Inner::Plain(io::BufWriter::with_capacity(1 << 16, file)),
         };
         Ok(JsonlWriter {
             path: path.to_path_buf(),

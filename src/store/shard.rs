@@ -33,6 +33,8 @@ pub struct ShardedWriter {
     finished: Vec<(PathBuf, u64)>,
     /// `.jsonl.zst` shards compress on zstd's worker threads.
     parallel: bool,
+    /// zstd level of `.jsonl.zst` shards.
+    level: i32,
 }
 
 impl ShardedWriter {
@@ -48,6 +50,7 @@ impl ShardedWriter {
             in_current: 0,
             finished: Vec::new(),
             parallel: false,
+            level: super::jsonl::DEFAULT_LEVEL,
         })
     }
 
@@ -55,6 +58,12 @@ impl ShardedWriter {
     /// [`JsonlWriter::create_parallel`]).
     pub fn parallel(mut self) -> Self {
         self.parallel = true;
+        self
+    }
+
+    /// Compresses `.jsonl.zst` shards at zstd level `level` (see [`JsonlWriter::create_level`]).
+    pub fn level(mut self, level: i32) -> Self {
+        self.level = level;
         self
     }
 
@@ -66,8 +75,12 @@ impl ShardedWriter {
         let p = self.partial_path(index);
         Ok(match self.format {
             Format::Parquet => Box::new(ParquetWriter::create(&p)?),
-            Format::JsonlZst if self.parallel => Box::new(JsonlWriter::create_parallel(&p, Durability::Batched)?),
-            Format::Jsonl | Format::JsonlZst => Box::new(JsonlWriter::create(&p, Durability::Batched)?),
+            Format::JsonlZst if self.parallel => {
+                Box::new(JsonlWriter::create_parallel(&p, Durability::Batched, self.level)?)
+            }
+            Format::Jsonl | Format::JsonlZst => {
+                Box::new(JsonlWriter::create_level(&p, Durability::Batched, self.level)?)
+            }
         })
     }
 
