@@ -266,7 +266,7 @@ fn parallel_zst_writer_round_trips_as_one_frame_with_the_same_bytes_every_run() 
     let mut bytes = Vec::new();
     for run in 0..2 {
         let path = dir.path().join(format!("p{run}.jsonl.zst"));
-        let mut w = JsonlWriter::create_parallel(&path, Durability::Batched).expect("creates");
+        let mut w = JsonlWriter::create_parallel(&path, Durability::Batched, 1).expect("creates");
         for v in &want {
             w.write_value(v).expect("writes");
         }

@@ -164,10 +164,10 @@ pub struct RepScratch {
     lines: Vec<(u64, u32)>,
     paras: Vec<(u64, u32)>,
     sents: Vec<u64>,
-    /// The words' kept bytes, back to back, and where each word ends; then each word's id
+    /// Per 64 bytes of the text: which are whitespace, which are kept in words; then each word's id
     /// (words equal after lower-casing and stripping punctuation share one).
-    kept: Vec<u8>,
-    ends: Vec<u32>,
+    ws_bits: Vec<u64>,
+    keep_bits: Vec<u64>,
     words: Vec<u32>,
     /// Prefix sums of word lengths (bytes kept).
     cum: Vec<u32>,
@@ -274,88 +274,220 @@ fn split_all(text: &str, s: &mut RepScratch) {
     sent(sentence, b.len(), &mut s.sents);
 }
 
-/// Byte classes of the word split: ASCII whitespace separates words; ASCII letters and
-/// digits and every non-ASCII byte are kept (lower-cased); the rest is dropped.
-const WS: u8 = 0;
-const DROP: u8 = 1;
-const KEEP: u8 = 2;
-static CLASS: [u8; 256] = {
-    let mut t = [DROP; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        if b.is_ascii_whitespace() {
-            t[c] = WS;
-        } else if b.is_ascii_alphanumeric() || b >= 0x80 {
-            t[c] = KEEP;
+/// The byte classes of the word split, 64 bytes at a time: bit `i` of `ws` is set where byte
+/// `i` is ASCII whitespace (which separates words), of `keep` where it is an ASCII letter or
+/// digit or any non-ASCII byte (kept in a word; the rest is dropped).
+#[inline]
+fn block_masks(c: &[u8; 64]) -> (u64, u64) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    // SAFETY: SSE2 is enabled (cfg above; every x86_64 CPU has it); the four unaligned 16-byte
+    // loads read `c[16 q..16 q + 16]`, inside the 64-byte array.
+    unsafe {
+        use std::arch::x86_64::*;
+        let set = |x: u8| _mm_set1_epi8(x as i8);
+        // `x - lo < n` unsigned, as a signed compare of both sides with the top bit flipped.
+        let below = |t: __m128i, n: u8| _mm_cmplt_epi8(_mm_xor_si128(t, set(0x80)), set(n ^ 0x80));
+        let (mut ws, mut keep) = (0u64, 0u64);
+        for q in 0..4 {
+            let v = _mm_loadu_si128(c.as_ptr().add(16 * q).cast::<__m128i>());
+            let w = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, set(b' ')), _mm_cmpeq_epi8(v, set(b'\n'))),
+                _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, set(b'\t')), _mm_cmpeq_epi8(v, set(b'\r'))),
+                    _mm_cmpeq_epi8(v, set(0x0C)),
+                ),
+            );
+            let letter = below(_mm_sub_epi8(_mm_or_si128(v, set(0x20)), set(b'a')), 26);
+            let digit = below(_mm_sub_epi8(v, set(b'0')), 10);
+            // Non-ASCII bytes: their top bit, which movemask reads straight from `v`.
+            let k = _mm_movemask_epi8(_mm_or_si128(letter, digit)) | _mm_movemask_epi8(v);
+            ws |= u64::from(_mm_movemask_epi8(w) as u16) << (16 * q);
+            keep |= u64::from(k as u16) << (16 * q);
         }
-        c += 1;
+        (ws, keep)
     }
-    t
-};
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    block_masks_plain(c)
+}
+
+/// [`block_masks`] a byte at a time (the reference, and the build for other targets).
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2", not(test)), allow(dead_code))]
+fn block_masks_plain(c: &[u8; 64]) -> (u64, u64) {
+    let (mut ws, mut keep) = (0u64, 0u64);
+    for (i, &b) in c.iter().enumerate() {
+        ws |= u64::from(b.is_ascii_whitespace()) << i;
+        keep |= u64::from(b.is_ascii_alphanumeric() || b >= 0x80) << i;
+    }
+    (ws, keep)
+}
+
+/// The first position at or after `from` whose bit in `m` is `set` (`m.len() * 64` if none).
+#[inline]
+fn next_bit(m: &[u64], from: usize, set: bool) -> usize {
+    let flip = if set { 0 } else { u64::MAX };
+    let mut blk = from / 64;
+    if blk >= m.len() {
+        return m.len() * 64;
+    }
+    let mut w = (m[blk] ^ flip) & (u64::MAX << (from % 64));
+    loop {
+        if w != 0 {
+            return blk * 64 + w.trailing_zeros() as usize;
+        }
+        blk += 1;
+        if blk == m.len() {
+            return m.len() * 64;
+        }
+        w = m[blk] ^ flip;
+    }
+}
+
+/// Bits of `m` set in positions `a..e`.
+#[inline]
+fn count_bits(m: &[u64], a: usize, e: usize) -> usize {
+    let (ba, be) = (a / 64, (e - 1) / 64);
+    let lo = u64::MAX << (a % 64);
+    let hi = u64::MAX >> (63 - (e - 1) % 64);
+    if ba == be {
+        return (m[ba] & lo & hi).count_ones() as usize;
+    }
+    let mut n = (m[ba] & lo).count_ones() + (m[be] & hi).count_ones();
+    for w in &m[ba + 1..be] {
+        n += w.count_ones();
+    }
+    n as usize
+}
+
+/// ASCII `A-Z` in the eight bytes of `x` lower-cased, every other byte as it is (SWAR).
+#[inline]
+fn lower8(x: u64) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & !HIGH;
+    // Per byte: top bit set when the low seven bits are >= 'A', and when they are > 'Z'.
+    let ge_a = low7 + 0x3F3F_3F3F_3F3F_3F3F;
+    let gt_z = low7 + 0x2525_2525_2525_2525;
+    let upper = (ge_a ^ gt_z) & !x & HIGH;
+    x | (upper >> 2)
+}
+
+/// The key of a word from its kept bytes `w` (at most 64, at least 8 readable at `w`'s start:
+/// `buf` holds them zero-padded when `w` is shorter), lower-cased: the bytes themselves when
+/// there are at most 8 (no kept byte is 0, so the zero padding is unambiguous), else a 64-bit
+/// hash of them, 8 bytes a step.
+#[inline]
+fn word_key(head: u64, w: &[u8]) -> u64 {
+    let len = w.len();
+    if len <= 8 {
+        return lower8(head) & (u64::MAX >> (64 - 8 * len));
+    }
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut chunks = w.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h.rotate_left(5) ^ lower8(x)).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ lower8(u64::from_le_bytes(buf))).wrapping_mul(K);
+    }
+    fmix(h)
+}
 
 /// Words of `text` (split at ASCII whitespace; ASCII letters and digits lower-cased and
 /// non-ASCII bytes kept, at most 64 bytes of each; words with none dropped) as dense ids in
 /// `s.words` with prefix sums of their lengths in `s.cum`; the distinct words' occurrence
-/// counts go to `s.word_count`. A branch-free pass over the bytes copies the kept bytes of
-/// every word, back to back, to `s.kept` and notes where each word ends; a word's key is then
-/// its (first 64) bytes themselves when it has at most 8 (no kept byte is 0, so the zero padding is
-/// unambiguous), else a 64-bit hash of them.
+/// counts go to `s.word_count`. The byte classes come 64 at a time as bit masks
+/// ([`block_masks`]); a word is then a run of non-whitespace bits, and when every byte of it is
+/// kept (most words) its key is read straight from the text, else from its kept bytes copied.
 fn words(text: &str, s: &mut RepScratch) {
     let b = text.as_bytes();
-    // At most one kept byte per input byte (and 8 of padding for the last word's load); at
-    // most `len / 2 + 1` words, and the slot after the last takes the writes of the bytes
-    // that end none. The 64-byte cap is applied below, so that the only state carried from
-    // byte to byte is three indices (`wstart`: where the current word's kept bytes start).
-    s.kept.clear();
-    s.kept.resize(b.len() + 9, 0);
-    s.ends.clear();
-    s.ends.resize(b.len() / 2 + 2, 0);
-    let (mut j, mut wstart, mut k) = (0usize, 0usize, 0usize);
-    {
-        let (kept, ends) = (s.kept.as_mut_ptr(), s.ends.as_mut_ptr());
-        for &c in b {
-            let class = CLASS[c as usize];
-            // SAFETY: after i bytes, j <= i < kept.len() (b.len() + 9 of them) and k <= i / 2
-            // (a word ends at a whitespace byte after a kept one) < ends.len() (b.len() / 2 + 2):
-            // in bounds, and the raw pointers keep `b`'s and the indices' loads out of the loop.
-            unsafe {
-                *kept.add(j) = c.to_ascii_lowercase();
-            }
-            j += usize::from(class == KEEP);
-            let ws = class == WS;
-            unsafe {
-                *ends.add(k) = j as u32;
-            }
-            k += usize::from(ws & (j > wstart));
-            wstart = if ws { j } else { wstart };
-        }
-        s.ends[k] = j as u32;
-        k += usize::from(j > wstart);
+    s.ws_bits.clear();
+    s.keep_bits.clear();
+    let (blocks, rest) = b.as_chunks::<64>();
+    for c in blocks {
+        let (w, k) = block_masks(c);
+        s.ws_bits.push(w);
+        s.keep_bits.push(k);
+    }
+    // The last partial block padded with spaces, then a block of spaces: every word ends
+    // inside the masks.
+    let mut pad = [b' '; 64];
+    pad[..rest.len()].copy_from_slice(rest);
+    for c in [pad, [b' '; 64]] {
+        let (w, k) = block_masks(&c);
+        s.ws_bits.push(w);
+        s.keep_bits.push(k);
     }
     s.words.clear();
     s.cum.clear();
     s.cum.push(0);
     s.word_count.clear();
-    s.word_count.resize(k + 1, 0);
-    s.table.reset(k / 2 + 16);
-    let (mut from, mut acc) = (0usize, 0u32);
-    for &end in &s.ends[..k] {
-        let end = end as usize;
-        let len = (end - from).min(64);
-        let key = if len <= 8 {
-            let w = &s.kept[from..from + 8];
-            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            w & (u64::MAX >> (64 - 8 * len))
+    s.table.reset(b.len() / 12 + 16);
+    let (ws, keep) = (&s.ws_bits[..], &s.keep_bits[..]);
+    let mut acc = 0u32;
+    let mut buf = [0u8; 72];
+    let mut pos = 0usize;
+    loop {
+        let a = next_bit(ws, pos, false);
+        if a >= b.len() {
+            break;
+        }
+        let e = next_bit(ws, a, true).min(b.len());
+        pos = e;
+        let kept = count_bits(keep, a, e);
+        if kept == 0 {
+            continue;
+        }
+        let len = kept.min(64);
+        // Where the kept bytes start when they are one run (all of the word, or the word
+        // inside punctuation such as `(3,` or `check.`): its key is then read from the text.
+        let run_at = if kept == e - a {
+            Some(a)
+        } else if a / 64 == (e - 1) / 64 {
+            let bits = (keep[a / 64] >> (a % 64)) & (u64::MAX >> (64 - (e - a)));
+            let tz = bits.trailing_zeros() as usize;
+            let run = bits >> tz;
+            (run & (run + 1) == 0).then_some(a + tz)
         } else {
-            hash_long(&s.kept[from..from + len])
+            None
         };
-        let id = s.table.id(key).0;
+        let key = if let Some(a) = run_at {
+            let w = &b[a..a + len];
+            let head = if a + 8 <= b.len() {
+                let h = &b[a..a + 8];
+                u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+            } else {
+                let mut h = [0u8; 8];
+                h[..b.len() - a].copy_from_slice(&b[a..]);
+                u64::from_le_bytes(h)
+            };
+            word_key(head, w)
+        } else {
+            let mut n = 0;
+            for (i, &c) in b[a..e].iter().enumerate() {
+                if n == len {
+                    break;
+                }
+                if keep[(a + i) / 64] >> ((a + i) % 64) & 1 == 1 {
+                    buf[n] = c;
+                    n += 1;
+                }
+            }
+            buf[n..n + 8].fill(0);
+            let head = u64::from_le_bytes([buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]]);
+            word_key(head, &buf[..n])
+        };
+        let (id, new) = s.table.id(key);
+        if new {
+            s.word_count.push(0);
+        }
         s.word_count[id as usize] += 1;
         s.words.push(id);
         acc += len as u32;
         s.cum.push(acc);
-        from = end;
     }
     s.distinct = s.table.len();
 }
@@ -688,6 +820,21 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             rng
+        }
+    }
+
+    #[test]
+    fn byte_classes_and_lower_case_match_plain_loops() {
+        let mut next = xorshift(11);
+        let mut blocks: Vec<[u8; 64]> = (0..4).map(|k| std::array::from_fn(|i| (64 * k + i) as u8)).collect();
+        blocks.extend((0..2000).map(|_| std::array::from_fn(|_| next() as u8)));
+        for c in &blocks {
+            assert_eq!(block_masks(c), block_masks_plain(c), "{c:?}");
+        }
+        for x in 0..=255u8 {
+            let w = u64::from_le_bytes([x, b'Q', x, 0, 0x80 | x, b'@', b'[', x]);
+            let want = u64::from_le_bytes(w.to_le_bytes().map(|b| b.to_ascii_lowercase()));
+            assert_eq!(lower8(w), want, "byte {x:#x}");
         }
     }
 
