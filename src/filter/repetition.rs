@@ -67,18 +67,25 @@ fn fmix(mut x: u64) -> u64 {
 /// A 64-bit hash of a byte string (words, lines, paragraphs, sentences), 8 bytes a step. Only
 /// equality of hashes is used, so any well-mixed 64-bit hash does.
 fn hash_long(s: &[u8]) -> u64 {
+    hash_mapped(s, |w| w)
+}
+
+/// [`hash_long`] of the bytes that `map` makes of each 8 (zero-padded at the end; `map` must
+/// keep zero bytes zero).
+#[inline]
+fn hash_mapped(s: &[u8], map: impl Fn(u64) -> u64) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mut h = (s.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut chunks = s.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        h = (h.rotate_left(5) ^ map(w)).wrapping_mul(K);
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut buf = [0u8; 8];
         buf[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(K);
+        h = (h.rotate_left(5) ^ map(u64::from_le_bytes(buf))).wrapping_mul(K);
     }
     fmix(h)
 }
@@ -370,30 +377,16 @@ fn lower8(x: u64) -> u64 {
     x | (upper >> 2)
 }
 
-/// The key of a word from its kept bytes `w` (at most 64, at least 8 readable at `w`'s start:
-/// `buf` holds them zero-padded when `w` is shorter), lower-cased: the bytes themselves when
-/// there are at most 8 (no kept byte is 0, so the zero padding is unambiguous), else a 64-bit
-/// hash of them, 8 bytes a step.
+/// The key of a word from its kept bytes `w` (at most 64), lower-cased: the bytes themselves
+/// when there are at most 8 (`head`: the 8 bytes from `w`'s start, whatever follows `w` among
+/// them; no kept byte is 0, so the zero padding is unambiguous), else a 64-bit hash of them.
 #[inline]
 fn word_key(head: u64, w: &[u8]) -> u64 {
     let len = w.len();
     if len <= 8 {
         return lower8(head) & (u64::MAX >> (64 - 8 * len));
     }
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut chunks = w.chunks_exact(8);
-    for c in &mut chunks {
-        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = (h.rotate_left(5) ^ lower8(x)).wrapping_mul(K);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut buf = [0u8; 8];
-        buf[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ lower8(u64::from_le_bytes(buf))).wrapping_mul(K);
-    }
-    fmix(h)
+    hash_mapped(w, lower8)
 }
 
 /// Words of `text` (split at ASCII whitespace; ASCII letters and digits lower-cased and
