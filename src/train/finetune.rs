@@ -78,6 +78,13 @@ pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
     }
     model.checkpoint_layers = cfg.checkpoint_layers;
     model.set_matmul_dtype(cfg.precision.matmul_dtype());
+    if cfg.precision == Precision::Bf16 && device.is_cpu() && !crate::model::kernels::amx::available() {
+        // Measured on a Zen 4 (avx512_bf16, no AMX), 0.5B LoRA r16 at 512 tokens: 22 vs 62 tok/s, 8.2 vs 3.4 GB.
+        eprintln!(
+            "warning: --precision bf16 on a CPU without AMX tiles multiplies through candle's generic bf16 path, \
+             about 3x slower than f32 and with more memory; use --precision f32 here"
+        );
+    }
     let mut student = Student { model, base: cfg.model.clone(), seed: cfg.train.loader.seed, save_dtype: dtype };
     let report = trainer::train(&cfg.train, &mut student, &ChatEncoder(tokenizer))?;
     if cfg.lora.is_some() {
