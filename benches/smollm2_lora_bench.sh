@@ -30,5 +30,5 @@ run_distill() {  # $1: precision
 }
 run_distill f32
 # where the CPU has bf16 units (AMX), the mixed-precision run beside it
-if grep -q -w amx_bf16 /proc/cpuinfo; then run_distill bf16; fi
+if grep -q -w -E "amx_bf16|avx512_bf16" /proc/cpuinfo; then run_distill bf16; fi
 "$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank"

@@ -7,5 +7,5 @@ if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
 bin="${DISTILL_BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release/examples/bench_train}"
 cpu_line="cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) cores; flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '))"
 echo "$cpu_line"
-# bf16 units (AMX): the mixed-precision runs are added beside the f32 ones
-bf16_units=$(grep -q -w amx_bf16 /proc/cpuinfo && echo 1 || echo 0)
+# bf16 units (AMX or AVX512-BF16): the mixed-precision runs are added beside the f32 ones
+bf16_units=$(grep -q -w -E "amx_bf16|avx512_bf16" /proc/cpuinfo && echo 1 || echo 0)

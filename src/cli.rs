@@ -762,7 +762,7 @@ struct FinetuneArgs {
     #[arg(long, value_name = "N|all", num_args = 0..=1, default_missing_value = "all")]
     checkpoint_layers: Option<Checkpointing>,
     /// f32 (default), or bf16: mixed precision, the projections' matmuls in bf16 with f32
-    /// master weights and optimiser state (GPUs, and CPUs with AMX units, whose tiles run
+    /// master weights and optimiser state (GPUs, and CPUs with AMX or AVX512-BF16, which run
     /// them; on other CPUs bf16 products are widened to f32, so it is slower there).
     #[arg(long, value_parser = ["f32", "bf16"])]
     precision: Option<String>,

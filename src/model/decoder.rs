@@ -58,8 +58,8 @@ pub struct Linear {
     /// Mixed precision: multiply in this dtype (bf16), the input and the weight rounded to it
     /// and the product widened back to the input's dtype, so that the weight, its gradient and
     /// the optimiser state stay in the model's dtype; `None`: multiply in the weight's dtype.
-    /// bf16 of f32 on a CPU with AMX runs on its tiles with f32 sums and an f32 result
-    /// ([`ops::amx_linear`]); elsewhere candle multiplies in bf16.
+    /// bf16 of f32 on a CPU with AMX or AVX512-BF16 runs on those units with f32 sums and an f32 result
+    /// ([`ops::bf16_linear`]); elsewhere candle multiplies in bf16.
     pub matmul_dtype: Option<DType>,
 }
 
@@ -75,7 +75,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let frozen = !self.weight.trainable && self.bias.as_ref().is_none_or(|b| !b.trainable);
         let mixed = self.matmul_dtype.filter(|d| *d != x.dtype());
-        // a frozen projection with its adapter: one op (its base products on AMX in bf16)
+        // a frozen projection with its adapter: one op (its base products in bf16 on AMX or AVX512-BF16)
         if let (true, Some(lora), None | Some(DType::BF16)) = (frozen, &self.lora, mixed) {
             let bias = self.bias.as_ref().map(|b| &b.tensor);
             if let Some(y) = ops::lora_linear(x, &self.weight.tensor, bias, lora, train, mixed.is_some())? {
@@ -83,11 +83,11 @@ impl Linear {
             }
         }
         if let Some(dt) = mixed {
-            let amx = match dt {
-                DType::BF16 => ops::amx_linear(x, &self.weight.tensor, self.weight.trainable)?,
+            let fast = match dt {
+                DType::BF16 => ops::bf16_linear(x, &self.weight.tensor, self.weight.trainable)?,
                 _ => None,
             };
-            let mut y = match amx {
+            let mut y = match fast {
                 Some(y) => y,
                 None => {
                     let w = self.weight.tensor.to_dtype(dt)?;

@@ -78,10 +78,10 @@ pub fn run(cfg: &FinetuneConfig) -> Result<Report, FinetuneError> {
     }
     model.checkpoint_layers = cfg.checkpoint_layers;
     model.set_matmul_dtype(cfg.precision.matmul_dtype());
-    if cfg.precision == Precision::Bf16 && device.is_cpu() && !crate::model::kernels::amx::available() {
-        // Measured on a Zen 4 (avx512_bf16, no AMX), 0.5B LoRA r16 at 512 tokens: 22 vs 62 tok/s, 8.2 vs 3.4 GB.
+    if cfg.precision == Precision::Bf16 && device.is_cpu() && !crate::model::kernels::bf16mm::available() {
+        // Measured on a Zen 4 through candle (before the AVX512-BF16 kernel), 0.5B LoRA r16 at 512 tokens: 22 vs 62 tok/s, 8.2 vs 3.4 GB.
         eprintln!(
-            "warning: --precision bf16 on a CPU without AMX tiles multiplies through candle's generic bf16 path, \
+            "warning: --precision bf16 on a CPU without AMX or AVX512-BF16 multiplies through candle's generic bf16 path, \
              about 3x slower than f32 and with more memory; use --precision f32 here"
         );
     }
@@ -123,9 +123,9 @@ pub struct FinetuneConfig {
     /// for long sequences, more compute); 0 = off.
     pub checkpoint_layers: Checkpointing,
     /// `f32`, or `bf16`: mixed precision, the projections' matrix multiplies in bf16 with f32
-    /// master weights, gradients and optimiser state (for GPUs, and CPUs with AMX units, where
-    /// the products run on its tiles; candle's CPU backend has no bf16 matmul kernel and widens
-    /// the products to f32, so on other CPUs it is slower).
+    /// master weights, gradients and optimiser state (for GPUs, and CPUs with AMX or AVX512-BF16,
+    /// where the products run on those units; candle's CPU backend has no bf16 matmul kernel and
+    /// widens the products to f32, so on other CPUs it is slower).
     pub precision: Precision,
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 
-use super::amx::View;
+use super::bf16mm::View;
 use super::{attn_cpu, ce_cpu};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
@@ -1051,39 +1051,39 @@ impl CustomOp2 for RmsNormOp {
     }
 }
 
-/// Mixed-precision `x @ w^T` on AMX tiles ([`amx`](super::amx)): `x` and `w` rounded to bf16,
+/// Mixed-precision `x @ w^T` on AMX tiles or AVX512-BF16 ([`bf16mm`](super::bf16mm)): `x` and `w` rounded to bf16,
 /// products summed in f32, an f32 result; backward the same way, `dx = dy @ w` and, when `w` is
-/// trained, `dw = dy^T @ x`. `None` where AMX or the operands don't fit (CPU f32 only): the
+/// trained, `dw = dy^T @ x`. `None` where neither unit is present or the operands don't fit (CPU f32 only): the
 /// caller multiplies in bf16 through candle instead.
-pub fn amx_linear(x: &Tensor, w: &Tensor, trainable: bool) -> Result<Option<Tensor>> {
+pub fn bf16_linear(x: &Tensor, w: &Tensor, trainable: bool) -> Result<Option<Tensor>> {
     let fits = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !super::amx::available() || !fits(x) || !fits(w) || w.rank() != 2 || x.dims().last() != Some(&w.dims()[1]) {
+    if !super::bf16mm::available() || !fits(x) || !fits(w) || w.rank() != 2 || x.dims().last() != Some(&w.dims()[1]) {
         return Ok(None);
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    let y = if trainable { x.apply_op2(&w, AmxLinear { w: None })? } else { x.apply_op1(AmxLinear { w: Some(w) })? };
+    let y = if trainable { x.apply_op2(&w, Bf16Linear { w: None })? } else { x.apply_op1(Bf16Linear { w: Some(w) })? };
     Ok(Some(y))
 }
 
-/// The op behind [`amx_linear`]: `w` inside it when frozen (an op of `x` alone), else the
+/// The op behind [`bf16_linear`]: `w` inside it when frozen (an op of `x` alone), else the
 /// second operand.
-pub struct AmxLinear {
+pub struct Bf16Linear {
     w: Option<Tensor>,
 }
 
-/// `a (m × k) · b (k × n)` through the AMX kernel into a fresh `m × n` vector.
-fn amx_mm(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f32> {
+/// `a (m × k) · b (k × n)` through the bf16 kernel into a fresh `m × n` vector.
+fn bf16_mm(m: usize, n: usize, k: usize, a: View, b: View) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    super::amx::matmul(m, n, k, a, b, &mut out, n);
+    super::bf16mm::matmul(m, n, k, a, b, &mut out, n);
     out
 }
 
-impl AmxLinear {
+impl Bf16Linear {
     fn forward(x: &[f32], x_shape: &Shape, w: &[f32], w_dims: (usize, usize)) -> Result<(CpuStorage, Shape)> {
         let (n, k) = w_dims;
         let m = x.len().checked_div(k).unwrap_or(0);
-        let y = amx_mm(m, n, k, View { data: x, rs: k, cs: 1 }, View { data: w, rs: 1, cs: k });
+        let y = bf16_mm(m, n, k, View { data: x, rs: k, cs: 1 }, View { data: w, rs: 1, cs: k });
         let mut dims = x_shape.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
@@ -1097,8 +1097,9 @@ impl AmxLinear {
         let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
         let m = x.elem_count() / k.max(1);
         let (dx, dw) = with_cpu_slices::<f32, _>([&x, &w, &dy], |[xs, ws, ds]| {
-            let dx = amx_mm(m, k, n, View { data: ds, rs: n, cs: 1 }, View { data: ws, rs: k, cs: 1 });
-            let dw = want_dw.then(|| amx_mm(n, k, m, View { data: ds, rs: 1, cs: n }, View { data: xs, rs: k, cs: 1 }));
+            let dx = bf16_mm(m, k, n, View { data: ds, rs: n, cs: 1 }, View { data: ws, rs: k, cs: 1 });
+            let dw =
+                want_dw.then(|| bf16_mm(n, k, m, View { data: ds, rs: 1, cs: n }, View { data: xs, rs: k, cs: 1 }));
             (dx, dw)
         })?;
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
@@ -1107,36 +1108,36 @@ impl AmxLinear {
     }
 }
 
-impl CustomOp1 for AmxLinear {
+impl CustomOp1 for Bf16Linear {
     fn name(&self) -> &'static str {
-        "amx-linear"
+        "bf16-linear"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some(w) = &self.w else { candle_core::bail!("amx-linear: frozen form without its weight") };
+        let Some(w) = &self.w else { candle_core::bail!("bf16-linear: frozen form without its weight") };
         let (CpuStorage::F32(x), Some((x0, x1))) = (s, l.contiguous_offsets()) else {
-            candle_core::bail!("amx-linear: input must be contiguous f32")
+            candle_core::bail!("bf16-linear: input must be contiguous f32")
         };
         let dims = w.dims2()?;
         match with_f32(w, |ws| Self::forward(&x[x0..x1], l.shape(), ws, dims)) {
             Some(out) => out,
-            None => candle_core::bail!("amx-linear: weight must be contiguous f32 on the CPU"),
+            None => candle_core::bail!("bf16-linear: weight must be contiguous f32 on the CPU"),
         }
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let Some(w) = &self.w else { candle_core::bail!("amx-linear: frozen form without its weight") };
+        let Some(w) = &self.w else { candle_core::bail!("bf16-linear: frozen form without its weight") };
         Ok(Some(Self::backward(arg, w, grad, false)?.0))
     }
 }
 
-impl CustomOp2 for AmxLinear {
+impl CustomOp2 for Bf16Linear {
     fn name(&self) -> &'static str {
-        "amx-linear"
+        "bf16-linear"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), Some((x0, x1)), CpuStorage::F32(w), Some((w0, w1))) =
             (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets())
         else {
-            candle_core::bail!("amx-linear: operands must be contiguous f32")
+            candle_core::bail!("bf16-linear: operands must be contiguous f32")
         };
         let dims = l2.shape().dims2()?;
         Self::forward(&x[x0..x1], l1.shape(), &w[w0..w1], dims)
@@ -1208,9 +1209,9 @@ pub struct LoraLinear {
     /// The adapter's dropout over `x` (its mask made element by element where it is applied,
     /// forward and backward), when training with one.
     pub mask: Option<crate::model::lora::Dropout>,
-    /// Mixed precision: the base products (`x wᵀ`, `dy w`) in bf16 on AMX tiles, the adapter's
-    /// in f32 (only when [`amx::available`](super::amx::available)).
-    pub amx: bool,
+    /// Mixed precision: the base products (`x wᵀ`, `dy w`) in bf16 (AMX tiles or AVX512-BF16), the
+    /// adapter's in f32 (only when [`bf16mm::available`](super::bf16mm::available)).
+    pub bf16: bool,
 }
 
 /// `x wᵀ (+ bias)` plus `lora`'s product as one [`LoraLinear`] when everything is f32 on the CPU,
@@ -1222,13 +1223,13 @@ pub fn lora_linear(
     bias: Option<&Tensor>,
     lora: &crate::model::lora::LoraAdapter,
     train: bool,
-    amx: bool,
+    bf16: bool,
 ) -> Result<Option<Tensor>> {
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if ![x, w, &lora.a, &lora.b].into_iter().all(f32_cpu)
         || !bias.is_none_or(f32_cpu)
         || w.rank() != 2
-        || (amx && !super::amx::available())
+        || (bf16 && !super::bf16mm::available())
     {
         return Ok(None);
     }
@@ -1239,7 +1240,7 @@ pub fn lora_linear(
         bias: bias.map(|t| t.contiguous()).transpose()?,
         scale: lora.scale,
         mask,
-        amx,
+        bf16,
     };
     Ok(Some(x.contiguous()?.apply_op3(&lora.a.contiguous()?, &lora.b.contiguous()?, op)?))
 }
@@ -1301,10 +1302,16 @@ impl CustomOp3 for LoraLinear {
         }
         let m = x.len().checked_div(k).unwrap_or(0);
         let mut y = vec![0f32; m * n];
-        let done = with_f32(&self.w, |w| match self.amx {
-            true => {
-                super::amx::matmul(m, n, k, View { data: x, rs: k, cs: 1 }, View { data: w, rs: 1, cs: k }, &mut y, n)
-            }
+        let done = with_f32(&self.w, |w| match self.bf16 {
+            true => super::bf16mm::matmul(
+                m,
+                n,
+                k,
+                View { data: x, rs: k, cs: 1 },
+                View { data: w, rs: 1, cs: k },
+                &mut y,
+                n,
+            ),
             false => sgemm((m, n, k), &mut y, n, false, (x, k, 1), (w, 1, k), 0.0, 1.0),
         });
         if done.is_none() {
@@ -1358,8 +1365,8 @@ impl CustomOp3 for LoraLinear {
                 sgemm((r, k, m), &mut da, k, false, (&g, 1, r), (&xd, k, 1), 0.0, 1.0);
                 // dx = dy w + (g a) ⊙ mask
                 let mut dx = vec![0f32; m * k];
-                match self.amx {
-                    true => super::amx::matmul(
+                match self.bf16 {
+                    true => super::bf16mm::matmul(
                         m,
                         k,
                         n,
@@ -1518,17 +1525,17 @@ mod tests {
         }
     }
 
-    /// The AMX op where the CPU has AMX: forward and both gradients equal f32 products of the
+    /// The bf16 op where the CPU has AMX or AVX512-BF16: forward and both gradients equal f32 products of the
     /// bf16-rounded operands (to f32 summation order); elsewhere it declines.
     #[test]
-    fn amx_linear_is_the_product_of_rounded_operands() {
+    fn bf16_linear_is_the_product_of_rounded_operands() {
         let (m, k, n) = (45usize, 70usize, 33usize);
         let f = |shape: &[usize], seed| rand(shape, seed).to_dtype(DType::F32).unwrap();
         let x = candle_core::Var::from_tensor(&f(&[m, k], 1)).unwrap();
         let w = candle_core::Var::from_tensor(&f(&[n, k], 2)).unwrap();
-        let Some(y) = amx_linear(x.as_tensor(), w.as_tensor(), true).unwrap() else {
-            assert!(!super::super::amx::available());
-            eprintln!("no AMX here: the op declines and the caller multiplies through candle");
+        let Some(y) = bf16_linear(x.as_tensor(), w.as_tensor(), true).unwrap() else {
+            assert!(!super::super::bf16mm::available());
+            eprintln!("no AMX or AVX512-BF16 here: the op declines and the caller multiplies through candle");
             return;
         };
         let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
@@ -1545,7 +1552,7 @@ mod tests {
         close(g.get(w.as_tensor()).unwrap(), &pr.t().unwrap().matmul(&xr).unwrap(), "dw");
         // frozen weight: an op of x alone, no weight gradient
         let wf = w.as_tensor().detach();
-        let yf = amx_linear(x.as_tensor(), &wf, false).unwrap().expect("AMX");
+        let yf = bf16_linear(x.as_tensor(), &wf, false).unwrap().expect("bf16 unit");
         let gf = yf.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(x.as_tensor()).unwrap(), &pr.matmul(&wr).unwrap(), "dx frozen");
         assert!(gf.get(&wf).is_none());

@@ -1,13 +1,16 @@
-//! bf16 matrix products on Intel AMX tiles (`TDPBF16PS`; Sapphire Rapids and later Xeons), for
-//! the mixed precision of `finetune --precision bf16`.
+//! bf16 matrix products for the mixed precision of `finetune --precision bf16`, on Intel AMX
+//! tiles (`TDPBF16PS`; Sapphire Rapids and later Xeons) or, without them, on AVX512-BF16
+//! vectors (`VDPBF16PS`; Cooper Lake, AMD Zen 4 and later).
 //!
 //! In: two f32 matrices, each read through a row and a column stride (so a transposed operand
 //! needs no copy). Out: their f32 product. The operands are rounded to bf16 (to nearest, ties
 //! to even, as `half::bf16::from_f32`) while they are packed into 1 KiB tiles; products and sums
-//! stay f32 in the tile accumulators. Stable Rust has no AMX intrinsics, so the five tile
-//! instructions are written with `asm!`; Linux must be asked once per process for the tile
-//! state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`). [`available`] is false on
-//! any other CPU or OS, and when `DISTILL_NO_AMX` is set (to compare with the plain path).
+//! stay f32 in the tile accumulators. Both units read the same packed operands. Stable Rust
+//! has no AMX intrinsics, so the five tile instructions are written with `asm!`; Linux must be
+//! asked once per process for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+//! XFEATURE_XTILEDATA)`). [`unit`] picks AMX, else AVX512-BF16; `DISTILL_NO_AMX` and
+//! `DISTILL_NO_AVX512BF16` take a unit away (to compare them, or with the plain path), and
+//! [`available`] is false on a CPU with neither.
 
 use std::sync::OnceLock;
 
@@ -26,15 +29,50 @@ const TM: usize = 16;
 const TK: usize = 32;
 const TILE: usize = TM * TK;
 
+/// The unit that multiplies: Intel's AMX tiles (`TDPBF16PS`, 16 × 16 × 32 per instruction) or
+/// AVX512-BF16 vectors (`VDPBF16PS`, 16 lanes × a pair per instruction; Cooper Lake, Zen 4
+/// and later). Both read the same packed operands and sum in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Amx,
+    Avx512Bf16,
+}
+
+/// The unit [`matmul`] runs on here, the faster one when the CPU has both; `None` on a CPU
+/// with neither (then [`available`] is false and callers multiply through candle).
+pub fn unit() -> Option<Unit> {
+    static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
+    *UNIT.get_or_init(|| {
+        if detect_amx() {
+            Some(Unit::Amx)
+        } else if detect_avx512_bf16() {
+            Some(Unit::Avx512Bf16)
+        } else {
+            None
+        }
+    })
+}
+
 /// Whether this process can run [`matmul`].
 pub fn available() -> bool {
-    static AMX: OnceLock<bool> = OnceLock::new();
-    *AMX.get_or_init(detect)
+    unit().is_some()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512_bf16() -> bool {
+    std::env::var_os("DISTILL_NO_AVX512BF16").is_none()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx512_bf16() -> bool {
+    false
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(unused_unsafe)]
-fn detect() -> bool {
+fn detect_amx() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     if std::env::var_os("DISTILL_NO_AMX").is_some() {
         return false;
@@ -57,7 +95,7 @@ fn detect() -> bool {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn detect() -> bool {
+fn detect_amx() -> bool {
     false
 }
 
@@ -204,9 +242,15 @@ unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 /// `c = a · b` (`a`: `m × k`, `b`: `k × n`, `c`: `m × n` row-major with row stride `ldc`;
-/// `c` is overwritten). Call only when [`available`]. Work runs on the rayon pool.
+/// `c` is overwritten) on [`unit`]. Call only when [`available`]. Work runs on the rayon pool.
 pub fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], ldc: usize) {
-    assert!(available(), "amx::matmul called on a CPU without AMX");
+    let unit = unit().expect("bf16 matmul called on a CPU without AMX or AVX512-BF16");
+    matmul_on(unit, m, n, k, a, b, c, ldc)
+}
+
+/// [`matmul`] on a named unit, which the CPU must have (tests run each one the CPU has).
+#[allow(clippy::too_many_arguments)]
+fn matmul_on(unit: Unit, m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], ldc: usize) {
     assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n, "output too small");
     if m == 0 || n == 0 {
         return;
@@ -220,14 +264,15 @@ pub fn matmul(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], ldc
     PACKED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
             let (ap, bp) = &mut *bufs;
-            packed_matmul(m, n, k, a, b, c, ldc, ap, bp);
+            packed_matmul(unit, m, n, k, a, b, c, ldc, ap, bp);
         }
-        Err(_) => packed_matmul(m, n, k, a, b, c, ldc, &mut Vec::new(), &mut Vec::new()),
+        Err(_) => packed_matmul(unit, m, n, k, a, b, c, ldc, &mut Vec::new(), &mut Vec::new()),
     });
 }
 
 #[allow(clippy::too_many_arguments)]
 fn packed_matmul(
+    unit: Unit,
     m: usize,
     n: usize,
     k: usize,
@@ -261,10 +306,15 @@ fn packed_matmul(
             .flat_map(|j2| (0..parts).map(move |p| (j2, lo + (hi - lo) * p / parts, lo + (hi - lo) * (p + 1) / parts)))
             .collect();
         tasks.par_iter().for_each(|&(j2, i_lo, i_hi)| {
-            // SAFETY: the CPU has AMX and the process has the tile state (`available`); the
-            // tiles read lie inside `ap` and `bp`, and the blocks written (rows of i_lo..i_hi,
-            // columns of j2, clipped to m × n) belong to this task alone.
-            unsafe { blocks(ap, bp, kb, j2, i_lo, i_hi, m, n, out, ldc) };
+            // SAFETY: the CPU has the unit (and, for AMX, the process has the tile state; see
+            // `unit`); the tiles read lie inside `ap` and `bp`, and the blocks written (rows of
+            // i_lo..i_hi, columns of j2, clipped to m × n) belong to this task alone.
+            unsafe {
+                match unit {
+                    Unit::Amx => blocks(ap, bp, kb, j2, i_lo, i_hi, m, n, out, ldc),
+                    Unit::Avx512Bf16 => vector_blocks(ap, bp, kb, j2, i_lo, i_hi, m, n, out, ldc),
+                }
+            };
         });
         lo = hi;
     }
@@ -370,6 +420,94 @@ unsafe fn blocks(
     }
 }
 
+/// [`blocks`] on AVX512-BF16 vectors: each 32-row block as four groups of 8 rows × the column
+/// pair's 32 columns, 16 accumulators of 16 f32 lanes held in registers over the whole `k`. A
+/// B tile's row `q` (16 columns × one k pair) is one vector load; row `r`'s pair `q` of an A
+/// tile is broadcast to every lane; `VDPBF16PS` adds both products of the pair to each lane.
+///
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16; otherwise as [`blocks`].
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn vector_blocks(
+    ap: &[u32],
+    bp: &[u32],
+    kb: usize,
+    j2: usize,
+    i_lo: usize,
+    i_hi: usize,
+    m: usize,
+    n: usize,
+    out: Out,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 8; // rows of a group
+    const PAIRS: usize = TILE / 2; // u32 per tile
+    const ROW: usize = TK / 2; // u32 per tile row
+    let j0 = 2 * j2 * TM;
+    let cols = (2 * TM).min(n - j0);
+    let mask = |c: usize| if c >= TM { u16::MAX } else { ((1u32 << c) - 1) as u16 };
+    let (mask0, mask1) = (mask(cols), mask(cols.saturating_sub(TM)));
+    // SAFETY (whole body): every pointer below stays inside `ap` (tiles of rows 2*i2.. of
+    // kb k-tiles), `bp` (column pair j2's kb k-tiles) or this task's blocks of `out`.
+    unsafe {
+        let b0 = bp.as_ptr().add(2 * j2 * kb * PAIRS);
+        let b1 = b0.add(kb * PAIRS);
+        for i2 in i_lo..i_hi {
+            for g in 0..2 * TM / R {
+                let (it, r0) = (2 * i2 + g * R / TM, (g * R) % TM);
+                let row0 = it * TM + r0;
+                if row0 >= m {
+                    break;
+                }
+                let a = ap.as_ptr().add(it * kb * PAIRS + r0 * ROW);
+                let mut acc = [[_mm512_setzero_ps(); 2]; R];
+                for kt in 0..kb {
+                    let (at, bt0, bt1) = (a.add(kt * PAIRS), b0.add(kt * PAIRS), b1.add(kt * PAIRS));
+                    for q in 0..ROW {
+                        let bv0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bt0.add(q * TM).cast()));
+                        let bv1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bt1.add(q * TM).cast()));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*at.add(r * ROW + q) as i32));
+                            acc[0] = _mm512_dpbf16_ps(acc[0], av, bv0);
+                            acc[1] = _mm512_dpbf16_ps(acc[1], av, bv1);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate().take(R.min(m - row0)) {
+                    let dst = out.0.add((row0 + r) * ldc + j0);
+                    if cols == 2 * TM {
+                        _mm512_storeu_ps(dst, acc[0]);
+                        _mm512_storeu_ps(dst.add(TM), acc[1]);
+                    } else {
+                        _mm512_mask_storeu_ps(dst, mask0, acc[0]);
+                        _mm512_mask_storeu_ps(dst.add(TM), mask1, acc[1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn vector_blocks(
+    _: &[u32],
+    _: &[u32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: Out,
+    _: usize,
+) {
+    unreachable!("AVX512-BF16 exists only on x86_64")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn blocks(_: &[u32], _: &[u32], _: usize, _: usize, _: usize, _: usize, _: usize, _: usize, _: Out, _: usize) {
@@ -429,31 +567,49 @@ mod tests {
         assert!(round_bf16(f32::NAN).is_nan());
     }
 
-    /// Every layout the linear layer uses (row-major, transposed either side) and ragged sizes
-    /// past tile edges; on a CPU without AMX the test only checks that nothing claims AMX.
+    /// Every layout the linear layer uses (row-major, transposed either side), ragged sizes
+    /// past tile edges and an output wider than the product, on each unit this CPU has; on a
+    /// CPU with neither the test only checks that nothing claims one.
     #[test]
     fn products_equal_the_rounded_reference() {
-        if !available() {
-            eprintln!("no AMX on this CPU (or DISTILL_NO_AMX set): amx::matmul not exercised");
+        let units: Vec<Unit> = [(Unit::Amx, detect_amx()), (Unit::Avx512Bf16, detect_avx512_bf16())]
+            .into_iter()
+            .filter_map(|(u, has)| has.then_some(u))
+            .collect();
+        assert_eq!(available(), !units.is_empty());
+        if units.is_empty() {
+            eprintln!("no AMX or AVX512-BF16 on this CPU (or disabled by DISTILL_NO_*): bf16 matmul not exercised");
             return;
         }
-        for &(m, n, k) in &[(1, 1, 1), (16, 16, 32), (33, 17, 65), (70, 40, 100), (64, 96, 31), (5, 130, 300)] {
-            let a = values(m * k, 1 + m as u64);
-            let b = values(k * n, 2 + n as u64);
-            let layouts: [(View, View); 3] = [
-                (View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: n, cs: 1 }),
-                (View { data: &a, rs: 1, cs: m }, View { data: &b, rs: 1, cs: k }),
-                (View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: 1, cs: k }),
-            ];
-            for (li, (va, vb)) in layouts.into_iter().enumerate() {
-                let want = reference(m, n, k, va, vb);
-                let mut got = vec![f32::NAN; m * n];
-                matmul(m, n, k, va, vb, &mut got, n);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()) * (k as f32).sqrt(),
-                        "{m}x{n}x{k} layout {li} [{i}]: {g} vs {w}"
-                    );
+        let shapes = [(1, 1, 1), (16, 16, 32), (33, 17, 65), (70, 40, 100), (64, 96, 31), (5, 130, 300), (96, 64, 900)];
+        for unit in units {
+            for &(m, n, k) in &shapes {
+                let a = values(m * k, 1 + m as u64);
+                let b = values(k * n, 2 + n as u64);
+                let layouts: [(View, View); 3] = [
+                    (View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: n, cs: 1 }),
+                    (View { data: &a, rs: 1, cs: m }, View { data: &b, rs: 1, cs: k }),
+                    (View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: 1, cs: k }),
+                ];
+                for (li, (va, vb)) in layouts.into_iter().enumerate() {
+                    let want = reference(m, n, k, va, vb);
+                    let ldc = n + 3; // three columns of the output past the product stay as they were
+                    let mut got = vec![f32::NAN; m * ldc];
+                    matmul_on(unit, m, n, k, va, vb, &mut got, ldc);
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let g = got[i * ldc + j];
+                            if j >= n {
+                                assert!(g.is_nan(), "{unit:?} {m}x{n}x{k}: wrote past the product at ({i}, {j})");
+                                continue;
+                            }
+                            let w = want[i * n + j];
+                            assert!(
+                                (g - w).abs() <= 1e-5 * (1.0 + w.abs()) * (k as f32).sqrt(),
+                                "{unit:?} {m}x{n}x{k} layout {li} ({i}, {j}): {g} vs {w}"
+                            );
+                        }
+                    }
                 }
             }
         }
