@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::record::{self, Message};
-use crate::store::{self, Format, Manifest, RejectsWriter, ShardedWriter, StoreError};
+use crate::store::{self, Format, Manifest, RejectsWriter, ShardedWriter, StoreError, json_out};
 use crate::verify::Verifiers;
 pub use select::Policy;
 
@@ -386,9 +386,9 @@ struct Judged {
     bytes: usize,
     nanos: [u64; 7],
     /// A rejected sample's record, ready for the rejects writer (`record` is then empty).
-    out: Option<Result<Out, FilterError>>,
+    out: Option<Out>,
     /// A passing sample, ready to be held (`record` is then empty).
-    body: Option<Result<Body, FilterError>>,
+    body: Option<Body>,
 }
 
 enum Item {
@@ -700,24 +700,24 @@ fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f
 /// [`sft_example`] serialised before the prompt's pass rate is known: the line, and where
 /// `pass_rate` and `n_samples` go in it ([`Body::finish`]); the bytes then equal
 /// `serde_json::to_vec(&sft_example(..))`.
-fn sft_line(rec: &Map<String, Value>, id: &str, prompt_id: &str, text: usize) -> Result<Body, serde_json::Error> {
+fn sft_line(rec: &Map<String, Value>, id: &str, prompt_id: &str, text: usize) -> Body {
     let (head, meta, extra) = sft_parts(rec, id, prompt_id);
     let mut line = Vec::with_capacity(text + text / 16 + 1024);
-    serde_json::to_writer(&mut line, &head)?;
+    json_out::write_map(&mut line, &head);
     line.pop(); // the head's `}`
     line.extend_from_slice(b",\"meta\":");
-    serde_json::to_writer(&mut line, &meta)?;
+    json_out::write_map(&mut line, &meta);
     line.pop(); // the meta's `}`
     let at = line.len();
     line.push(b'}');
     for (k, v) in &extra {
         line.push(b',');
-        serde_json::to_writer(&mut line, k)?;
+        json_out::write_str(&mut line, k);
         line.push(b':');
-        serde_json::to_writer(&mut line, v)?;
+        json_out::write_value(&mut line, v);
     }
     line.push(b'}');
-    Ok(Body::Example { line, at, empty_meta: meta.is_empty() })
+    Body::Example { line, at, empty_meta: meta.is_empty() }
 }
 
 /// What a held sample becomes at selection.
@@ -900,14 +900,13 @@ impl Out {
     /// `lines`: the output is JSONL, whose writer takes `serde_json::to_vec` bytes as they are.
     /// `text`: about how many bytes of text the record holds (the buffer starts that big,
     /// rather than doubling its way up from nothing).
-    fn new(v: Value, lines: bool, id: &str, text: usize) -> Result<Out, FilterError> {
+    fn new(v: Value, lines: bool, text: usize) -> Out {
         if !lines {
-            return Ok(Out::Value(v));
+            return Out::Value(v);
         }
         let mut buf = Vec::with_capacity(text + text / 16 + 1024);
-        serde_json::to_writer(&mut buf, &v)
-            .map(|()| Out::Line(buf))
-            .map_err(|e| FilterError::Serialise { id: id.to_string(), msg: e.to_string() })
+        json_out::write_value(&mut buf, &v);
+        Out::Line(buf)
     }
 }
 
@@ -1012,7 +1011,7 @@ fn select_prompt(
         };
         if keep.binary_search(&i).is_ok() {
             let ex = sft_example(&record, &h.id, &h.prompt_id, pass_rate, st.n);
-            out.kept.push(Out::new(ex, lines, &h.id, h.len)?);
+            out.kept.push(Out::new(ex, lines, h.len));
         } else {
             out.removed += 1;
             let why = match &window {
@@ -1024,7 +1023,7 @@ fn select_prompt(
                 v.insert("reject_reason".into(), Value::String(why));
                 v.insert("kept".into(), Value::Bool(false));
             }
-            out.rejects.push(Out::new(Value::Object(rec), lines, &h.id, h.len)?);
+            out.rejects.push(Out::new(Value::Object(rec), lines, h.len));
         }
     }
     Ok(out)
@@ -1226,18 +1225,13 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                 if let Item::Judged(j) = &mut item {
                     let rec = std::mem::take(&mut j.record);
                     if j.first_fail < CHECKS.len() {
-                        j.out = Some(Out::new(Value::Object(rec), lines, &j.id, j.bytes));
+                        j.out = Some(Out::new(Value::Object(rec), lines, j.bytes));
                     } else if all_kept {
-                        j.body = Some(
-                            sft_line(&rec, &j.id, &j.prompt_id, j.bytes)
-                                .map_err(|e| FilterError::Serialise { id: j.id.clone(), msg: e.to_string() }),
-                        );
+                        j.body = Some(sft_line(&rec, &j.id, &j.prompt_id, j.bytes));
                     } else {
-                        j.body = Some(
-                            serde_json::to_vec(&rec)
-                                .map(Body::Record)
-                                .map_err(|e| FilterError::Serialise { id: j.id.clone(), msg: e.to_string() }),
-                        );
+                        let mut line = Vec::with_capacity(j.bytes + j.bytes / 16 + 1024);
+                        json_out::write_map(&mut line, &rec);
+                        j.body = Some(Body::Record(line));
                     }
                 }
                 item
@@ -1275,19 +1269,11 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
             st.max_ff = st.max_ff.max(j.first_fail);
             let _ = &j.loc;
             if let Some(out) = j.out {
-                rejects.push(out?);
+                rejects.push(out);
                 continue;
             }
             let Some(body) = j.body else { continue };
-            let h = Held {
-                prompt_id: j.prompt_id,
-                id: j.id,
-                sample: j.sample,
-                seq,
-                len: j.len,
-                score: j.score,
-                body: body?,
-            };
+            let h = Held { prompt_id: j.prompt_id, id: j.id, sample: j.sample, seq, len: j.len, score: j.score, body };
             seq += 1;
             if spilling {
                 to_spill.push(h);
@@ -1416,7 +1402,7 @@ mod tests {
         for (v, (rate, n)) in recs.iter().zip([(1.0, 4), (2.0 / 3.0, 3)]) {
             let rec = m(v.clone());
             let want = serde_json::to_vec(&sft_example(&rec, "i", "p", rate, n)).expect("serialises");
-            let Ok(Body::Example { line, at, empty_meta }) = sft_line(&rec, "i", "p", 10) else { panic!("a line") };
+            let Body::Example { line, at, empty_meta } = sft_line(&rec, "i", "p", 10) else { panic!("a line") };
             assert_eq!(
                 String::from_utf8_lossy(&Body::finish(&line, at, empty_meta, rate, n)),
                 String::from_utf8_lossy(&want)

@@ -201,6 +201,7 @@ const UNIQUE: u32 = u32::MAX;
 
 /// Share of characters in items whose text occurs more than once, counting every occurrence
 /// after the first (as Gopher does). `items`: (hash, trimmed length) of the non-empty items.
+#[inline(always)]
 fn dup_share(items: &[(u64, u32)], t: &mut Intern) -> f64 {
     let total: usize = items.iter().map(|x| x.1 as usize).sum();
     if total == 0 {
@@ -228,6 +229,7 @@ fn trim(s: &str) -> &str {
 /// Lines (split at `"\n"`), paragraphs (split at `"\n\n"` left to right, as `str::split`
 /// does) and sentences (ended by `. ! ? \n` and `。`) of `text`, trimmed, the empty ones
 /// dropped: one scan for the bytes that can end any of them.
+#[inline(always)]
 fn split_all(text: &str, s: &mut RepScratch) {
     s.lines.clear();
     s.paras.clear();
@@ -395,6 +397,7 @@ fn word_key(head: u64, w: &[u8]) -> u64 {
 /// counts go to `s.word_count`. The byte classes come 64 at a time as bit masks
 /// ([`block_masks`]); a word is then a run of non-whitespace bits, and when every byte of it is
 /// kept (most words) its key is read straight from the text, else from its kept bytes copied.
+#[inline(always)]
 fn words(text: &str, s: &mut RepScratch) {
     let b = text.as_bytes();
     s.ws_bits.clear();
@@ -499,6 +502,20 @@ pub fn check_exact(text: &str, p: &RepParams, s: &mut RepScratch) -> RepReport {
 }
 
 fn judge(text: &str, p: &RepParams, s: &mut RepScratch, exact: bool) -> RepReport {
+    #[cfg(target_arch = "x86_64")]
+    if super::scan::has_bit_ops() {
+        #[target_feature(enable = "popcnt,lzcnt,bmi1,bmi2")]
+        fn fast(text: &str, p: &RepParams, s: &mut RepScratch, exact: bool) -> RepReport {
+            judge_body(text, p, s, exact)
+        }
+        // SAFETY: the CPU has every feature `fast` is compiled for (checked just above).
+        return unsafe { fast(text, p, s, exact) };
+    }
+    judge_body(text, p, s, exact)
+}
+
+#[inline(always)]
+fn judge_body(text: &str, p: &RepParams, s: &mut RepScratch, exact: bool) -> RepReport {
     let mut r = RepReport::default();
     split_all(text, s);
     r.dup_line_chars = dup_share(&s.lines, &mut s.table);
@@ -570,6 +587,7 @@ fn judge(text: &str, p: &RepParams, s: &mut RepScratch, exact: bool) -> RepRepor
 /// occurs at most as often as the rarest of its words, so `min(count of its words) x its
 /// characters`, maximised over positions, bounds what [`ngrams`] measures. Leaves the
 /// occurrences of the word at each position in `s.occ`.
+#[inline(always)]
 fn top_bounds(s: &mut RepScratch, total_chars: usize) -> [f64; 3] {
     s.occ.clear();
     s.occ.extend(s.words.iter().map(|&w| s.word_count[w as usize]));
@@ -600,6 +618,7 @@ fn top_bounds(s: &mut RepScratch, total_chars: usize) -> [f64; 3] {
 /// values): a 5-gram can occur twice only where its five words all do, and there its key is
 /// its five word ids packed `bits` bits each (exact; `5 * bits <= 64`). The 10-grams pair the
 /// 5-grams at i and i+5, as in [`ngrams`]. Needs `s.occ` from [`top_bounds`].
+#[inline(always)]
 fn dup_ngrams(s: &mut RepScratch, r: &mut RepReport, total_chars: usize, bits: u32) {
     let m = s.words.len();
     let cum = &s.cum;
@@ -631,11 +650,13 @@ fn dup_ngrams(s: &mut RepScratch, r: &mut RepReport, total_chars: usize, bits: u
     }
     r.dup_5gram = dups as f64 / total_chars as f64;
     // 10-grams: where both 5-grams occur twice or more.
-    let k = s.live.len();
-    let count = &s.count;
-    let twice = |id: u32| count[(id as usize).min(k)] > 1;
-    s.live.clear();
-    s.live.extend((0..m - 9).filter(|&i| twice(s.cur[i]) && twice(s.cur[i + 5])).map(|i| i as u32));
+    // (Only a live position holds a 5-gram id: the 10-gram positions are a subset of them.)
+    let (count, cur) = (&s.count, &s.cur);
+    let twice = |id: u32| id != UNIQUE && count[id as usize] > 1;
+    s.live.retain(|&i| {
+        let i = i as usize;
+        i + 9 < m && twice(cur[i]) && twice(cur[i + 5])
+    });
     s.table.reset(s.live.len());
     let (mut covered, mut dups) = (0usize, 0usize);
     for &i in &s.live {
@@ -655,6 +676,7 @@ fn dup_ngrams(s: &mut RepScratch, r: &mut RepReport, total_chars: usize, bits: u
 /// word at i+n-1), and the 10-gram the pair of the 5-grams at i and i+5. An n-gram can occur
 /// twice only where both (n-1)-grams inside it do, so only those positions are looked up; the
 /// others hold an n-gram that occurs once (`UNIQUE`), counted without a table.
+#[inline(always)]
 fn ngrams(s: &mut RepScratch, r: &mut RepReport, total_chars: usize) {
     let m = s.words.len();
     let cum = &s.cum;
@@ -908,6 +930,12 @@ mod tests {
                 t.push_str(&"the same words again and again ".repeat(3 + round / 5));
             }
             let exact = check_exact(&t, &RepParams::default(), &mut RepScratch::default());
+            // The copy built for the CPU's bit instructions (where it has them) and the
+            // baseline build of the same code agree.
+            for exact_mode in [false, true] {
+                let base = judge_body(&t, &RepParams::default(), &mut RepScratch::default(), exact_mode);
+                assert_eq!(base, judge(&t, &RepParams::default(), &mut RepScratch::default(), exact_mode));
+            }
             let (top, d5, d10, _, _) = plain(&t);
             assert_eq!((exact.top_ngram, exact.dup_5gram, exact.dup_10gram), (top, d5, d10), "round {round}");
             if same_verdict(&t, &exact) {

@@ -5,6 +5,30 @@
 //!
 //! Self-contained (std only): the language check's measurement crate compiles it by path.
 
+/// Whether this CPU has the bit instructions of x86_64 CPUs since ~2013 (POPCNT, LZCNT,
+/// BMI1/2), which the baseline x86_64 target leaves out: a `count_ones` there is a dozen
+/// shifts and masks, a variable shift three micro-ops on some CPUs. The checks' word and
+/// byte-class loops count and shift bits on every word, so each check's entry point has a copy
+/// compiled with `#[target_feature(enable = "popcnt,lzcnt,bmi1,bmi2")]` (its body inlined into
+/// it) that runs when this says yes; `DISTILL_NO_BIT_OPS=1` in the environment makes it say
+/// no (to compare the two builds). Decided once: an atomic load a call.
+#[inline]
+pub fn has_bit_ops() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("DISTILL_NO_BIT_OPS").is_none_or(|v| v.is_empty() || v == "0")
+                && std::is_x86_feature_detected!("popcnt")
+                && std::is_x86_feature_detected!("lzcnt")
+                && std::is_x86_feature_detected!("bmi1")
+                && std::is_x86_feature_detected!("bmi2")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// The position of the first byte of `b` at or after `from` that is one of `set`.
 #[inline]
 pub fn find_any<const N: usize>(b: &[u8], from: usize, set: [u8; N]) -> Option<usize> {

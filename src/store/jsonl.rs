@@ -297,9 +297,8 @@ impl RecordSink for JsonlWriter {
     fn write_value(&mut self, value: &Value) -> Result<(), StoreError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let r = serde_json::to_writer(&mut buf, value)
-            .map_err(|e| StoreError::io(&self.path, io::Error::other(e)))
-            .and_then(|()| self.write_line(&buf));
+        super::json_out::write_value(&mut buf, value);
+        let r = self.write_line(&buf);
         self.buf = buf;
         r
     }

@@ -9,6 +9,7 @@
 //! writer was killed mid-record yields every complete record and then one
 //! [`StoreError::TornTail`] item, which callers report rather than fail on.
 
+pub mod json_out;
 mod jsonl;
 pub mod layouts;
 mod parquet;
