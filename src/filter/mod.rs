@@ -24,7 +24,10 @@
 //! passing sample is kept (policy `all`, no pass-rate window), else as its record, parsed again
 //! at selection. Held samples are bytes, and spill as length-prefixed frames, so nothing held is
 //! parsed twice; the two writer threads only compress, `kept/` (written after the input ends,
-//! when nothing else is left to run) on zstd's two worker threads.
+//! when nothing else is left to run) on zstd's two worker threads. Where that SFT example would
+//! be held and the sample is a line of a plain `.jsonl` input in distill's own layout, only
+//! where the line is is held: the line is read again and made into its example at selection
+//! (so memory stays flat however many samples are kept; checked to be the same sample).
 
 pub mod complete;
 pub mod correct;
@@ -40,6 +43,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -236,6 +240,10 @@ pub enum FilterError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{id}: cannot serialise the record: {msg}")]
     Serialise { id: String, msg: String },
+    #[error(
+        "{loc}: the input changed while filter ran (sample {id} is no longer on this line); filter a file that nothing writes to"
+    )]
+    InputChanged { loc: String, id: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FilterError + '_ {
@@ -372,6 +380,8 @@ struct Scratch {
 /// A judged sample.
 struct Judged {
     loc: String,
+    /// Where the sample's line can be read again (see [`Body::Span`]).
+    span: Option<(Arc<PathBuf>, u64, store::Span)>,
     id: String,
     prompt_id: String,
     sample: u32,
@@ -440,6 +450,7 @@ fn prompt_hash(rec: &Map<String, Value>) -> String {
 fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
     let cfg = ctx.cfg;
     let loc = raw.loc.to_string();
+    let span = raw.span.map(|s| (raw.loc.file.clone(), raw.loc.line, s));
     let id = raw.id();
     let mut rec = raw.value;
     let Some((reasoning, answer)) = split_response(&rec).map(|(r, a)| (r.into_owned(), a.into_owned())) else {
@@ -592,7 +603,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
         _ => (rl + al) as f64,
     };
     // The verdict: verify's fields stay at the top; filter adds checks, kept, reject_reason.
-    let mut v = match rec.remove("verdict") {
+    let mut v = match rec.shift_remove("verdict") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
@@ -607,6 +618,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
     rec.insert("verdict".into(), Value::Object(v));
     Item::Judged(Box::new(Judged {
         loc,
+        span,
         id,
         prompt_id,
         sample,
@@ -726,6 +738,12 @@ enum Body {
     /// in at byte `at`: used when every held sample is kept (policy `all`, no pass-rate
     /// window) and the output is JSONL, so that nothing is parsed again at the end.
     Example { line: Vec<u8>, at: usize, empty_meta: bool },
+    /// Where the sample's line is in a plain `.jsonl` input (line `line` of `file`), for an
+    /// [`Body::Example`] made at selection from the line read again: a sample of distill's own
+    /// layout, kept as [`Body::Example`] is, whose input can be read twice. Nothing of it is
+    /// held meanwhile, so filter's memory and disk do not grow with the samples it keeps (the
+    /// text of a kept sample is ~20 KB: held, 100k samples were ~1.6 GB or a spill to disk).
+    Span { file: Arc<PathBuf>, line: u64, span: store::Span },
     /// The sample record as JSON (selection may reject it, or the output is Parquet).
     Record(Vec<u8>),
 }
@@ -734,6 +752,7 @@ impl Body {
     fn len(&self) -> usize {
         match self {
             Body::Example { line, .. } => line.len(),
+            Body::Span { file, .. } => file.as_os_str().len(),
             Body::Record(r) => r.len(),
         }
     }
@@ -780,9 +799,18 @@ impl Held {
     /// Appends the spill frame of this sample: little-endian lengths and numbers, then the
     /// bytes (no JSON to parse when it is read back).
     fn frame(&self, out: &mut Vec<u8>) {
+        let span_bytes;
         let (tag, at, bytes) = match &self.body {
             Body::Example { line, at, empty_meta } => (1 + u8::from(*empty_meta), *at as u64, line),
             Body::Record(r) => (0u8, 0, r),
+            Body::Span { file, line, span } => {
+                // The offset in `at`; the line number, the length and the path in the bytes.
+                let mut b = line.to_le_bytes().to_vec();
+                b.extend_from_slice(&span.len.to_le_bytes());
+                b.extend_from_slice(file.as_os_str().as_encoded_bytes());
+                span_bytes = b;
+                (3u8, span.offset, &span_bytes)
+            }
         };
         for s in [self.prompt_id.as_bytes(), self.id.as_bytes()] {
             out.extend_from_slice(&(s.len() as u64).to_le_bytes());
@@ -824,6 +852,19 @@ impl Held {
         let bytes = take(b, n)?.to_vec();
         let body = match tag {
             0 => Body::Record(bytes),
+            3 => {
+                let line = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+                let len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+                #[cfg(unix)]
+                let path = {
+                    use std::os::unix::ffi::OsStrExt;
+                    PathBuf::from(std::ffi::OsStr::from_bytes(bytes.get(12..)?))
+                };
+                #[cfg(not(unix))]
+                let path = PathBuf::from(String::from_utf8(bytes.get(12..)?.to_vec()).ok()?);
+                let span = store::Span { offset: at as u64, len };
+                Body::Span { file: Arc::new(path), line, span }
+            }
             t => Body::Example { line: bytes, at, empty_meta: t == 2 },
         };
         Some(Held { prompt_id, id, sample, seq, len, score, body })
@@ -974,12 +1015,47 @@ struct Selected {
     removed: u64,
 }
 
+/// The input files that [`Body::Span`]s point into, each opened once.
+#[derive(Default)]
+struct SpanFiles(Mutex<HashMap<Arc<PathBuf>, Arc<std::fs::File>>>);
+
+impl SpanFiles {
+    fn get(&self, path: &Arc<PathBuf>) -> Result<Arc<std::fs::File>, FilterError> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = open.get(path) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(std::fs::File::open(&**path).map_err(io_err(path))?);
+        open.insert(path.clone(), f.clone());
+        Ok(f)
+    }
+
+    /// The [`Body::Example`] of a [`Body::Span`]: its line read again, checked to be the
+    /// same sample, made into the example as [`sft_line`] would have made it at first.
+    fn example(&self, file: &Arc<PathBuf>, line: u64, span: store::Span, h: &Held) -> Result<Body, FilterError> {
+        let f = self.get(file)?;
+        let loc = store::Loc { file: file.clone(), line };
+        let raw = store::reread(&f, loc.clone(), span)
+            .map_err(|_| FilterError::InputChanged { loc: loc.to_string(), id: h.id.clone() })?;
+        let id = raw.id();
+        let rec = raw.value;
+        let prompt_id = prompt_id_of(&rec).unwrap_or_else(|| prompt_hash(&rec));
+        let sample = rec.get("sample").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let id = id.unwrap_or_else(|| format!("{prompt_id}/{sample}"));
+        if id != h.id || prompt_id != h.prompt_id || sample != h.sample {
+            return Err(FilterError::InputChanged { loc: loc.to_string(), id: h.id.clone() });
+        }
+        Ok(sft_line(&rec, &h.id, &h.prompt_id, span.len as usize))
+    }
+}
+
 /// Runs the selection of one prompt's held samples (on any thread).
 fn select_prompt(
     cfg: &FilterConfig,
     st: &PromptState,
     mut held: Vec<Held>,
     lines: bool,
+    files: &SpanFiles,
 ) -> Result<Selected, FilterError> {
     let mut out = Selected::default();
     if held.is_empty() {
@@ -999,8 +1075,12 @@ fn select_prompt(
         select::select(cfg.policy, cfg.k, &cands)
     };
     out.prompt_kept = !keep.is_empty();
-    for (i, h) in held.into_iter().enumerate() {
+    for (i, mut h) in held.into_iter().enumerate() {
+        if let Body::Span { file, line, span } = &h.body {
+            h.body = files.example(file, *line, *span, &h)?;
+        }
         let record = match h.body {
+            Body::Span { .. } => unreachable!("made an example just above"),
             Body::Example { line, at, empty_meta } => {
                 // Every held sample is kept here (see `Body::Example`).
                 out.kept.push(Out::Line(Body::finish(&line, at, empty_meta, pass_rate, st.n)));
@@ -1038,6 +1118,7 @@ fn finish_prompts(
     funnel: &mut Funnel,
 ) -> Result<(), FilterError> {
     let lines = outs.lines;
+    let files = SpanFiles::default();
     groups.reverse();
     while !groups.is_empty() {
         let (mut at, mut n) = (groups.len(), 0usize);
@@ -1048,7 +1129,7 @@ fn finish_prompts(
         let mut chunk = groups.split_off(at);
         chunk.reverse();
         let done: Vec<Result<Selected, FilterError>> =
-            chunk.into_par_iter().map(|(st, held)| select_prompt(cfg, st, held, lines)).collect();
+            chunk.into_par_iter().map(|(st, held)| select_prompt(cfg, st, held, lines, &files)).collect();
         let (mut kept, mut rejects) = (Vec::new(), Vec::new());
         for d in done {
             let d = d?;
@@ -1227,7 +1308,11 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                     if j.first_fail < CHECKS.len() {
                         j.out = Some(Out::new(Value::Object(rec), lines, j.bytes));
                     } else if all_kept {
-                        j.body = Some(sft_line(&rec, &j.id, &j.prompt_id, j.bytes));
+                        j.body = Some(match j.span.take() {
+                            // Read again at selection: nothing of it held meanwhile.
+                            Some((file, line, span)) if cfg!(unix) => Body::Span { file, line, span },
+                            _ => sft_line(&rec, &j.id, &j.prompt_id, j.bytes),
+                        });
                     } else {
                         let mut line = Vec::with_capacity(j.bytes + j.bytes / 16 + 1024);
                         json_out::write_map(&mut line, &rec);
@@ -1412,8 +1497,12 @@ mod tests {
 
     #[test]
     fn spill_frames_round_trip() {
-        let bodies =
-            [Body::Record(b"{}".to_vec()), Body::Example { line: b"{\"meta\":{}}".to_vec(), at: 9, empty_meta: true }];
+        let span = store::Span { offset: 1 << 33, len: 20_000 };
+        let bodies = [
+            Body::Record(b"{}".to_vec()),
+            Body::Example { line: b"{\"meta\":{}}".to_vec(), at: 9, empty_meta: true },
+            Body::Span { file: Arc::new(PathBuf::from("data/s\u{e9}.jsonl")), line: 7, span },
+        ];
         let mut buf = Vec::new();
         for (i, body) in bodies.into_iter().enumerate() {
             let h = Held {
@@ -1430,7 +1519,11 @@ mod tests {
         let mut rest = &buf[..];
         let a = Held::unframe(&mut rest).expect("first");
         let b = Held::unframe(&mut rest).expect("second");
+        let c = Held::unframe(&mut rest).expect("third");
         assert!(rest.is_empty());
+        assert!(
+            matches!(c.body, Body::Span { file, line: 7, span: s } if s == span && *file == Path::new("data/s\u{e9}.jsonl"))
+        );
         assert_eq!(
             (a.prompt_id.as_str(), a.id.as_str(), a.sample, a.seq, a.len, a.score),
             ("p0", "x/\u{e9}", 3, 9, 12, 0.5)
@@ -1440,7 +1533,42 @@ mod tests {
         assert!(Held::unframe(&mut &buf[..buf.len() - 1]).is_some(), "first frame whole");
         let mut torn = &buf[..buf.len() - 1];
         let _ = Held::unframe(&mut torn);
+        let _ = Held::unframe(&mut torn);
         assert!(Held::unframe(&mut torn).is_none(), "a torn frame is none");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn spans_are_read_again_or_say_the_input_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.jsonl");
+        let rec =
+            json!({"id": "a/0", "prompt_id": "a", "sample": 0, "prompt": "q", "content": "<think>r</think>x", "z": 1});
+        let line = rec.to_string();
+        std::fs::write(&path, format!("{line}\n{line}\n")).expect("write");
+        let span = store::Span { offset: line.len() as u64 + 1, len: line.len() as u32 };
+        let held = |id: &str| Held {
+            prompt_id: "a".into(),
+            id: id.into(),
+            sample: 0,
+            seq: 0,
+            len: 1,
+            score: 0.0,
+            body: Body::Record(Vec::new()),
+        };
+        let file = Arc::new(path.clone());
+        let files = SpanFiles::default();
+        let got = files.example(&file, 2, span, &held("a/0")).expect("the same sample");
+        let want = sft_line(rec.as_object().expect("object"), "a/0", "a", 1);
+        let (Body::Example { line: g, at: ga, .. }, Body::Example { line: w, at: wa, .. }) = (got, want) else {
+            panic!("examples")
+        };
+        assert_eq!((g, ga), (w, wa));
+        // Another sample on that line now: an error naming file:line and the sample.
+        let err = files.example(&file, 2, span, &held("a/1")).err().expect("changed").to_string();
+        assert!(err.contains("s.jsonl:2") && err.contains("a/1") && err.contains("changed"), "{err}");
+        std::fs::write(&path, "{}\n").expect("truncate");
+        assert!(matches!(files.example(&file, 2, span, &held("a/0")), Err(FilterError::InputChanged { .. })));
     }
 
     #[test]

@@ -394,7 +394,7 @@ mod tests {
             (json!({"id": "a", "messages": []}), Some("missing field `task`")),
         ];
         for (v, want) in cases {
-            let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc.clone() };
+            let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc.clone(), span: None };
             let got = validate(&rec).err().map(|e| e.to_string());
             match want {
                 None => assert!(got.is_none(), "{v}: {got:?}"),

@@ -17,10 +17,15 @@ pub(crate) struct LineReader {
     line: u64,
     buf: Vec<u8>,
     done: bool,
+    /// Bytes read so far, and whether they are the file's own bytes (a plain file, not
+    /// decompressed or piped), so that a line's offset can be read again.
+    offset: u64,
+    seekable: bool,
 }
 
 impl LineReader {
     pub(crate) fn open(path: &Path, format: Format) -> Result<Self, StoreError> {
+        let seekable = path != Path::new("-") && format == Format::Jsonl;
         let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
             Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
         } else {
@@ -39,6 +44,8 @@ impl LineReader {
             line: 0,
             buf: Vec::with_capacity(8192),
             done: false,
+            offset: 0,
+            seekable,
         })
     }
 
@@ -59,7 +66,7 @@ pub(crate) fn parse_line(bytes: &[u8], loc: Loc) -> Result<RawRecord, StoreError
         Err(e) => return Err(StoreError::Utf8 { loc, offset: e.valid_up_to() }),
     };
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(value)) => Ok(RawRecord { value, loc }),
+        Ok(Value::Object(value)) => Ok(RawRecord { value, loc, span: None }),
         Ok(other) => Err(StoreError::NotAnObject { loc, found: json_kind(&other) }),
         Err(e) => Err(StoreError::Json { loc, msg: e.to_string() }),
     }
@@ -85,12 +92,14 @@ impl Iterator for LineReader {
                 return None;
             }
             self.buf.clear();
+            let start = self.offset;
             match self.reader.read_until(b'\n', &mut self.buf) {
                 Ok(0) => {
                     self.done = true;
                     return None;
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    self.offset += n as u64;
                     self.line += 1;
                     let complete = self.buf.last() == Some(&b'\n');
                     let mut end = self.buf.len();
@@ -100,7 +109,10 @@ impl Iterator for LineReader {
                     if self.buf[..end].iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let parsed = parse_line(&self.buf[..end], self.loc());
+                    let mut parsed = parse_line(&self.buf[..end], self.loc());
+                    if let (Ok(r), true, Ok(len)) = (&mut parsed, self.seekable, u32::try_from(end)) {
+                        r.span = Some(super::Span { offset: start, len });
+                    }
                     if !complete && parsed.is_err() {
                         // The last line has no newline and does not parse: the writer was cut off.
                         let detail = format!("{} bytes of an unfinished record", self.buf.len());

@@ -445,7 +445,7 @@ fn generations(mut m: Map<String, Value>, loc: &Loc, out: &mut VecDeque<RawRecor
                 m.insert("task".into(), infer_task(&m).into());
             }
         }
-        out.push_back(RawRecord { value: m, loc: loc.clone() });
+        out.push_back(RawRecord { value: m, loc: loc.clone(), span: None });
         return Ok(());
     }
     let (text, msgs) = prompt_of(&mut m, pk)?;
@@ -475,7 +475,7 @@ fn generations(mut m: Map<String, Value>, loc: &Loc, out: &mut VecDeque<RawRecor
             s.insert("verdict".into(), json!({"pass": pass, "reason": "correctness_math_verify"}));
         }
         set_sample(&mut s, &format!("{base}/{k}"), &base, k as u64, &text, msgs.clone(), &g);
-        samples.push(RawRecord { value: s, loc: loc.clone() });
+        samples.push(RawRecord { value: s, loc: loc.clone(), span: None });
     }
     out.extend(samples);
     Ok(())
@@ -495,7 +495,9 @@ fn apply_map(m: &mut Map<String, Value>, map: &BTreeMap<String, String>) {
 /// Normalises one record into `out`: distill's own records unchanged, public layouts
 /// converted (a `generations` row into several samples). Returns the layout recognised.
 pub fn normalize(rec: RawRecord, layouts: &Layouts, out: &mut VecDeque<RawRecord>) -> Result<Layout, StoreError> {
-    let RawRecord { mut value, loc } = rec;
+    let RawRecord { mut value, loc, span } = rec;
+    // The line as written is the record only when nothing below changes it.
+    let span = span.filter(|_| layouts.map.is_empty());
     if !layouts.map.is_empty() {
         apply_map(&mut value, &layouts.map);
     }
@@ -510,7 +512,8 @@ pub fn normalize(rec: RawRecord, layouts: &Layouts, out: &mut VecDeque<RawRecord
         Layout::Generations => return conv_err(generations(value, &loc, out), original, &loc).map(|()| layout),
     };
     conv_err(done, original, &loc)?;
-    out.push_back(RawRecord { value, loc });
+    let span = span.filter(|_| layout == Layout::Native);
+    out.push_back(RawRecord { value, loc, span });
     Ok(layout)
 }
 
@@ -538,7 +541,7 @@ mod tests {
 
     fn run(v: Value, map: &[(&str, &str)]) -> (Layout, Vec<Value>) {
         let layouts = Layouts::with_map(map.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect());
-        let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc() };
+        let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc(), span: None };
         let mut out = VecDeque::new();
         let layout = normalize(rec, &layouts, &mut out).unwrap_or_else(|e| panic!("{e}"));
         (layout, out.into_iter().map(|r| Value::Object(r.value)).collect())
@@ -733,7 +736,7 @@ mod tests {
             (json!({"prompt": "q", "response": {"a": 1}}), "`response` is an object"),
         ];
         for (v, want) in cases {
-            let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc() };
+            let rec = RawRecord { value: v.as_object().cloned().expect("object"), loc: loc(), span: None };
             let mut out = VecDeque::new();
             let e = normalize(rec, &Layouts::default(), &mut out).expect_err("must fail");
             let msg = e.to_string();

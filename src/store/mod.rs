@@ -161,6 +161,30 @@ impl fmt::Display for Loc {
 pub struct RawRecord {
     pub value: Map<String, Value>,
     pub loc: Loc,
+    /// Where the record's line lies in `loc.file` when that is a plain `.jsonl` file and the
+    /// record is the line as written (distill's own records, no `--map`): a stage can then
+    /// read it again later ([`reread`]) rather than hold it.
+    pub span: Option<Span>,
+}
+
+/// The bytes of one line of a plain `.jsonl` file (without its line end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Reads the record at `span` of the open file `file` (`loc` names it) again, as the reader
+/// gave it the first time.
+#[cfg(unix)]
+pub fn reread(file: &std::fs::File, loc: Loc, span: Span) -> Result<RawRecord, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; span.len as usize];
+    file.read_exact_at(&mut buf, span.offset).map_err(|e| StoreError::io(&loc.file, e))?;
+    jsonl::parse_line(&buf, loc).map(|mut r| {
+        r.span = Some(span);
+        r
+    })
 }
 
 impl RawRecord {

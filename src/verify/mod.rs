@@ -248,7 +248,7 @@ impl Sink {
 
 /// Sets `pass`, `extracted` and `reason` of the record's verdict, keeping its other fields.
 pub fn apply_verdict(record: &mut Map<String, Value>, v: &Verdict) {
-    let mut obj = match record.remove("verdict") {
+    let mut obj = match record.shift_remove("verdict") {
         Some(Value::Object(m)) => m,
         _ => Map::new(),
     };
