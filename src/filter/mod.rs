@@ -431,6 +431,15 @@ fn prompt_id_of(rec: &Map<String, Value>) -> Option<String> {
     }
 }
 
+/// A sample's prompt id (its own, else a hash of its prompt), index among the prompt's
+/// samples, and id (its own `id`, else `prompt_id/sample`).
+fn sample_ids(rec: &Map<String, Value>, id: Option<String>) -> (String, u32, String) {
+    let prompt_id = prompt_id_of(rec).unwrap_or_else(|| prompt_hash(rec));
+    let sample = rec.get("sample").and_then(Value::as_u64).unwrap_or(0) as u32;
+    let id = id.unwrap_or_else(|| format!("{prompt_id}/{sample}"));
+    (prompt_id, sample, id)
+}
+
 /// A prompt id from a hash of the normalised prompt, for samples without one.
 fn prompt_hash(rec: &Map<String, Value>) -> String {
     use sha2::{Digest, Sha256};
@@ -463,9 +472,7 @@ fn judge(ctx: &Ctx, raw: store::RawRecord, scratch: &mut Scratch) -> Item {
     };
     let bytes = reasoning.len() + answer.len() + rec.get("prompt").and_then(Value::as_str).map_or(0, str::len);
     let task = rec.get("task").and_then(Value::as_str).unwrap_or("open").to_string();
-    let prompt_id = prompt_id_of(&rec).unwrap_or_else(|| prompt_hash(&rec));
-    let sample = rec.get("sample").and_then(Value::as_u64).unwrap_or(0) as u32;
-    let id = id.unwrap_or_else(|| format!("{prompt_id}/{sample}"));
+    let (prompt_id, sample, id) = sample_ids(&rec, id);
     let mut checks: BTreeMap<String, record::Check> = BTreeMap::new();
     let mut nanos = [0u64; 7];
     let mut failed = [false; 7];
@@ -712,7 +719,7 @@ fn sft_example(rec: &Map<String, Value>, id: &str, prompt_id: &str, pass_rate: f
 /// [`sft_example`] serialised before the prompt's pass rate is known: the line, and where
 /// `pass_rate` and `n_samples` go in it ([`Body::finish`]); the bytes then equal
 /// `serde_json::to_vec(&sft_example(..))`.
-fn sft_line(rec: &Map<String, Value>, id: &str, prompt_id: &str, text: usize) -> Body {
+fn sft_line(rec: &Map<String, Value>, id: &str, prompt_id: &str, text: usize) -> SftLine {
     let (head, meta, extra) = sft_parts(rec, id, prompt_id);
     let mut line = Vec::with_capacity(text + text / 16 + 1024);
     json_out::write_map(&mut line, &head);
@@ -729,8 +736,12 @@ fn sft_line(rec: &Map<String, Value>, id: &str, prompt_id: &str, text: usize) ->
         json_out::write_value(&mut line, v);
     }
     line.push(b'}');
-    Body::Example { line, at, empty_meta: meta.is_empty() }
+    (line, at, meta.is_empty())
 }
+
+/// An SFT example's line but for the meta's `pass_rate` and `n_samples`, where they go in it,
+/// and whether the meta is otherwise empty ([`Body::finish`]).
+type SftLine = (Vec<u8>, usize, bool);
 
 /// What a held sample becomes at selection.
 enum Body {
@@ -1030,22 +1041,18 @@ impl SpanFiles {
         Ok(f)
     }
 
-    /// The [`Body::Example`] of a [`Body::Span`]: its line read again, checked to be the
-    /// same sample, made into the example as [`sft_line`] would have made it at first.
-    fn example(&self, file: &Arc<PathBuf>, line: u64, span: store::Span, h: &Held) -> Result<Body, FilterError> {
+    /// The example line of a [`Body::Span`] ([`sft_line`]): its line read again, checked to
+    /// be the same sample, made into the example as it would have been at first.
+    fn example(&self, file: &Arc<PathBuf>, line: u64, span: store::Span, h: &Held) -> Result<SftLine, FilterError> {
         let f = self.get(file)?;
         let loc = store::Loc { file: file.clone(), line };
         let raw = store::reread(&f, loc.clone(), span)
             .map_err(|_| FilterError::InputChanged { loc: loc.to_string(), id: h.id.clone() })?;
-        let id = raw.id();
-        let rec = raw.value;
-        let prompt_id = prompt_id_of(&rec).unwrap_or_else(|| prompt_hash(&rec));
-        let sample = rec.get("sample").and_then(Value::as_u64).unwrap_or(0) as u32;
-        let id = id.unwrap_or_else(|| format!("{prompt_id}/{sample}"));
+        let (prompt_id, sample, id) = sample_ids(&raw.value, raw.id());
         if id != h.id || prompt_id != h.prompt_id || sample != h.sample {
             return Err(FilterError::InputChanged { loc: loc.to_string(), id: h.id.clone() });
         }
-        Ok(sft_line(&rec, &h.id, &h.prompt_id, span.len as usize))
+        Ok(sft_line(&raw.value, &h.id, &h.prompt_id, span.len as usize))
     }
 }
 
@@ -1075,18 +1082,19 @@ fn select_prompt(
         select::select(cfg.policy, cfg.k, &cands)
     };
     out.prompt_kept = !keep.is_empty();
-    for (i, mut h) in held.into_iter().enumerate() {
-        if let Body::Span { file, line, span } = &h.body {
-            h.body = files.example(file, *line, *span, &h)?;
-        }
-        let record = match h.body {
-            Body::Span { .. } => unreachable!("made an example just above"),
+    for (i, h) in held.into_iter().enumerate() {
+        let record = match &h.body {
+            // Every held sample is kept here (see `Body::Example` and `Body::Span`).
             Body::Example { line, at, empty_meta } => {
-                // Every held sample is kept here (see `Body::Example`).
+                out.kept.push(Out::Line(Body::finish(line, *at, *empty_meta, pass_rate, st.n)));
+                continue;
+            }
+            Body::Span { file, line, span } => {
+                let (line, at, empty_meta) = files.example(file, *line, *span, &h)?;
                 out.kept.push(Out::Line(Body::finish(&line, at, empty_meta, pass_rate, st.n)));
                 continue;
             }
-            Body::Record(r) => serde_json::from_slice::<Map<String, Value>>(&r)
+            Body::Record(r) => serde_json::from_slice::<Map<String, Value>>(r)
                 .map_err(|e| FilterError::Serialise { id: h.id.clone(), msg: e.to_string() })?,
         };
         if keep.binary_search(&i).is_ok() {
@@ -1311,7 +1319,10 @@ pub fn run(cfg: &FilterConfig, verifiers: &Verifiers) -> Result<Report, FilterEr
                         j.body = Some(match j.span.take() {
                             // Read again at selection: nothing of it held meanwhile.
                             Some((file, line, span)) if cfg!(unix) => Body::Span { file, line, span },
-                            _ => sft_line(&rec, &j.id, &j.prompt_id, j.bytes),
+                            _ => {
+                                let (line, at, empty_meta) = sft_line(&rec, &j.id, &j.prompt_id, j.bytes);
+                                Body::Example { line, at, empty_meta }
+                            }
                         });
                     } else {
                         let mut line = Vec::with_capacity(j.bytes + j.bytes / 16 + 1024);
@@ -1487,7 +1498,7 @@ mod tests {
         for (v, (rate, n)) in recs.iter().zip([(1.0, 4), (2.0 / 3.0, 3)]) {
             let rec = m(v.clone());
             let want = serde_json::to_vec(&sft_example(&rec, "i", "p", rate, n)).expect("serialises");
-            let Body::Example { line, at, empty_meta } = sft_line(&rec, "i", "p", 10) else { panic!("a line") };
+            let (line, at, empty_meta) = sft_line(&rec, "i", "p", 10);
             assert_eq!(
                 String::from_utf8_lossy(&Body::finish(&line, at, empty_meta, rate, n)),
                 String::from_utf8_lossy(&want)
@@ -1560,12 +1571,9 @@ mod tests {
         let files = SpanFiles::default();
         let got = files.example(&file, 2, span, &held("a/0")).expect("the same sample");
         let want = sft_line(rec.as_object().expect("object"), "a/0", "a", 1);
-        let (Body::Example { line: g, at: ga, .. }, Body::Example { line: w, at: wa, .. }) = (got, want) else {
-            panic!("examples")
-        };
-        assert_eq!((g, ga), (w, wa));
+        assert_eq!(got, want);
         // Another sample on that line now: an error naming file:line and the sample.
-        let err = files.example(&file, 2, span, &held("a/1")).err().expect("changed").to_string();
+        let err = files.example(&file, 2, span, &held("a/1")).expect_err("changed").to_string();
         assert!(err.contains("s.jsonl:2") && err.contains("a/1") && err.contains("changed"), "{err}");
         std::fs::write(&path, "{}\n").expect("truncate");
         assert!(matches!(files.example(&file, 2, span, &held("a/0")), Err(FilterError::InputChanged { .. })));
