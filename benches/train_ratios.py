@@ -2,9 +2,10 @@
 lora_long_bench.sh, smollm2_lora_bench.sh) and prints, per setting, distill / PyTorch tokens/s and
 peak RSS, with whether distill is at least as fast at no more memory. Each distill line is paired
 with the PyTorch line of the same setting that follows it (the scripts run distill first): f32
-with f32, distill's `bf16-mixed` with PyTorch's `bf16-autocast` where both ran. Rows that have no PyTorch twin in this run (distill with layers
-checkpointed, or bf16 where PyTorch's autocast did not run) are set against PyTorch's f32 figure of
-the same setting and marked as such; they are not part of the verdict.
+with f32, distill's `bf16-mixed` with PyTorch's `bf16-autocast` where both ran. Rows with no
+PyTorch twin in the run (distill with layers checkpointed, or bf16 where PyTorch's autocast did
+not run) are set against PyTorch's f32 figure of the same setting, marked "not scored", and left
+out of the verdict.
 Usage: python3 benches/train_ratios.py LOG"""
 import re, sys
 
